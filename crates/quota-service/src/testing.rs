@@ -1,0 +1,214 @@
+//! Test support: each test gets its own database and servers on port 0.
+//!
+//! PostgreSQL tests run when `QUOTA_TEST_POSTGRES_URL` names a server (any
+//! database on it: a fresh one is created per test and dropped afterwards);
+//! without it they print that they were skipped.
+
+use crate::domain::{KeyDigest, TokenKey};
+use crate::grpc::{QuotaApi, ServiceConfig, serve};
+use crate::store::Store;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// The variable that names the PostgreSQL server for tests.
+pub const POSTGRES_URL_VAR: &str = "QUOTA_TEST_POSTGRES_URL";
+
+/// A database of one test's own, migrated by the real migrator.
+#[derive(Debug)]
+pub struct TestDb {
+    /// Where it is.
+    pub url: String,
+    /// A PostgreSQL database to drop when the test ends: (server URL, name).
+    drop_on_exit: Option<(String, String)>,
+    _dir: Option<TempDir>,
+}
+
+impl TestDb {
+    /// A SQLite database in a file of its own (so several stores, or a child
+    /// process, can share it).
+    pub async fn sqlite() -> TestDb {
+        let dir = TempDir::new();
+        let url = format!("sqlite://{}/quota.db", dir.0.display());
+        let db = TestDb {
+            url,
+            drop_on_exit: None,
+            _dir: Some(dir),
+        };
+        db.store().await.migrate().await.expect("migrate sqlite");
+        db
+    }
+
+    /// A fresh PostgreSQL database, or `None` (with a line saying the test
+    /// was skipped) when `QUOTA_TEST_POSTGRES_URL` is not set.
+    pub async fn postgres() -> Option<TestDb> {
+        let Ok(server) = std::env::var(POSTGRES_URL_VAR) else {
+            eprintln!(
+                "skipped: {POSTGRES_URL_VAR} is not set, so this PostgreSQL test did not run"
+            );
+            return None;
+        };
+        let name = format!("quota_test_{}", &random_hex()[..16]);
+        let admin = Store::connect(&server)
+            .await
+            .expect("connect to the PostgreSQL test server");
+        use sea_orm::ConnectionTrait;
+        admin
+            .connection()
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let url = with_database(&server, &name);
+        let db = TestDb {
+            url,
+            drop_on_exit: Some((server, name)),
+            _dir: None,
+        };
+        db.store().await.migrate().await.expect("migrate postgres");
+        Some(db)
+    }
+
+    /// A new connection pool on this database.
+    pub async fn store(&self) -> Store {
+        Store::connect(&self.url)
+            .await
+            .expect("connect to test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((server, name)) = self.drop_on_exit.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime: do the async work on a thread of its own.
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                use sea_orm::ConnectionTrait;
+                let admin = Store::connect(&server)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                admin
+                    .connection()
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .map_err(std::io::Error::other)?;
+                admin
+                    .connection()
+                    .clone()
+                    .close()
+                    .await
+                    .map_err(std::io::Error::other)
+            })
+        })
+        .join();
+        if !matches!(done, Ok(Ok(()))) {
+            eprintln!("could not drop test database {:?}: {done:?}", self.url);
+        }
+    }
+}
+
+/// A gRPC server on 127.0.0.1, port 0, that stops when dropped.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+impl TestServer {
+    /// Serves `store` with `config` on a fresh port.
+    pub async fn spawn(store: Store, config: ServiceConfig) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let api = QuotaApi::new(store, config);
+            serve(listener, api, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("grpc server");
+        });
+        TestServer { addr, _stop: stop }
+    }
+
+    /// `http://127.0.0.1:PORT`, for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// The admin credential the test helpers configure.
+pub const TEST_ADMIN_TOKEN: &str = "test-admin-secret";
+
+/// A configuration with [`TEST_ADMIN_TOKEN`] and the default rate.
+pub fn test_config() -> ServiceConfig {
+    ServiceConfig {
+        admin: crate::auth::AdminCredential::new(Some(TEST_ADMIN_TOKEN)),
+        ..ServiceConfig::default()
+    }
+}
+
+/// Runs one async test body on SQLite and, when configured, PostgreSQL:
+/// `on_every_database!(name, body)` makes `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! on_every_database {
+    ($name:ident, $body:path) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$body($crate::testing::TestDb::sqlite().await).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(db) = $crate::testing::TestDb::postgres().await {
+                    super::$body(db).await
+                }
+            }
+        }
+    };
+}
+
+/// A temporary folder removed on drop.
+#[derive(Debug)]
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let path = std::env::temp_dir().join(format!("quota-test-{}", &random_hex()[..16]));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn random_hex() -> String {
+    let key = TokenKey::generate().expect("random");
+    KeyDigest::of(key.expose()).as_str().to_owned()
+}
+
+/// `server` with its database name replaced by `name`.
+fn with_database(server: &str, name: &str) -> String {
+    let (base, query) = server
+        .split_once('?')
+        .map_or((server, None), |(b, q)| (b, Some(q)));
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_end..].find('/') {
+        Some(slash) => &base[..authority_end + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}

@@ -1,0 +1,28 @@
+//! The quota.v1 API: generated protobuf types, clients and servers.
+
+/// Generated code of `proto/quota/v1`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("quota.v1");
+
+    /// The encoded `FileDescriptorSet` of `proto/`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quota_descriptor");
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    #[test]
+    fn descriptor_set_decodes_and_names_both_services() {
+        let set = prost_types::FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET)
+            .expect("descriptor set decodes");
+        let services: Vec<_> = set
+            .file
+            .iter()
+            .filter(|f| f.package() == "quota.v1")
+            .flat_map(|f| f.service.iter().map(|s| s.name().to_owned()))
+            .collect();
+        assert_eq!(services, ["QuotaService", "TokenAdmin"]);
+    }
+}
