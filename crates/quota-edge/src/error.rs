@@ -1,0 +1,226 @@
+//! The edge's errors and their OpenAI-shaped JSON bodies.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tonic::{Code, Status};
+
+/// Everything the edge answers with other than success.
+#[derive(Debug)]
+pub enum EdgeError {
+    /// The gRPC service refused or failed the call.
+    Upstream(Status),
+    /// `start_date` / `end_date` is not `YYYY-MM-DD`.
+    InvalidDate(String),
+    /// The query string cannot be read.
+    InvalidQuery(String),
+    /// The `Authorization` header holds bytes that cannot travel as metadata.
+    MalformedAuthorization,
+    /// No such route.
+    UnknownUrl {
+        /// The method asked for.
+        method: String,
+        /// The path asked for.
+        path: String,
+    },
+    /// The route exists but not for this method.
+    MethodNotAllowed,
+}
+
+/// How one gRPC status code reads over HTTP: the status, OpenAI's error
+/// `type` and `code`, and whether the upstream message may be shown.
+struct HttpMapping {
+    status: StatusCode,
+    kind: &'static str,
+    code: &'static str,
+    show_message: bool,
+}
+
+/// gRPC to HTTP, as grpc-gateway and Envoy map it: the one table of the edge.
+fn http_mapping(code: Code) -> HttpMapping {
+    let (status, kind, code, show_message) = match code {
+        Code::Unauthenticated => (
+            StatusCode::UNAUTHORIZED,
+            INVALID_REQUEST,
+            "invalid_api_key",
+            true,
+        ),
+        Code::PermissionDenied => (
+            StatusCode::FORBIDDEN,
+            INVALID_REQUEST,
+            "permission_denied",
+            true,
+        ),
+        Code::NotFound => (StatusCode::NOT_FOUND, INVALID_REQUEST, "not_found", true),
+        Code::InvalidArgument => (
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "invalid_request",
+            true,
+        ),
+        Code::FailedPrecondition => (
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "failed_precondition",
+            true,
+        ),
+        Code::ResourceExhausted => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "insufficient_quota",
+            true,
+        ),
+        Code::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            SERVER_ERROR,
+            "service_unavailable",
+            false,
+        ),
+        Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, SERVER_ERROR, "timeout", false),
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            SERVER_ERROR,
+            "internal_error",
+            false,
+        ),
+    };
+    HttpMapping {
+        status,
+        kind,
+        code,
+        show_message,
+    }
+}
+
+const INVALID_REQUEST: &str = "invalid_request_error";
+const SERVER_ERROR: &str = "server_error";
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: &'a str,
+}
+
+impl IntoResponse for EdgeError {
+    fn into_response(self) -> Response {
+        let (status, kind, code, message, param) = match &self {
+            EdgeError::Upstream(upstream) => {
+                let m = http_mapping(upstream.code());
+                let message = if m.show_message {
+                    upstream.message().to_owned()
+                } else {
+                    // The detail stays in the service's log; the client learns only the class.
+                    tracing::warn!(code = ?upstream.code(), "upstream call failed");
+                    match m.status {
+                        StatusCode::SERVICE_UNAVAILABLE => {
+                            "the quota service is unavailable; try again later".to_owned()
+                        }
+                        StatusCode::GATEWAY_TIMEOUT => {
+                            "the quota service did not answer in time".to_owned()
+                        }
+                        _ => "internal error".to_owned(),
+                    }
+                };
+                (m.status, m.kind, m.code, message, None)
+            }
+            EdgeError::InvalidDate(message) => (
+                StatusCode::BAD_REQUEST,
+                INVALID_REQUEST,
+                "invalid_date",
+                message.clone(),
+                Some(if message.starts_with("end_date") {
+                    "end_date"
+                } else {
+                    "start_date"
+                }),
+            ),
+            EdgeError::InvalidQuery(message) => (
+                StatusCode::BAD_REQUEST,
+                INVALID_REQUEST,
+                "invalid_request",
+                message.clone(),
+                None,
+            ),
+            EdgeError::MalformedAuthorization => (
+                StatusCode::UNAUTHORIZED,
+                INVALID_REQUEST,
+                "invalid_api_key",
+                "malformed Authorization header: expected `Bearer <key>`".to_owned(),
+                None,
+            ),
+            EdgeError::UnknownUrl { method, path } => (
+                StatusCode::NOT_FOUND,
+                INVALID_REQUEST,
+                "unknown_url",
+                format!("Unknown request URL: {method} {path}."),
+                None,
+            ),
+            EdgeError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                INVALID_REQUEST,
+                "method_not_allowed",
+                "method not allowed: this route answers GET".to_owned(),
+                None,
+            ),
+        };
+        let body = Body {
+            error: Detail {
+                message: &message,
+                kind,
+                param,
+                code,
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            headers.insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, OPTIONS"),
+            );
+        }
+        response
+    }
+}
+
+impl From<Status> for EdgeError {
+    fn from(status: Status) -> Self {
+        EdgeError::Upstream(status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_codes_map_as_grpc_gateway_does() {
+        let cases = [
+            (Code::Unauthenticated, 401),
+            (Code::PermissionDenied, 403),
+            (Code::NotFound, 404),
+            (Code::InvalidArgument, 400),
+            (Code::ResourceExhausted, 429),
+            (Code::Unavailable, 503),
+            (Code::DeadlineExceeded, 504),
+            (Code::Internal, 500),
+            (Code::Unknown, 500),
+            (Code::DataLoss, 500),
+        ];
+        for (code, http) in cases {
+            assert_eq!(http_mapping(code).status.as_u16(), http, "{code:?}");
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The command line. Every flag also reads an environment variable.
+
+use clap::{Args, Parser, Subcommand};
+
+/// quota: how much may each API key spend, and how much has it spent.
+///
+/// Serves the quota gRPC API (quota.v1) and the OpenAI-style REST billing
+/// routes, and manages keys through the admin API.
+#[derive(Debug, Parser)]
+#[command(name = "quotad", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC service and the REST edge in one process (migrates first).
+    Serve {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        service: ServiceArgs,
+        #[command(flatten)]
+        grpc: GrpcAddr,
+        #[command(flatten)]
+        http: HttpAddr,
+    },
+    /// Run the gRPC service alone (migrates first).
+    Grpc {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        service: ServiceArgs,
+        #[command(flatten)]
+        grpc: GrpcAddr,
+    },
+    /// Run the REST edge alone, in front of a gRPC service.
+    Edge {
+        /// The gRPC service to call, e.g. http://127.0.0.1:50051.
+        #[arg(long, env = "QUOTA_UPSTREAM", value_name = "URL")]
+        upstream: String,
+        #[command(flatten)]
+        http: HttpAddr,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Manage API keys through the admin gRPC API of a running service.
+    Token {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+/// Where the data lives.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// sqlite://FILE, postgres://USER@HOST/DB or mysql://USER@HOST/DB.
+    /// The default SQLite file is created on first start.
+    #[arg(
+        long,
+        env = "QUOTA_DATABASE_URL",
+        value_name = "URL",
+        default_value = "sqlite://quota.db"
+    )]
+    pub database_url: String,
+}
+
+/// Settings of the gRPC service.
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// The admin credential for TokenAdmin and Consume. Unset: those methods refuse everything.
+    #[arg(
+        long,
+        env = "QUOTA_ADMIN_TOKEN",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Quota units per US dollar.
+    #[arg(
+        long,
+        env = "QUOTA_PER_USD",
+        value_name = "UNITS",
+        default_value_t = 500_000
+    )]
+    pub quota_per_usd: i64,
+}
+
+/// The gRPC listen address.
+#[derive(Debug, Args)]
+pub struct GrpcAddr {
+    /// Address for gRPC (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "QUOTA_GRPC_ADDR",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub grpc_addr: String,
+}
+
+/// The REST listen address.
+#[derive(Debug, Args)]
+pub struct HttpAddr {
+    /// Address for the REST edge (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "QUOTA_HTTP_ADDR",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub http_addr: String,
+}
+
+/// How `token` commands reach the admin API.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The running service's gRPC URL.
+    #[arg(
+        long,
+        env = "QUOTA_SERVER",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub server: String,
+    /// The admin credential the service was started with.
+    #[arg(
+        long,
+        env = "QUOTA_ADMIN_TOKEN",
+        value_name = "SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub admin_token: Option<String>,
+}
+
+/// The `token` subcommands. KEY|ID is a key (sk-...) or a numeric id.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint a key. The key alone is printed on stdout, once; details go to stderr.
+    Create {
+        /// A name to recognise the key by.
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        quota: CreateQuota,
+        /// Expiry: unix seconds or RFC 3339 (2027-01-01T00:00:00Z).
+        #[arg(long, value_name = "UNIX|RFC3339")]
+        expires_at: Option<String>,
+    },
+    /// Add quota to a key; its limit grows by exactly the grant.
+    Grant {
+        /// The key (sk-...) or its id.
+        #[arg(value_name = "KEY|ID")]
+        token: String,
+        #[command(flatten)]
+        quota: GrantQuota,
+    },
+    /// List every key.
+    List,
+    /// Show one key.
+    Show {
+        /// The key (sk-...) or its id.
+        #[arg(value_name = "KEY|ID")]
+        token: String,
+    },
+    /// Disable a key: it is refused everywhere until enabled.
+    Disable {
+        /// The key (sk-...) or its id.
+        #[arg(value_name = "KEY|ID")]
+        token: String,
+    },
+    /// Enable a disabled key.
+    Enable {
+        /// The key (sk-...) or its id.
+        #[arg(value_name = "KEY|ID")]
+        token: String,
+    },
+    /// Delete a key and its ledger.
+    Delete {
+        /// The key (sk-...) or its id.
+        #[arg(value_name = "KEY|ID")]
+        token: String,
+    },
+}
+
+/// The quota of a new key: exactly one of these.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct CreateQuota {
+    /// Quota in US dollars, e.g. 5 or 0.25.
+    #[arg(long, value_name = "USD")]
+    pub quota_usd: Option<String>,
+    /// Quota in units (QUOTA_PER_USD units make one dollar).
+    #[arg(long, value_name = "UNITS")]
+    pub quota: Option<i64>,
+    /// Never refused for quota; spend is still recorded.
+    #[arg(long)]
+    pub unlimited: bool,
+}
+
+/// The amount of a grant: exactly one of these.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct GrantQuota {
+    /// Dollars to add, e.g. 5 or 0.25.
+    #[arg(long, value_name = "USD")]
+    pub quota_usd: Option<String>,
+    /// Units to add.
+    #[arg(long, value_name = "UNITS")]
+    pub quota: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn create_needs_exactly_one_quota() {
+        assert!(Cli::try_parse_from(["quotad", "token", "create"]).is_err());
+        assert!(
+            Cli::try_parse_from(["quotad", "token", "create", "--quota", "1", "--unlimited"])
+                .is_err()
+        );
+        assert!(Cli::try_parse_from(["quotad", "token", "create", "--quota-usd", "5"]).is_ok());
+    }
+
+    #[test]
+    fn quota_must_be_a_number() {
+        assert!(Cli::try_parse_from(["quotad", "token", "grant", "1", "--quota", "lots"]).is_err());
+        assert!(Cli::try_parse_from(["quotad", "serve", "--quota-per-usd", "x"]).is_err());
+    }
+}

@@ -1,0 +1,277 @@
+//! `quotad token ...`: the admin API from the command line.
+
+use crate::cli::{AdminArgs, TokenCommand};
+use anyhow::{Context, Result, anyhow, bail};
+use quota::pb;
+use quota::pb::token_admin_client::TokenAdminClient;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+/// Carries out one `token` command against the admin API.
+pub async fn run(admin: AdminArgs, command: TokenCommand) -> Result<()> {
+    let Some(secret) = admin.admin_token.filter(|s| !s.is_empty()) else {
+        bail!(
+            "QUOTA_ADMIN_TOKEN is not set: pass --admin-token or set it to the secret the service runs with"
+        );
+    };
+    let channel = Channel::from_shared(admin.server.clone())
+        .with_context(|| {
+            format!(
+                "--server {:?} is not a valid URL (expected http://HOST:PORT)",
+                admin.server
+            )
+        })?
+        .connect()
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "cannot reach the quota service at {}: {}",
+                admin.server,
+                source_of(&e)
+            )
+        })?;
+    let client = Admin {
+        client: TokenAdminClient::new(channel),
+        secret,
+    };
+    client.run(command).await
+}
+
+struct Admin {
+    client: TokenAdminClient<Channel>,
+    secret: String,
+}
+
+impl Admin {
+    fn request<T>(&self, message: T) -> Result<Request<T>> {
+        let mut request = Request::new(message);
+        let value = format!("Bearer {}", self.secret)
+            .parse()
+            .map_err(|_| anyhow!("QUOTA_ADMIN_TOKEN holds characters that cannot be sent"))?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+
+    async fn run(mut self, command: TokenCommand) -> Result<()> {
+        match command {
+            TokenCommand::Create {
+                name,
+                quota,
+                expires_at,
+            } => {
+                let expires_at = expires_at
+                    .as_deref()
+                    .map(parse_expiry)
+                    .transpose()?
+                    .unwrap_or(0);
+                let request = self.request(pb::CreateTokenRequest {
+                    name,
+                    quota: quota.quota.unwrap_or(0),
+                    unlimited: quota.unlimited,
+                    expires_at,
+                    quota_usd: quota.quota_usd.unwrap_or_default(),
+                })?;
+                let created = self
+                    .client
+                    .create_token(request)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                println!("{}", created.key);
+                if let Some(token) = created.token {
+                    eprintln!(
+                        "created token {} ({}): {}",
+                        token.id,
+                        token.display_prefix,
+                        describe(&token)
+                    );
+                }
+            }
+            TokenCommand::Grant { token, quota } => {
+                let request = self.request(pb::GrantQuotaRequest {
+                    token: Some(token_ref(&token)),
+                    quota: quota.quota.unwrap_or(0),
+                    quota_usd: quota.quota_usd.unwrap_or_default(),
+                })?;
+                let token = self
+                    .client
+                    .grant_quota(request)
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                println!("{}", show(&token));
+            }
+            TokenCommand::List => {
+                println!(
+                    "{:>6}  {:<10}  {:<8}  {:>9}  {:>15}  {:>15}  {:>10}  NAME",
+                    "ID", "PREFIX", "STATUS", "UNLIMITED", "REMAINING", "USED", "EXPIRES"
+                );
+                let mut page_token = String::new();
+                loop {
+                    let request = self.request(pb::ListTokensRequest {
+                        page_size: 500,
+                        page_token,
+                    })?;
+                    let page = self
+                        .client
+                        .list_tokens(request)
+                        .await
+                        .map_err(failed)?
+                        .into_inner();
+                    for t in &page.tokens {
+                        println!(
+                            "{:>6}  {:<10}  {:<8}  {:>9}  {:>15}  {:>15}  {:>10}  {}",
+                            t.id,
+                            t.display_prefix,
+                            if t.enabled { "enabled" } else { "disabled" },
+                            if t.unlimited { "yes" } else { "no" },
+                            t.remaining,
+                            t.used,
+                            if t.expires_at == 0 {
+                                "never".to_owned()
+                            } else {
+                                t.expires_at.to_string()
+                            },
+                            t.name
+                        );
+                    }
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = page.next_page_token;
+                }
+            }
+            TokenCommand::Show { token } => {
+                let request = self.request(pb::GetTokenRequest {
+                    token: Some(token_ref(&token)),
+                })?;
+                println!(
+                    "{}",
+                    show(
+                        &self
+                            .client
+                            .get_token(request)
+                            .await
+                            .map_err(failed)?
+                            .into_inner()
+                    )
+                );
+            }
+            TokenCommand::Disable { token } => self.set_enabled(&token, false).await?,
+            TokenCommand::Enable { token } => self.set_enabled(&token, true).await?,
+            TokenCommand::Delete { token } => {
+                let request = self.request(pb::DeleteTokenRequest {
+                    token: Some(token_ref(&token)),
+                })?;
+                self.client.delete_token(request).await.map_err(failed)?;
+                eprintln!("deleted");
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_enabled(&mut self, token: &str, enabled: bool) -> Result<()> {
+        let request = self.request(pb::UpdateTokenRequest {
+            token: Some(token_ref(token)),
+            enabled: Some(enabled),
+            ..Default::default()
+        })?;
+        println!(
+            "{}",
+            show(
+                &self
+                    .client
+                    .update_token(request)
+                    .await
+                    .map_err(failed)?
+                    .into_inner()
+            )
+        );
+        Ok(())
+    }
+}
+
+/// A numeric argument is an id; anything else is taken as a key.
+fn token_ref(arg: &str) -> pb::TokenRef {
+    let r = match arg.parse::<i64>() {
+        Ok(id) => pb::token_ref::Ref::Id(id),
+        Err(_) => pb::token_ref::Ref::Key(arg.to_owned()),
+    };
+    pb::TokenRef { r#ref: Some(r) }
+}
+
+/// Unix seconds, or an RFC 3339 time.
+fn parse_expiry(value: &str) -> Result<i64> {
+    if let Ok(unix) = value.parse::<i64>() {
+        return Ok(unix);
+    }
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|t| t.timestamp())
+        .map_err(|_| anyhow!("--expires-at {value:?} is neither unix seconds nor an RFC 3339 time (2027-01-01T00:00:00Z)"))
+}
+
+fn describe(t: &pb::Token) -> String {
+    let quota = if t.unlimited {
+        "unlimited".to_owned()
+    } else {
+        format!("{} units", t.remaining + t.used)
+    };
+    let expiry = if t.expires_at == 0 {
+        "never expires".to_owned()
+    } else {
+        format!("expires at {}", t.expires_at)
+    };
+    format!("{quota}, {expiry}")
+}
+
+fn show(t: &pb::Token) -> String {
+    format!(
+        "id: {}\nprefix: {}\nname: {}\nstatus: {}\nunlimited: {}\nremaining: {}\nused: {}\nexpires_at: {}\ncreated_at: {}\nupdated_at: {}",
+        t.id,
+        t.display_prefix,
+        t.name,
+        if t.enabled { "enabled" } else { "disabled" },
+        t.unlimited,
+        t.remaining,
+        t.used,
+        t.expires_at,
+        t.created_at,
+        t.updated_at
+    )
+}
+
+/// A refused call as one line: the code and the service's message.
+fn failed(status: Status) -> anyhow::Error {
+    anyhow!("{}: {}", status.code().description(), status.message())
+}
+
+fn source_of(err: &dyn std::error::Error) -> String {
+    let mut last = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        last = e.to_string();
+        cur = e.source();
+    }
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_takes_unix_seconds_or_rfc3339() {
+        assert_eq!(parse_expiry("1900000000").unwrap(), 1_900_000_000);
+        assert_eq!(parse_expiry("2027-01-01T00:00:00Z").unwrap(), 1_798_761_600);
+        assert!(parse_expiry("next year").is_err());
+    }
+
+    #[test]
+    fn numeric_arguments_are_ids() {
+        assert_eq!(token_ref("42").r#ref, Some(pb::token_ref::Ref::Id(42)));
+        assert_eq!(
+            token_ref("sk-abc").r#ref,
+            Some(pb::token_ref::Ref::Key("sk-abc".into()))
+        );
+    }
+}
