@@ -195,8 +195,11 @@ fn checked_date(date: Option<String>, field: &str) -> Result<String, EdgeError> 
 fn with_caller<T>(message: T, headers: &HeaderMap) -> Result<tonic::Request<T>, EdgeError> {
     let mut request = tonic::Request::new(message);
     if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = tonic::metadata::MetadataValue::try_from(value.as_bytes())
-            .map_err(|_| EdgeError::MalformedAuthorization)?;
+        let value = value
+            .to_str()
+            .ok()
+            .and_then(|v| tonic::metadata::MetadataValue::try_from(v).ok())
+            .ok_or(EdgeError::MalformedAuthorization)?;
         request.metadata_mut().insert("authorization", value);
     }
     Ok(request)
