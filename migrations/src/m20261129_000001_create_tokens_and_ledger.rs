@@ -47,7 +47,9 @@ impl MigrationTrait for Migration {
                             .auto_increment()
                             .primary_key(),
                     )
-                    // Hex SHA-256 of the plaintext key: the only form of the key kept.
+                    // Hex SHA-256 of the plaintext key: the only form of the key kept. VARCHAR,
+                    // not CHAR: PostgreSQL compares CHAR with text parameters through a
+                    // cast that cannot use the index.
                     .col(
                         ColumnDef::new(QuotaTokens::KeyDigest)
                             .char_len(64)

@@ -3,6 +3,8 @@
 //! PostgreSQL tests run when `QUOTA_TEST_POSTGRES_URL` names a server (any
 //! database on it: a fresh one is created per test and dropped afterwards);
 //! without it they print that they were skipped.
+// Test support: a failure to set up is meant to fail the test, loudly.
+#![allow(clippy::expect_used)]
 
 use crate::domain::{KeyDigest, TokenKey};
 use crate::grpc::{QuotaApi, ServiceConfig, serve};
@@ -157,7 +159,7 @@ pub fn test_config() -> ServiceConfig {
 /// `on_every_database!(name, body)` makes `name::sqlite` and `name::postgres`.
 #[macro_export]
 macro_rules! on_every_database {
-    ($name:ident, $body:path) => {
+    ($name:ident, $body:ident) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {

@@ -11,11 +11,13 @@ use crate::domain::{
 use crate::error::QuotaError;
 use entity::{KIND_DEBIT, KIND_GRANT, STATUS_DISABLED, STATUS_ENABLED, ledger, token};
 use migration::{Migrator, MigratorTrait};
-use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, Query};
+use sea_orm::sea_query::{
+    CaseStatement, Expr, ExprTrait, InsertStatement, Query, ReturningClause, UpdateStatement,
+};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database,
     DatabaseBackend, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, SqlErr, Statement, TransactionTrait,
+    QuerySelect, SqlErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use std::time::Duration;
 
@@ -99,6 +101,18 @@ impl Store {
         &self.db
     }
 
+    /// A transaction that reads before it writes. On SQLite it takes the write
+    /// lock at `BEGIN IMMEDIATE`, where the busy timeout applies: a deferred
+    /// one fails with "database is locked" when another connection (a replica)
+    /// writes between its read and its write. Other databases ignore the mode.
+    async fn begin_write(&self) -> Result<DatabaseTransaction, QuotaError> {
+        let options = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        };
+        Ok(self.db.begin_with_options(options).await?)
+    }
+
     /// Mints a key and stores its token; the initial quota is a grant.
     pub async fn create_token(
         &self,
@@ -167,7 +181,7 @@ impl Store {
         units: QuotaUnits,
         now: i64,
     ) -> Result<Token, QuotaError> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let row = find(&txn, at).await?;
         let update = Query::update()
             .table(token::Entity)
@@ -222,7 +236,7 @@ impl Store {
 
     /// Deletes a token and its ledger.
     pub async fn delete_token(&self, at: &TokenLocator) -> Result<(), QuotaError> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let row = find(&txn, at).await?;
         ledger::Entity::delete_many()
             .filter(ledger::Column::TokenId.eq(row.id))
@@ -368,34 +382,9 @@ async fn debit_counters(
     now: i64,
 ) -> Result<Option<(i64, Balance)>, QuotaError> {
     use token::Column as C;
-    let n = units.get();
-    let mut update = Query::update()
-        .table(token::Entity)
-        .value(
-            C::Remaining,
-            CaseStatement::new()
-                .case(Expr::col(C::Unlimited).eq(true), Expr::col(C::Remaining))
-                .finally(Expr::col(C::Remaining).sub(n)),
-        )
-        .value(C::Used, Expr::col(C::Used).add(n))
-        .value(C::UpdatedAt, now)
-        .and_where(Expr::col(C::KeyDigest).eq(digest.as_str()))
-        .and_where(Expr::col(C::Status).eq(STATUS_ENABLED))
-        .and_where(
-            Expr::col(C::ExpiresAt)
-                .is_null()
-                .or(Expr::col(C::ExpiresAt).gt(now)),
-        )
-        .and_where(
-            Expr::col(C::Unlimited)
-                .eq(true)
-                .or(Expr::col(C::Remaining).gte(n)),
-        )
-        .and_where(Expr::col(C::Used).lte(i64::MAX - n))
-        .to_owned();
+    let mut update = debit_update(digest.as_str(), units.get(), now);
     let row = if txn.support_returning() {
-        update.returning(Query::returning().columns([C::Id, C::Remaining, C::Used, C::Unlimited]));
-        txn.query_one(&update).await?
+        txn.query_one(update.returning(debit_returning())).await?
     } else {
         if txn.execute(&update).await?.rows_affected() != 1 {
             return Ok(None);
@@ -417,6 +406,62 @@ async fn debit_counters(
     Ok(Some((id, balance)))
 }
 
+/// `UPDATE` of the counters that succeeds only for an enabled, unexpired
+/// token that is unlimited or has at least `units` left.
+fn debit_update(digest: &str, units: i64, now: i64) -> UpdateStatement {
+    use token::Column as C;
+    Query::update()
+        .table(token::Entity)
+        .value(
+            C::Remaining,
+            CaseStatement::new()
+                .case(Expr::col(C::Unlimited).eq(true), Expr::col(C::Remaining))
+                .finally(Expr::col(C::Remaining).sub(units)),
+        )
+        .value(C::Used, Expr::col(C::Used).add(units))
+        .value(C::UpdatedAt, now)
+        .and_where(Expr::col(C::KeyDigest).eq(digest))
+        .and_where(Expr::col(C::Status).eq(STATUS_ENABLED))
+        .and_where(
+            Expr::col(C::ExpiresAt)
+                .is_null()
+                .or(Expr::col(C::ExpiresAt).gt(now)),
+        )
+        .and_where(
+            Expr::col(C::Unlimited)
+                .eq(true)
+                .or(Expr::col(C::Remaining).gte(units)),
+        )
+        .and_where(Expr::col(C::Used).lte(i64::MAX - units))
+        .to_owned()
+}
+
+fn debit_returning() -> ReturningClause {
+    use token::Column as C;
+    Query::returning().columns([C::Id, C::Remaining, C::Used, C::Unlimited])
+}
+
+fn ledger_insert(
+    token_id: i64,
+    kind: i16,
+    units: i64,
+    request_id: Option<&str>,
+    now: i64,
+) -> InsertStatement {
+    use ledger::Column as C;
+    Query::insert()
+        .into_table(ledger::Entity)
+        .columns([C::TokenId, C::Kind, C::Units, C::RequestId, C::CreatedAt])
+        .values_panic([
+            token_id.into(),
+            kind.into(),
+            units.into(),
+            request_id.map(str::to_owned).into(),
+            now.into(),
+        ])
+        .to_owned()
+}
+
 async fn insert_ledger(
     txn: &DatabaseTransaction,
     token_id: i64,
@@ -425,18 +470,35 @@ async fn insert_ledger(
     request_id: Option<&str>,
     now: i64,
 ) -> Result<(), sea_orm::DbErr> {
-    let row = ledger::ActiveModel {
-        token_id: Set(token_id),
-        kind: Set(kind),
-        units: Set(units),
-        request_id: Set(request_id.map(str::to_owned)),
-        created_at: Set(now),
-        ..Default::default()
-    };
-    ledger::Entity::insert(row)
-        .exec_without_returning(txn)
+    txn.execute(&ledger_insert(token_id, kind, units, request_id, now))
         .await?;
     Ok(())
+}
+
+/// The statements one debit executes on PostgreSQL, as a pgbench script, so
+/// that the benchmark compares the service with PostgreSQL running exactly
+/// this SQL. `digest_sql` and `request_id_sql` are SQL expressions standing
+/// for the bound values.
+#[doc(hidden)]
+pub fn pgbench_debit_script(
+    digest_sql: &str,
+    units: i64,
+    request_id_sql: &str,
+    now: i64,
+) -> String {
+    use sea_orm::sea_query::PostgresQueryBuilder;
+    const DIGEST: &str = "@@digest@@";
+    const REQUEST_ID: &str = "@@request_id@@";
+    const TOKEN_ID: i64 = 987_654_321_987_654_321;
+    let update = debit_update(DIGEST, units, now)
+        .returning(debit_returning())
+        .to_string(PostgresQueryBuilder)
+        .replace(&format!("'{DIGEST}'"), digest_sql);
+    let insert = ledger_insert(TOKEN_ID, KIND_DEBIT, units, Some(REQUEST_ID), now)
+        .to_string(PostgresQueryBuilder)
+        .replace(&format!("'{REQUEST_ID}'"), request_id_sql)
+        .replace(&TOKEN_ID.to_string(), ":id");
+    format!("BEGIN;\n{update} \\gset\n{insert};\nCOMMIT;\n")
 }
 
 async fn find<C: ConnectionTrait>(db: &C, at: &TokenLocator) -> Result<token::Model, QuotaError> {
