@@ -52,7 +52,7 @@ impl MigrationTrait for Migration {
                     // cast that cannot use the index.
                     .col(
                         ColumnDef::new(QuotaTokens::KeyDigest)
-                            .char_len(64)
+                            .string_len(64)
                             .not_null()
                             .unique_key(),
                     )

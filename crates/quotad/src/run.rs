@@ -7,6 +7,7 @@ use quota_service::auth::AdminCredential;
 use quota_service::domain::QuotaPerUsd;
 use quota_service::{QuotaApi, ServiceConfig, Store};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -20,35 +21,40 @@ pub async fn run(cli: Cli) -> Result<()> {
             http,
         } => {
             let api = open_api(&db, &service).await?;
+            let stop = shutdown_signal()?;
             let grpc = bind(&grpc.grpc_addr, "gRPC").await?;
             let http = bind(&http.http_addr, "REST").await?;
             let upstream = Upstream::lazy(&format!("http://{}", reachable(grpc.local_addr()?)))?;
-            let stop = shutdown_signal();
             let grpc = tokio::spawn(quota_service::serve(grpc, api, stopped(stop.clone())));
             let edge = tokio::spawn(quota_edge::serve(
                 http,
                 quota_edge::app(upstream),
-                stopped(stop),
+                stopped(stop.clone()),
             ));
-            let (grpc, edge) = tokio::join!(grpc, edge);
-            grpc?.map_err(|e| anyhow!("gRPC server failed: {e}"))?;
-            edge?.context("REST edge failed")?;
+            if let Some((grpc, edge)) = drained(stop, async { tokio::join!(grpc, edge) }).await {
+                grpc?.map_err(|e| anyhow!("gRPC server failed: {e}"))?;
+                edge?.context("REST edge failed")?;
+            }
         }
         Command::Grpc { db, service, grpc } => {
             let api = open_api(&db, &service).await?;
+            let stop = shutdown_signal()?;
             let grpc = bind(&grpc.grpc_addr, "gRPC").await?;
-            quota_service::serve(grpc, api, stopped(shutdown_signal()))
-                .await
-                .map_err(|e| anyhow!("gRPC server failed: {e}"))?;
+            let server = quota_service::serve(grpc, api, stopped(stop.clone()));
+            if let Some(served) = drained(stop, server).await {
+                served.map_err(|e| anyhow!("gRPC server failed: {e}"))?;
+            }
         }
         Command::Edge { upstream, http } => {
             let upstream = Upstream::lazy(&upstream).with_context(|| {
                 format!("--upstream {upstream:?} is not a valid URL (expected http://HOST:PORT)")
             })?;
+            let stop = shutdown_signal()?;
             let http = bind(&http.http_addr, "REST").await?;
-            quota_edge::serve(http, quota_edge::app(upstream), stopped(shutdown_signal()))
-                .await
-                .context("REST edge failed")?;
+            let server = quota_edge::serve(http, quota_edge::app(upstream), stopped(stop.clone()));
+            if let Some(served) = drained(stop, server).await {
+                served.context("REST edge failed")?;
+            }
         }
         Command::Migrate { db } => {
             open_store(&db).await?;
@@ -143,34 +149,57 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Flips once on SIGTERM or Ctrl-C.
-fn shutdown_signal() -> watch::Receiver<bool> {
+/// Flips once on SIGTERM or Ctrl-C. The handlers are installed before this
+/// returns, so a signal sent as soon as the listeners are announced is caught.
+fn shutdown_signal() -> Result<watch::Receiver<bool>> {
     let (tx, rx) = watch::channel(false);
+    #[cfg(unix)]
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind| signal(kind).context("cannot install the shutdown signal handler");
+        (
+            install(SignalKind::terminate())?,
+            install(SignalKind::interrupt())?,
+        )
+    };
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
         tokio::select! {
-            _ = ctrl_c => {},
-            _ = term => {},
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down: finishing requests in flight");
         let _ = tx.send(true);
     });
-    rx
+    Ok(rx)
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// How long requests in flight may take to finish after the signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs `servers` to their end, or to [`SHUTDOWN_GRACE`] after the signal
+/// (`None`): a connection that never sends a request would otherwise hold a
+/// graceful shutdown open for ever (hyperium/hyper#4170).
+async fn drained<T>(stop: watch::Receiver<bool>, servers: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        done = servers => Some(done),
+        () = async {
+            stopped(stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(
+                "connections still open {}s after the signal: closing them",
+                SHUTDOWN_GRACE.as_secs()
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]
