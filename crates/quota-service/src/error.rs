@@ -7,7 +7,7 @@ use tonic::{Code, Status};
 ///
 /// The message of each variant is safe to show to the caller; internal detail
 /// travels in `Unavailable` and `Internal`, is logged, and never leaves.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum QuotaError {
     /// No `authorization` metadata.
     #[error("missing API key: send the header `Authorization: Bearer sk-...`")]

@@ -1065,3 +1065,109 @@ async fn grants_and_debits_on_two_replicas_all_land(db: TestDb) {
     assert_eq!(sum(KIND_GRANT), granted);
     assert_eq!(sum(KIND_DEBIT), used);
 }
+
+/// A burst of debits on one token: `copies` debits of each of `ids` request
+/// ids, all in flight at once. Returns (first debits, repeats, refusals).
+async fn burst(
+    store: &Store,
+    key: &TokenKey,
+    n: i64,
+    ids: usize,
+    copies: usize,
+) -> (usize, usize, Vec<QuotaError>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..copies {
+        for id in 0..ids {
+            let (store, digest) = (store.clone(), key.digest());
+            tasks.spawn(async move {
+                store
+                    .consume(&digest, units(n), Some(&format!("burst-{id}")), NOW)
+                    .await
+            });
+        }
+    }
+    let (mut first, mut repeats, mut refused) = (0, 0, Vec::new());
+    while let Some(outcome) = tasks.join_next().await {
+        match outcome.unwrap() {
+            Ok(debit) if debit.repeat => repeats += 1,
+            Ok(_) => first += 1,
+            Err(e) => refused.push(e),
+        }
+    }
+    (first, repeats, refused)
+}
+
+on_every_database!(
+    a_burst_on_one_token_settles_each_debit_exactly,
+    a_burst_settles_each_debit_exactly
+);
+async fn a_burst_settles_each_debit_exactly(db: TestDb) {
+    let store = db.store().await;
+    // Affords 20 debits of 5; 32 request ids, each sent twice at once.
+    let (token, key) = new_token(&store, 100).await;
+    let (first, repeats, refused) = burst(&store, &key, 5, 32, 2).await;
+    assert_eq!(first, 20);
+    assert_eq!(repeats, 20, "each debited id's second copy is a repeat");
+    assert_eq!(refused.len(), 24);
+    assert!(
+        refused
+            .iter()
+            .all(|e| matches!(e, QuotaError::QuotaExhausted { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(balance(&store, token.id).await, limited(0, 100));
+    let rows = debits_of(&store, token.id).await;
+    assert_eq!(rows.len(), 20);
+    let mut ids: Vec<_> = rows.iter().map(|r| r.request_id.clone().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "one ledger row per debited id");
+}
+
+on_every_database!(
+    a_burst_on_a_refused_token_is_refused_whole,
+    a_burst_on_a_refused_token_is_refused_whole
+);
+async fn a_burst_on_a_refused_token_is_refused_whole(db: TestDb) {
+    let store = db.store().await;
+    let (disabled, disabled_key) = new_token(&store, 1_000).await;
+    let off = TokenChanges {
+        enabled: Some(false),
+        ..TokenChanges::default()
+    };
+    store
+        .update_token(&TokenLocator::Id(disabled.id), off, NOW)
+        .await
+        .unwrap();
+    let (expired, expired_key) = create(
+        &store,
+        NewToken {
+            quota: 1_000,
+            expires_at: Some(NOW),
+            ..NewToken::default()
+        },
+    )
+    .await;
+    let unknown = TokenKey::generate().unwrap();
+
+    for (key, id, refusal) in [
+        (&disabled_key, Some(disabled.id), "disabled"),
+        (&expired_key, Some(expired.id), "expired"),
+        (&unknown, None, "unknown"),
+    ] {
+        let (first, repeats, refused) = burst(&store, key, 1, 16, 1).await;
+        assert_eq!((first, repeats, refused.len()), (0, 0, 16), "{refusal}");
+        for e in &refused {
+            let expected = match refusal {
+                "disabled" => matches!(e, QuotaError::TokenDisabled),
+                "expired" => matches!(e, QuotaError::TokenExpired),
+                _ => matches!(e, QuotaError::TokenNotFound),
+            };
+            assert!(expected, "{refusal}: {e:?}");
+        }
+        if let Some(id) = id {
+            assert!(debits_of(&store, id).await.is_empty());
+            assert_eq!(balance(&store, id).await, limited(1_000, 0));
+        }
+    }
+}

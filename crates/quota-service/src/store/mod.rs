@@ -3,21 +3,23 @@
 //! Every function takes domain types and returns `Result<_, QuotaError>`; no
 //! `DbErr` leaves this module. SQLite, PostgreSQL and MySQL run the same code.
 
+mod debit;
 pub mod entity;
 
+use debit::insert_ledger;
+pub use debit::pgbench_debit_script;
+
 use crate::domain::{
-    Balance, DaySpend, Debit, KeyDigest, QuotaUnits, Token, TokenKey, TokenLocator, UsageWindow,
+    Balance, DaySpend, KeyDigest, QuotaUnits, Token, TokenKey, TokenLocator, UsageWindow,
 };
 use crate::error::QuotaError;
 use entity::{KIND_DEBIT, KIND_GRANT, STATUS_DISABLED, STATUS_ENABLED, ledger, token};
 use migration::{Migrator, MigratorTrait};
-use sea_orm::sea_query::{
-    CaseStatement, Expr, ExprTrait, InsertStatement, Query, ReturningClause, UpdateStatement,
-};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database,
     DatabaseBackend, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, SqlErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+    QuerySelect, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use std::time::Duration;
 
@@ -25,6 +27,7 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
+    queues: std::sync::Arc<debit::Queues>,
 }
 
 /// A new token's settings.
@@ -87,7 +90,10 @@ impl Store {
         let db = Database::connect(opts)
             .await
             .map_err(|e| QuotaError::Unavailable(e.to_string()))?;
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            queues: Default::default(),
+        })
     }
 
     /// Applies every pending migration.
@@ -247,87 +253,6 @@ impl Store {
         Ok(())
     }
 
-    /// Debits `units` from the token whose key has `digest`: all or nothing.
-    ///
-    /// One conditional UPDATE (enabled, unexpired, unlimited or enough left)
-    /// and the ledger row, in one transaction. The unique (token, request id)
-    /// index makes a repeat of a succeeded request id roll back; it is then
-    /// answered as a repeat, with nothing more debited.
-    pub async fn consume(
-        &self,
-        digest: &KeyDigest,
-        units: QuotaUnits,
-        request_id: Option<&str>,
-        now: i64,
-    ) -> Result<Debit, QuotaError> {
-        // A refusal is diagnosed after the rollback; should the token have
-        // changed in between (a grant landed), the debit is tried again.
-        for _ in 0..3 {
-            let txn = self.db.begin().await?;
-            if let Some((token_id, balance)) = debit_counters(&txn, digest, units, now).await? {
-                match insert_ledger(&txn, token_id, KIND_DEBIT, units.get(), request_id, now).await
-                {
-                    Ok(()) => {
-                        txn.commit().await?;
-                        return Ok(Debit {
-                            balance,
-                            repeat: false,
-                        });
-                    }
-                    Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            txn.rollback().await?;
-            if let Some(refusal) = self.explain_refusal(digest, units, request_id, now).await? {
-                return refusal;
-            }
-        }
-        Err(QuotaError::Internal(
-            "debit did not settle after three attempts".into(),
-        ))
-    }
-
-    /// Why a debit was refused: a repeat (success), or the token's state.
-    /// `None` when nothing stands in the way any more.
-    async fn explain_refusal(
-        &self,
-        digest: &KeyDigest,
-        units: QuotaUnits,
-        request_id: Option<&str>,
-        now: i64,
-    ) -> Result<Option<Result<Debit, QuotaError>>, QuotaError> {
-        let Some(token) = self.token_by_digest(digest).await? else {
-            return Ok(Some(Err(QuotaError::TokenNotFound)));
-        };
-        if let Some(request_id) = request_id {
-            let seen = ledger::Entity::find()
-                .filter(ledger::Column::TokenId.eq(token.id))
-                .filter(ledger::Column::RequestId.eq(request_id))
-                .one(&self.db)
-                .await?;
-            if seen.is_some() {
-                return Ok(Some(Ok(Debit {
-                    balance: token.balance,
-                    repeat: true,
-                })));
-            }
-        }
-        Ok(if !token.enabled {
-            Some(Err(QuotaError::TokenDisabled))
-        } else if token.is_expired(now) {
-            Some(Err(QuotaError::TokenExpired))
-        } else if !token.balance.unlimited && token.balance.remaining < units.get() {
-            Some(Err(QuotaError::QuotaExhausted {
-                remaining: token.balance.remaining,
-                requested: units.get(),
-            }))
-        } else {
-            None
-        })
-    }
-
     /// Units debited per UTC day within `window`, oldest first.
     pub async fn daily_usage(
         &self,
@@ -371,134 +296,6 @@ impl Store {
             .collect::<Result<_, sea_orm::DbErr>>()
             .map_err(QuotaError::from)
     }
-}
-
-/// The conditional debit of the counters. Returns the token id and the
-/// counters after the debit, or `None` when the token cannot pay.
-async fn debit_counters(
-    txn: &DatabaseTransaction,
-    digest: &KeyDigest,
-    units: QuotaUnits,
-    now: i64,
-) -> Result<Option<(i64, Balance)>, QuotaError> {
-    use token::Column as C;
-    let mut update = debit_update(digest.as_str(), units.get(), now);
-    let row = if txn.support_returning() {
-        txn.query_one(update.returning(debit_returning())).await?
-    } else {
-        if txn.execute(&update).await?.rows_affected() != 1 {
-            return Ok(None);
-        }
-        let select = Query::select()
-            .columns([C::Id, C::Remaining, C::Used, C::Unlimited])
-            .from(token::Entity)
-            .and_where(Expr::col(C::KeyDigest).eq(digest.as_str()))
-            .to_owned();
-        txn.query_one(&select).await?
-    };
-    let Some(row) = row else { return Ok(None) };
-    let id: i64 = row.try_get_by_index(0)?;
-    let balance = Balance {
-        remaining: row.try_get_by_index(1)?,
-        used: row.try_get_by_index(2)?,
-        unlimited: row.try_get_by_index(3)?,
-    };
-    Ok(Some((id, balance)))
-}
-
-/// `UPDATE` of the counters that succeeds only for an enabled, unexpired
-/// token that is unlimited or has at least `units` left.
-fn debit_update(digest: &str, units: i64, now: i64) -> UpdateStatement {
-    use token::Column as C;
-    Query::update()
-        .table(token::Entity)
-        .value(
-            C::Remaining,
-            CaseStatement::new()
-                .case(Expr::col(C::Unlimited).eq(true), Expr::col(C::Remaining))
-                .finally(Expr::col(C::Remaining).sub(units)),
-        )
-        .value(C::Used, Expr::col(C::Used).add(units))
-        .value(C::UpdatedAt, now)
-        .and_where(Expr::col(C::KeyDigest).eq(digest))
-        .and_where(Expr::col(C::Status).eq(STATUS_ENABLED))
-        .and_where(
-            Expr::col(C::ExpiresAt)
-                .is_null()
-                .or(Expr::col(C::ExpiresAt).gt(now)),
-        )
-        .and_where(
-            Expr::col(C::Unlimited)
-                .eq(true)
-                .or(Expr::col(C::Remaining).gte(units)),
-        )
-        .and_where(Expr::col(C::Used).lte(i64::MAX - units))
-        .to_owned()
-}
-
-fn debit_returning() -> ReturningClause {
-    use token::Column as C;
-    Query::returning().columns([C::Id, C::Remaining, C::Used, C::Unlimited])
-}
-
-fn ledger_insert(
-    token_id: i64,
-    kind: i16,
-    units: i64,
-    request_id: Option<&str>,
-    now: i64,
-) -> InsertStatement {
-    use ledger::Column as C;
-    Query::insert()
-        .into_table(ledger::Entity)
-        .columns([C::TokenId, C::Kind, C::Units, C::RequestId, C::CreatedAt])
-        .values_panic([
-            token_id.into(),
-            kind.into(),
-            units.into(),
-            request_id.map(str::to_owned).into(),
-            now.into(),
-        ])
-        .to_owned()
-}
-
-async fn insert_ledger(
-    txn: &DatabaseTransaction,
-    token_id: i64,
-    kind: i16,
-    units: i64,
-    request_id: Option<&str>,
-    now: i64,
-) -> Result<(), sea_orm::DbErr> {
-    txn.execute(&ledger_insert(token_id, kind, units, request_id, now))
-        .await?;
-    Ok(())
-}
-
-/// The statements one debit executes on PostgreSQL, as a pgbench script, so
-/// that the benchmark compares the service with PostgreSQL running exactly
-/// this SQL. `digest_sql` and `request_id_sql` are SQL expressions standing
-/// for the bound values.
-#[doc(hidden)]
-pub fn pgbench_debit_script(
-    digest_sql: &str,
-    units: i64,
-    request_id_sql: &str,
-    now: i64,
-) -> String {
-    use sea_orm::sea_query::PostgresQueryBuilder;
-    const DIGEST: &str = "@@digest@@";
-    const REQUEST_ID: &str = "@@request_id@@";
-    const TOKEN_ID: i64 = 987_654_321_987_654_321;
-    let update = debit_update(DIGEST, units, now)
-        .returning(debit_returning())
-        .to_string(PostgresQueryBuilder)
-        .replace(&format!("'{DIGEST}'"), digest_sql);
-    let insert = ledger_insert(TOKEN_ID, KIND_DEBIT, units, Some(REQUEST_ID), now)
-        .to_string(PostgresQueryBuilder)
-        .replace(&format!("'{REQUEST_ID}'"), request_id_sql)
-        .replace(&TOKEN_ID.to_string(), ":id");
-    format!("BEGIN;\n{update} \\gset\n{insert};\nCOMMIT;\n")
 }
 
 async fn find<C: ConnectionTrait>(db: &C, at: &TokenLocator) -> Result<token::Model, QuotaError> {

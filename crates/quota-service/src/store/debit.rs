@@ -1,0 +1,529 @@
+//! Debits: atomic, all-or-nothing, idempotent per request id, and coalesced
+//! per token.
+//!
+//! Debits of one token that arrive while another of its debits is being
+//! written wait in a queue; the next transaction settles all of them at once
+//! (one row lock, one UPDATE, one multi-row INSERT, one commit), each with its
+//! own ledger row and its own outcome, in arrival order. A token that is not
+//! busy is debited alone with a single conditional UPDATE. Both paths lock the
+//! token's row before they look at the ledger, so they stay exact together and
+//! across replicas sharing the database.
+
+use super::Store;
+use super::entity::{KIND_DEBIT, STATUS_ENABLED, ledger, token};
+use crate::domain::{Balance, Debit, KeyDigest, QuotaUnits};
+use crate::error::QuotaError;
+use sea_orm::sea_query::{
+    CaseStatement, Expr, ExprTrait, InsertStatement, Query, ReturningClause, UpdateStatement,
+};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
+    QuerySelect, SqlErr, TransactionTrait,
+};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::oneshot;
+
+/// The most debits one transaction settles.
+const MAX_BATCH: usize = 256;
+
+/// One debit waiting for its token's next transaction.
+#[derive(Debug)]
+struct Pending {
+    units: QuotaUnits,
+    request_id: Option<String>,
+    now: i64,
+    reply: oneshot::Sender<Result<Debit, QuotaError>>,
+}
+
+/// Debits waiting, per token. A token has an entry exactly while a worker
+/// settles its debits; the worker removes the entry when the queue is empty.
+#[derive(Debug, Default)]
+pub(super) struct Queues(Mutex<HashMap<KeyDigest, Vec<Pending>>>);
+
+impl Queues {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<KeyDigest, Vec<Pending>>> {
+        // The map is consistent at every unlock: a poisoned lock is still usable.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Removes a token's queue if its worker ends without doing so (a panic),
+/// so that the waiting callers are answered and later debits start afresh.
+struct WorkerGuard {
+    queues: Arc<Queues>,
+    digest: KeyDigest,
+    done: bool,
+}
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.queues.lock().remove(&self.digest);
+        }
+    }
+}
+
+impl Store {
+    /// Debits `units` from the token whose key has `digest`: all or nothing.
+    ///
+    /// Succeeds only for an enabled, unexpired token that is unlimited or has
+    /// `remaining >= units`. Once a debit with a `request_id` has succeeded,
+    /// repeats of that id succeed too and debit nothing more.
+    pub async fn consume(
+        &self,
+        digest: &KeyDigest,
+        units: QuotaUnits,
+        request_id: Option<&str>,
+        now: i64,
+    ) -> Result<Debit, QuotaError> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            units,
+            request_id: request_id.map(str::to_owned),
+            now,
+            reply,
+        };
+        let start_worker = {
+            let mut queues = self.queues.lock();
+            match queues.get_mut(digest) {
+                Some(queue) => {
+                    queue.push(pending);
+                    false
+                }
+                None => {
+                    queues.insert(digest.clone(), vec![pending]);
+                    true
+                }
+            }
+        };
+        if start_worker {
+            tokio::spawn(self.clone().settle_queue(digest.clone()));
+        }
+        answer
+            .await
+            .map_err(|_| QuotaError::Internal("the debit worker stopped before answering".into()))?
+    }
+
+    /// Settles a token's queue, a batch at a time, until it is empty.
+    async fn settle_queue(self, digest: KeyDigest) {
+        let mut guard = WorkerGuard {
+            queues: self.queues.clone(),
+            digest,
+            done: false,
+        };
+        loop {
+            let batch: Vec<Pending> = {
+                let mut queues = self.queues.lock();
+                let Some(queue) = queues.get_mut(&guard.digest).filter(|q| !q.is_empty()) else {
+                    queues.remove(&guard.digest);
+                    guard.done = true;
+                    return;
+                };
+                let take = queue.len().min(MAX_BATCH);
+                queue.drain(..take).collect()
+            };
+            self.settle(&guard.digest, batch).await;
+        }
+    }
+
+    async fn settle(&self, digest: &KeyDigest, mut batch: Vec<Pending>) {
+        if batch.len() == 1 {
+            if let Some(p) = batch.pop() {
+                let outcome = self
+                    .consume_one(digest, p.units, p.request_id.as_deref(), p.now)
+                    .await;
+                let _ = p.reply.send(outcome);
+            }
+            return;
+        }
+        match self.consume_batch(digest, &batch).await {
+            Ok(outcomes) => {
+                for (p, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = p.reply.send(outcome);
+                }
+            }
+            // Not expected under the row lock, but the index has the last word:
+            // settle each debit on its own.
+            Err(BatchError::Duplicate) => {
+                for p in batch {
+                    let outcome = self
+                        .consume_one(digest, p.units, p.request_id.as_deref(), p.now)
+                        .await;
+                    let _ = p.reply.send(outcome);
+                }
+            }
+            Err(BatchError::Failed(err)) => {
+                for p in batch {
+                    let _ = p.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// Settles several debits of one token in one transaction; returns each
+    /// debit's outcome, in order.
+    async fn consume_batch(
+        &self,
+        digest: &KeyDigest,
+        batch: &[Pending],
+    ) -> Result<Vec<Result<Debit, QuotaError>>, BatchError> {
+        let txn = self.begin_write().await?;
+        let row = token::Entity::find()
+            .filter(token::Column::KeyDigest.eq(digest.as_str()))
+            .lock_exclusive()
+            .one(&txn)
+            .await?;
+        let Some(row) = row else {
+            return Ok(batch
+                .iter()
+                .map(|_| Err(QuotaError::TokenNotFound))
+                .collect());
+        };
+        let ids: Vec<&str> = batch
+            .iter()
+            .filter_map(|p| p.request_id.as_deref())
+            .collect();
+        let mut seen: HashSet<String> = if ids.is_empty() {
+            HashSet::new()
+        } else {
+            ledger::Entity::find()
+                .select_only()
+                .column(ledger::Column::RequestId)
+                .filter(ledger::Column::TokenId.eq(row.id))
+                .filter(ledger::Column::RequestId.is_in(ids))
+                .into_tuple::<Option<String>>()
+                .all(&txn)
+                .await?
+                .into_iter()
+                .flatten()
+                .collect()
+        };
+
+        let mut balance = Balance {
+            remaining: row.remaining,
+            used: row.used,
+            unlimited: row.unlimited,
+        };
+        let mut rows = Vec::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut last_now = 0;
+        for p in batch {
+            let n = p.units.get();
+            if p.request_id.as_ref().is_some_and(|id| seen.contains(id)) {
+                outcomes.push(Ok(Debit {
+                    balance,
+                    repeat: true,
+                }));
+                continue;
+            }
+            let outcome = if row.status != STATUS_ENABLED {
+                Err(QuotaError::TokenDisabled)
+            } else if row.expires_at.is_some_and(|at| at <= p.now) {
+                Err(QuotaError::TokenExpired)
+            } else if !balance.unlimited && balance.remaining < n {
+                Err(QuotaError::QuotaExhausted {
+                    remaining: balance.remaining,
+                    requested: n,
+                })
+            } else if balance.used > i64::MAX - n {
+                Err(QuotaError::InvalidArgument(
+                    "debit refused: used quota would overflow".into(),
+                ))
+            } else {
+                if !balance.unlimited {
+                    balance.remaining -= n;
+                }
+                balance.used += n;
+                rows.push(ledger_insert_values(
+                    row.id,
+                    KIND_DEBIT,
+                    n,
+                    p.request_id.as_deref(),
+                    p.now,
+                ));
+                seen.extend(p.request_id.clone());
+                last_now = std::cmp::Ord::max(last_now, p.now);
+                Ok(Debit {
+                    balance,
+                    repeat: false,
+                })
+            };
+            outcomes.push(outcome);
+        }
+
+        if !rows.is_empty() {
+            let update = Query::update()
+                .table(token::Entity)
+                .value(token::Column::Remaining, balance.remaining)
+                .value(token::Column::Used, balance.used)
+                .value(token::Column::UpdatedAt, last_now)
+                .and_where(Expr::col(token::Column::Id).eq(row.id))
+                .to_owned();
+            txn.execute(&update).await?;
+            let mut insert = ledger_insert_into();
+            for values in rows {
+                insert.values_panic(values);
+            }
+            txn.execute(&insert)
+                .await
+                .map_err(BatchError::from_insert)?;
+        }
+        txn.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// One debit on its own: one conditional UPDATE (enabled, unexpired,
+    /// unlimited or enough left) and the ledger row, in one transaction. The
+    /// unique (token, request id) index makes a repeat of a succeeded request
+    /// id roll back; it is then answered as a repeat, with nothing more debited.
+    async fn consume_one(
+        &self,
+        digest: &KeyDigest,
+        units: QuotaUnits,
+        request_id: Option<&str>,
+        now: i64,
+    ) -> Result<Debit, QuotaError> {
+        // A refusal is diagnosed after the rollback; should the token have
+        // changed in between (a grant landed), the debit is tried again.
+        for _ in 0..3 {
+            let txn = self.db.begin().await?;
+            if let Some((token_id, balance)) = debit_counters(&txn, digest, units, now).await? {
+                match insert_ledger(&txn, token_id, KIND_DEBIT, units.get(), request_id, now).await
+                {
+                    Ok(()) => {
+                        txn.commit().await?;
+                        return Ok(Debit {
+                            balance,
+                            repeat: false,
+                        });
+                    }
+                    Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            txn.rollback().await?;
+            if let Some(refusal) = self.explain_refusal(digest, units, request_id, now).await? {
+                return refusal;
+            }
+        }
+        Err(QuotaError::Internal(
+            "debit did not settle after three attempts".into(),
+        ))
+    }
+
+    /// Why a debit was refused: a repeat (success), or the token's state.
+    /// `None` when nothing stands in the way any more.
+    async fn explain_refusal(
+        &self,
+        digest: &KeyDigest,
+        units: QuotaUnits,
+        request_id: Option<&str>,
+        now: i64,
+    ) -> Result<Option<Result<Debit, QuotaError>>, QuotaError> {
+        let Some(token) = self.token_by_digest(digest).await? else {
+            return Ok(Some(Err(QuotaError::TokenNotFound)));
+        };
+        if let Some(request_id) = request_id {
+            let seen = ledger::Entity::find()
+                .filter(ledger::Column::TokenId.eq(token.id))
+                .filter(ledger::Column::RequestId.eq(request_id))
+                .one(&self.db)
+                .await?;
+            if seen.is_some() {
+                return Ok(Some(Ok(Debit {
+                    balance: token.balance,
+                    repeat: true,
+                })));
+            }
+        }
+        Ok(if !token.enabled {
+            Some(Err(QuotaError::TokenDisabled))
+        } else if token.is_expired(now) {
+            Some(Err(QuotaError::TokenExpired))
+        } else if !token.balance.unlimited && token.balance.remaining < units.get() {
+            Some(Err(QuotaError::QuotaExhausted {
+                remaining: token.balance.remaining,
+                requested: units.get(),
+            }))
+        } else {
+            None
+        })
+    }
+}
+
+/// The conditional debit of the counters. Returns the token id and the
+/// counters after the debit, or `None` when the token cannot pay.
+async fn debit_counters(
+    txn: &DatabaseTransaction,
+    digest: &KeyDigest,
+    units: QuotaUnits,
+    now: i64,
+) -> Result<Option<(i64, Balance)>, QuotaError> {
+    use token::Column as C;
+    let mut update = debit_update(digest.as_str(), units.get(), now);
+    let row = if txn.support_returning() {
+        txn.query_one(update.returning(debit_returning())).await?
+    } else {
+        if txn.execute(&update).await?.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let select = Query::select()
+            .columns([C::Id, C::Remaining, C::Used, C::Unlimited])
+            .from(token::Entity)
+            .and_where(Expr::col(C::KeyDigest).eq(digest.as_str()))
+            .to_owned();
+        txn.query_one(&select).await?
+    };
+    let Some(row) = row else { return Ok(None) };
+    let id: i64 = row.try_get_by_index(0)?;
+    let balance = Balance {
+        remaining: row.try_get_by_index(1)?,
+        used: row.try_get_by_index(2)?,
+        unlimited: row.try_get_by_index(3)?,
+    };
+    Ok(Some((id, balance)))
+}
+
+/// `UPDATE` of the counters that succeeds only for an enabled, unexpired
+/// token that is unlimited or has at least `units` left.
+fn debit_update(digest: &str, units: i64, now: i64) -> UpdateStatement {
+    use token::Column as C;
+    Query::update()
+        .table(token::Entity)
+        .value(
+            C::Remaining,
+            CaseStatement::new()
+                .case(Expr::col(C::Unlimited).eq(true), Expr::col(C::Remaining))
+                .finally(Expr::col(C::Remaining).sub(units)),
+        )
+        .value(C::Used, Expr::col(C::Used).add(units))
+        .value(C::UpdatedAt, now)
+        .and_where(Expr::col(C::KeyDigest).eq(digest))
+        .and_where(Expr::col(C::Status).eq(STATUS_ENABLED))
+        .and_where(
+            Expr::col(C::ExpiresAt)
+                .is_null()
+                .or(Expr::col(C::ExpiresAt).gt(now)),
+        )
+        .and_where(
+            Expr::col(C::Unlimited)
+                .eq(true)
+                .or(Expr::col(C::Remaining).gte(units)),
+        )
+        .and_where(Expr::col(C::Used).lte(i64::MAX - units))
+        .to_owned()
+}
+
+fn debit_returning() -> ReturningClause {
+    use token::Column as C;
+    Query::returning().columns([C::Id, C::Remaining, C::Used, C::Unlimited])
+}
+
+/// `INSERT INTO quota_ledger (...)`, without rows yet.
+fn ledger_insert_into() -> InsertStatement {
+    use ledger::Column as C;
+    Query::insert()
+        .into_table(ledger::Entity)
+        .columns([C::TokenId, C::Kind, C::Units, C::RequestId, C::CreatedAt])
+        .to_owned()
+}
+
+/// One ledger row, in the column order of [`ledger_insert_into`].
+fn ledger_insert_values(
+    token_id: i64,
+    kind: i16,
+    units: i64,
+    request_id: Option<&str>,
+    now: i64,
+) -> [sea_orm::sea_query::SimpleExpr; 5] {
+    [
+        token_id.into(),
+        kind.into(),
+        units.into(),
+        request_id.map(str::to_owned).into(),
+        now.into(),
+    ]
+}
+
+fn ledger_insert(
+    token_id: i64,
+    kind: i16,
+    units: i64,
+    request_id: Option<&str>,
+    now: i64,
+) -> InsertStatement {
+    ledger_insert_into()
+        .values_panic(ledger_insert_values(token_id, kind, units, request_id, now))
+        .to_owned()
+}
+
+pub(super) async fn insert_ledger(
+    txn: &DatabaseTransaction,
+    token_id: i64,
+    kind: i16,
+    units: i64,
+    request_id: Option<&str>,
+    now: i64,
+) -> Result<(), sea_orm::DbErr> {
+    txn.execute(&ledger_insert(token_id, kind, units, request_id, now))
+        .await?;
+    Ok(())
+}
+
+/// The statements one debit executes on PostgreSQL, as a pgbench script, so
+/// that the benchmark compares the service with PostgreSQL running exactly
+/// this SQL. `digest_sql` and `request_id_sql` are SQL expressions standing
+/// for the bound values.
+#[doc(hidden)]
+pub fn pgbench_debit_script(
+    digest_sql: &str,
+    units: i64,
+    request_id_sql: &str,
+    now: i64,
+) -> String {
+    use sea_orm::sea_query::PostgresQueryBuilder;
+    const DIGEST: &str = "@@digest@@";
+    const REQUEST_ID: &str = "@@request_id@@";
+    const TOKEN_ID: i64 = 987_654_321_987_654_321;
+    let update = debit_update(DIGEST, units, now)
+        .returning(debit_returning())
+        .to_string(PostgresQueryBuilder)
+        .replace(&format!("'{DIGEST}'"), digest_sql);
+    let insert = ledger_insert(TOKEN_ID, KIND_DEBIT, units, Some(REQUEST_ID), now)
+        .to_string(PostgresQueryBuilder)
+        .replace(&format!("'{REQUEST_ID}'"), request_id_sql)
+        .replace(&TOKEN_ID.to_string(), ":id");
+    format!("BEGIN;\n{update} \\gset\n{insert};\nCOMMIT;\n")
+}
+
+/// Why a batch as a whole did not settle.
+enum BatchError {
+    /// A request id of the batch is in the ledger after all.
+    Duplicate,
+    /// The database failed; every debit of the batch gets this answer.
+    Failed(QuotaError),
+}
+
+impl BatchError {
+    fn from_insert(err: DbErr) -> BatchError {
+        if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
+            BatchError::Duplicate
+        } else {
+            BatchError::Failed(err.into())
+        }
+    }
+}
+
+impl From<DbErr> for BatchError {
+    fn from(err: DbErr) -> Self {
+        BatchError::Failed(err.into())
+    }
+}
+
+impl From<QuotaError> for BatchError {
+    fn from(err: QuotaError) -> Self {
+        BatchError::Failed(err)
+    }
+}
