@@ -20,10 +20,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             grpc,
             http,
         } => {
-            let api = open_api(&db, &service).await?;
+            // Addresses first: a typo there is reported before any database is touched.
             let stop = shutdown_signal()?;
             let grpc = bind(&grpc.grpc_addr, "gRPC").await?;
             let http = bind(&http.http_addr, "REST").await?;
+            let api = open_api(&db, &service).await?;
+            announce(&grpc, "gRPC")?;
+            announce(&http, "REST")?;
             let upstream = Upstream::lazy(&format!("http://{}", reachable(grpc.local_addr()?)))?;
             let grpc = tokio::spawn(quota_service::serve(grpc, api, stopped(stop.clone())));
             let edge = tokio::spawn(quota_edge::serve(
@@ -37,9 +40,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Grpc { db, service, grpc } => {
-            let api = open_api(&db, &service).await?;
             let stop = shutdown_signal()?;
             let grpc = bind(&grpc.grpc_addr, "gRPC").await?;
+            let api = open_api(&db, &service).await?;
+            announce(&grpc, "gRPC")?;
             let server = quota_service::serve(grpc, api, stopped(stop.clone()));
             if let Some(served) = drained(stop, server).await {
                 served.map_err(|e| anyhow!("gRPC server failed: {e}"))?;
@@ -51,6 +55,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             })?;
             let stop = shutdown_signal()?;
             let http = bind(&http.http_addr, "REST").await?;
+            announce(&http, "REST")?;
             let server = quota_edge::serve(http, quota_edge::app(upstream), stopped(stop.clone()));
             if let Some(served) = drained(stop, server).await {
                 served.context("REST edge failed")?;
@@ -107,12 +112,17 @@ async fn bind(addr: &str, what: &str) -> Result<TcpListener> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for {what} on {addr:?}"))?;
+    Ok(listener)
+}
+
+/// Says where a server listens, once it is ready to answer.
+fn announce(listener: &TcpListener, what: &str) -> Result<()> {
     let local = listener.local_addr()?;
     match what {
         "REST" => tracing::info!("REST listening on http://{local}"),
         _ => tracing::info!("{what} listening on {local}"),
     }
-    Ok(listener)
+    Ok(())
 }
 
 /// An address a local client can dial: a wildcard bind is reached on loopback.

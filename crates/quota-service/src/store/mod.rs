@@ -70,7 +70,7 @@ impl Store {
         let mut opts = ConnectOptions::new(url);
         opts.sqlx_logging(false)
             .connect_timeout(Duration::from_secs(5))
-            .acquire_timeout(Duration::from_secs(30));
+            .acquire_timeout(Duration::from_secs(10));
         if url.starts_with("sqlite:") {
             use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
             opts.max_connections(1)
