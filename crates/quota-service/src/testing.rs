@@ -1,8 +1,9 @@
 //! Test support: each test gets its own database and servers on port 0.
 //!
-//! PostgreSQL tests run when `QUOTA_TEST_POSTGRES_URL` names a server (any
-//! database on it: a fresh one is created per test and dropped afterwards);
-//! without it they print that they were skipped.
+//! PostgreSQL tests run when `QUOTA_TEST_POSTGRES_URL` names a server, and
+//! MySQL/MariaDB tests when `QUOTA_TEST_MYSQL_URL` does (any database on it:
+//! a fresh one is created per test and dropped afterwards); without them
+//! those tests print that they were skipped.
 // Test support: a failure to set up is meant to fail the test, loudly.
 #![allow(clippy::expect_used)]
 
@@ -15,6 +16,8 @@ use tokio::sync::oneshot;
 
 /// The variable that names the PostgreSQL server for tests.
 pub const POSTGRES_URL_VAR: &str = "QUOTA_TEST_POSTGRES_URL";
+/// The variable that names the MySQL/MariaDB server for tests.
+pub const MYSQL_URL_VAR: &str = "QUOTA_TEST_MYSQL_URL";
 
 /// A database of one test's own, migrated by the real migrator.
 #[derive(Debug)]
@@ -44,16 +47,29 @@ impl TestDb {
     /// A fresh PostgreSQL database, or `None` (with a line saying the test
     /// was skipped) when `QUOTA_TEST_POSTGRES_URL` is not set.
     pub async fn postgres() -> Option<TestDb> {
-        let Ok(server) = std::env::var(POSTGRES_URL_VAR) else {
-            eprintln!(
-                "skipped: {POSTGRES_URL_VAR} is not set, so this PostgreSQL test did not run"
+        TestDb::on_server(POSTGRES_URL_VAR, "PostgreSQL").await
+    }
+
+    /// A fresh MySQL/MariaDB database, or `None` (with a line saying the test
+    /// was skipped) when `QUOTA_TEST_MYSQL_URL` is not set.
+    pub async fn mysql() -> Option<TestDb> {
+        TestDb::on_server(MYSQL_URL_VAR, "MySQL").await
+    }
+
+    async fn on_server(var: &str, kind: &str) -> Option<TestDb> {
+        let Ok(server) = std::env::var(var) else {
+            // Straight to stderr, past the test harness's capture, so the skip is seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: {var} is not set, so this {kind} test did not run"
             );
             return None;
         };
         let name = format!("quota_test_{}", &random_hex()[..16]);
         let admin = Store::connect(&server)
             .await
-            .expect("connect to the PostgreSQL test server");
+            .unwrap_or_else(|e| panic!("connect to the {kind} test server named by {var}: {e}"));
         use sea_orm::ConnectionTrait;
         admin
             .connection()
@@ -66,7 +82,11 @@ impl TestDb {
             drop_on_exit: Some((server, name)),
             _dir: None,
         };
-        db.store().await.migrate().await.expect("migrate postgres");
+        db.store()
+            .await
+            .migrate()
+            .await
+            .expect("migrate the test database");
         Some(db)
     }
 
@@ -93,9 +113,15 @@ impl Drop for TestDb {
                 let admin = Store::connect(&server)
                     .await
                     .map_err(std::io::Error::other)?;
+                // PostgreSQL refuses to drop a database others are connected to,
+                // unless forced; MySQL just drops it.
+                let force = match admin.connection().get_database_backend() {
+                    sea_orm::DatabaseBackend::Postgres => " WITH (FORCE)",
+                    _ => "",
+                };
                 admin
                     .connection()
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}{force}"))
                     .await
                     .map_err(std::io::Error::other)?;
                 admin
@@ -156,7 +182,8 @@ pub fn test_config() -> ServiceConfig {
 }
 
 /// Runs one async test body on SQLite and, when configured, PostgreSQL:
-/// `on_every_database!(name, body)` makes `name::sqlite` and `name::postgres`.
+/// `on_every_database!(name, body)` makes `name::sqlite`, `name::postgres`
+/// and `name::mysql`.
 #[macro_export]
 macro_rules! on_every_database {
     ($name:ident, $body:ident) => {
@@ -169,6 +196,13 @@ macro_rules! on_every_database {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
                 if let Some(db) = $crate::testing::TestDb::postgres().await {
+                    super::$body(db).await
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                if let Some(db) = $crate::testing::TestDb::mysql().await {
                     super::$body(db).await
                 }
             }
