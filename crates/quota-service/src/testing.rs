@@ -26,18 +26,36 @@ pub struct TestDb {
     pub url: String,
     /// A PostgreSQL database to drop when the test ends: (server URL, name).
     drop_on_exit: Option<(String, String)>,
+    /// The one store of an in-memory SQLite database, which lives as long as it.
+    memory: Option<Store>,
     _dir: Option<TempDir>,
 }
 
 impl TestDb {
-    /// A SQLite database in a file of its own (so several stores, or a child
-    /// process, can share it).
+    /// A SQLite database in memory. Every [`TestDb::store`] of it is the same
+    /// store (one connection), as one instance of the service would have.
+    pub async fn sqlite_memory() -> TestDb {
+        let store = Store::connect("sqlite::memory:")
+            .await
+            .expect("open in-memory sqlite");
+        store.migrate().await.expect("migrate sqlite");
+        TestDb {
+            url: "sqlite::memory:".into(),
+            drop_on_exit: None,
+            memory: Some(store),
+            _dir: None,
+        }
+    }
+
+    /// A SQLite database in a file of its own, so that several stores (as
+    /// replicas would) or a child process can share it.
     pub async fn sqlite() -> TestDb {
         let dir = TempDir::new();
         let url = format!("sqlite://{}/quota.db", dir.0.display());
         let db = TestDb {
             url,
             drop_on_exit: None,
+            memory: None,
             _dir: Some(dir),
         };
         db.store().await.migrate().await.expect("migrate sqlite");
@@ -80,6 +98,7 @@ impl TestDb {
         let db = TestDb {
             url,
             drop_on_exit: Some((server, name)),
+            memory: None,
             _dir: None,
         };
         db.store()
@@ -90,8 +109,11 @@ impl TestDb {
         Some(db)
     }
 
-    /// A new connection pool on this database.
+    /// A new connection pool on this database (the same one in memory).
     pub async fn store(&self) -> Store {
+        if let Some(store) = &self.memory {
+            return store.clone();
+        }
         Store::connect(&self.url)
             .await
             .expect("connect to test database")
@@ -181,13 +203,18 @@ pub fn test_config() -> ServiceConfig {
     }
 }
 
-/// Runs one async test body on SQLite and, when configured, PostgreSQL:
-/// `on_every_database!(name, body)` makes `name::sqlite`, `name::postgres`
-/// and `name::mysql`.
+/// Runs one async test body on SQLite (in memory and in a file) and, when
+/// configured, PostgreSQL and MySQL: `on_every_database!(name, body)` makes
+/// `name::sqlite_memory`, `name::sqlite`, `name::postgres` and `name::mysql`.
 #[macro_export]
 macro_rules! on_every_database {
     ($name:ident, $body:ident) => {
         mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite_memory() {
+                super::$body($crate::testing::TestDb::sqlite_memory().await).await
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
                 super::$body($crate::testing::TestDb::sqlite().await).await
