@@ -26,7 +26,11 @@ use std::time::Duration;
 /// The database behind the service.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Every write, and reads inside write transactions.
     db: DatabaseConnection,
+    /// Plain reads. On a SQLite file a pool of its own, since WAL lets readers
+    /// run beside the one writer; elsewhere the same pool as `db`.
+    read: DatabaseConnection,
     queues: std::sync::Arc<debit::Queues>,
 }
 
@@ -58,40 +62,37 @@ pub struct TokenChanges {
 
 /// Pool size for server databases when the URL does not say otherwise.
 const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+/// Read connections beside the single writer of a SQLite file.
+const SQLITE_READERS: u32 = 4;
 
 impl Store {
     /// Connects to `url` (`sqlite:`, `postgres://` or `mysql://`).
     ///
-    /// SQLite runs on a single connection: SQLite admits one writer at a time
-    /// anyway, and with one connection no "database is locked" can reach a
-    /// caller, since requests queue for the connection instead. WAL and a busy
-    /// timeout cover other processes on the same file (`quotad migrate`).
+    /// SQLite writes on a single connection: SQLite admits one writer at a
+    /// time anyway, and with one connection no "database is locked" can reach
+    /// a caller, since writes queue for the connection instead. Reads of a
+    /// SQLite file use a few more connections, which WAL runs beside the
+    /// writer. WAL and a busy timeout cover other processes on the same file
+    /// (`quotad migrate`).
     pub async fn connect(url: &str) -> Result<Store, QuotaError> {
-        let mut opts = ConnectOptions::new(url);
-        opts.sqlx_logging(false)
-            .connect_timeout(Duration::from_secs(5))
-            .acquire_timeout(Duration::from_secs(10));
-        if url.starts_with("sqlite:") {
-            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-            opts.max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .map_sqlx_sqlite_opts(|o| {
-                    o.create_if_missing(true)
-                        .journal_mode(SqliteJournalMode::Wal)
-                        .synchronous(SqliteSynchronous::Normal)
-                        .busy_timeout(Duration::from_secs(10))
-                        .foreign_keys(true)
-                });
-        } else {
-            opts.max_connections(DEFAULT_MAX_CONNECTIONS);
+        if !url.starts_with("sqlite:") {
+            let db = open(url, DEFAULT_MAX_CONNECTIONS).await?;
+            return Ok(Store {
+                read: db.clone(),
+                db,
+                queues: Default::default(),
+            });
         }
-        let db = Database::connect(opts)
-            .await
-            .map_err(|e| QuotaError::Unavailable(e.to_string()))?;
+        let db = open(url, 1).await?;
+        // An in-memory database exists only on its one connection.
+        let read = if url.contains(":memory:") || url.contains("mode=memory") {
+            db.clone()
+        } else {
+            open(url, SQLITE_READERS).await?
+        };
         Ok(Store {
             db,
+            read,
             queues: Default::default(),
         })
     }
@@ -159,14 +160,14 @@ impl Store {
     pub async fn token_by_digest(&self, digest: &KeyDigest) -> Result<Option<Token>, QuotaError> {
         let row = token::Entity::find()
             .filter(token::Column::KeyDigest.eq(digest.as_str()))
-            .one(&self.db)
+            .one(&self.read)
             .await?;
         Ok(row.map(to_domain))
     }
 
     /// One token, or `TokenNotFound`.
     pub async fn token(&self, at: &TokenLocator) -> Result<Token, QuotaError> {
-        find(&self.db, at).await.map(to_domain)
+        find(&self.read, at).await.map(to_domain)
     }
 
     /// Up to `limit` tokens with ids above `after_id`, by ascending id.
@@ -175,7 +176,7 @@ impl Store {
             .filter(token::Column::Id.gt(after_id))
             .order_by_asc(token::Column::Id)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.read)
             .await?;
         Ok(rows.into_iter().map(to_domain).collect())
     }
@@ -259,7 +260,7 @@ impl Store {
         token_id: i64,
         window: UsageWindow,
     ) -> Result<Vec<DaySpend>, QuotaError> {
-        let backend = self.db.get_database_backend();
+        let backend = self.read.get_database_backend();
         let total = match backend {
             DatabaseBackend::Postgres => "CAST(SUM(units) AS BIGINT)",
             DatabaseBackend::MySql => "CAST(SUM(units) AS SIGNED)",
@@ -283,7 +284,7 @@ impl Store {
         }
         sql.push_str(" GROUP BY 1 ORDER BY 1");
         let rows = self
-            .db
+            .read
             .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
             .await?;
         rows.iter()
@@ -306,6 +307,32 @@ async fn find<C: ConnectionTrait>(db: &C, at: &TokenLocator) -> Result<token::Mo
         }
     };
     query.one(db).await?.ok_or(QuotaError::TokenNotFound)
+}
+
+/// A pool of `connections` on `url`; SQLite connections in WAL mode with a
+/// busy timeout, and kept open (an in-memory database dies with its connection).
+async fn open(url: &str, connections: u32) -> Result<DatabaseConnection, QuotaError> {
+    let mut opts = ConnectOptions::new(url);
+    opts.sqlx_logging(false)
+        .max_connections(connections)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(10));
+    if url.starts_with("sqlite:") {
+        use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+        opts.min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .map_sqlx_sqlite_opts(|o| {
+                o.create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+            });
+    }
+    Database::connect(opts)
+        .await
+        .map_err(|e| QuotaError::Unavailable(e.to_string()))
 }
 
 fn placeholder(backend: DatabaseBackend, n: usize) -> String {
