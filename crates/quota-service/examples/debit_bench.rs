@@ -224,7 +224,7 @@ fn pgbench(
             UNITS,
             "'pgbench-' || :client_id || '-' || :rid",
             unix_now()
-        )
+        )?
     );
     let dir = std::env::temp_dir().join(format!("quota-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

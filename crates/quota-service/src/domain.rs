@@ -195,18 +195,30 @@ impl Default for QuotaPerUsd {
 }
 
 /// A token's counters. The limit is `remaining + used`: grants add to
-/// `remaining`, debits move units from `remaining` to `used`.
+/// `remaining`, debits move units from `remaining` to `used`, so spending
+/// never changes the limit. An unlimited token is debited the same way, only
+/// never refused: its `remaining` may go below zero, and should it be made
+/// limited again it must be granted back above zero before it can spend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Balance {
     /// Units the token may still spend.
     pub remaining: i64,
     /// Units the token has spent.
     pub used: i64,
-    /// Never refused for quota; debits still add to `used`.
+    /// Never refused for quota; debits still move units to `used`.
     pub unlimited: bool,
 }
 
 impl Balance {
+    /// The counters after a debit of `units` (checked by [`Token::debit_refusal`]).
+    pub fn after_debit(self, units: QuotaUnits) -> Balance {
+        Balance {
+            remaining: self.remaining - units.get(),
+            used: self.used + units.get(),
+            unlimited: self.unlimited,
+        }
+    }
+
     /// The limit in units: what was ever granted.
     pub fn limit_units(&self) -> i64 {
         self.remaining.saturating_add(self.used)
@@ -253,6 +265,31 @@ impl Token {
     /// True once the expiry has passed.
     pub fn is_expired(&self, now: i64) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Why this token cannot pay `units` at `now`, or `None` when it can:
+    /// enabled, unexpired, unlimited or with `remaining >= units`, and no
+    /// counter overflows. Every debit path applies this one rule; the
+    /// conditional UPDATE of a single debit states it in SQL.
+    pub fn debit_refusal(&self, units: QuotaUnits, now: i64) -> Option<QuotaError> {
+        let n = units.get();
+        if !self.enabled {
+            Some(QuotaError::TokenDisabled)
+        } else if self.is_expired(now) {
+            Some(QuotaError::TokenExpired)
+        } else if !self.balance.unlimited && self.balance.remaining < n {
+            Some(QuotaError::QuotaExhausted {
+                remaining: self.balance.remaining,
+                requested: n,
+            })
+        } else if self.balance.used > i64::MAX - n {
+            Some(QuotaError::InvalidArgument(
+                "debit refused: the token's used quota would exceed the largest number of units"
+                    .into(),
+            ))
+        } else {
+            None
+        }
     }
 }
 
@@ -373,17 +410,73 @@ mod tests {
     }
 
     #[test]
-    fn access_until_is_zero_without_expiry() {
-        let mut t = Token {
+    fn debits_move_units_and_keep_the_limit_even_when_unlimited() {
+        let five = QuotaUnits::positive(5).unwrap();
+        assert_eq!(balance(10, 0).after_debit(five), balance(5, 5));
+        let unlimited = Balance {
+            remaining: 2,
+            used: 0,
+            unlimited: true,
+        };
+        let spent = unlimited.after_debit(five);
+        assert_eq!((spent.remaining, spent.used), (-3, 5));
+        assert_eq!(spent.limit_units(), unlimited.limit_units());
+        let limited_again = Balance {
+            unlimited: false,
+            ..spent
+        };
+        assert_eq!(limited_again.limit_usd(PER_USD), 0);
+    }
+
+    #[test]
+    fn debit_refusal_is_one_rule() {
+        let units = |n| QuotaUnits::positive(n).unwrap();
+        let mut t = token(balance(10, 0));
+        assert!(t.debit_refusal(units(10), 100).is_none());
+        assert!(matches!(
+            t.debit_refusal(units(11), 100),
+            Some(QuotaError::QuotaExhausted {
+                remaining: 10,
+                requested: 11
+            })
+        ));
+        t.balance.unlimited = true;
+        assert!(t.debit_refusal(units(11), 100).is_none());
+        t.balance.used = i64::MAX - 5;
+        assert!(matches!(
+            t.debit_refusal(units(6), 100),
+            Some(QuotaError::InvalidArgument(_))
+        ));
+        t.balance.used = 0;
+        t.expires_at = Some(100);
+        assert!(matches!(
+            t.debit_refusal(units(1), 100),
+            Some(QuotaError::TokenExpired)
+        ));
+        assert!(t.debit_refusal(units(1), 99).is_none());
+        t.enabled = false;
+        assert!(matches!(
+            t.debit_refusal(units(1), 99),
+            Some(QuotaError::TokenDisabled)
+        ));
+    }
+
+    fn token(balance: Balance) -> Token {
+        Token {
             id: 1,
             display_prefix: "sk-abcd…".into(),
             name: String::new(),
-            balance: balance(0, 0),
+            balance,
             expires_at: None,
             enabled: true,
             created_at: 0,
             updated_at: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn access_until_is_zero_without_expiry() {
+        let mut t = token(balance(0, 0));
         assert_eq!(t.access_until(), 0);
         assert!(!t.is_expired(i64::MAX));
         t.expires_at = Some(1_900_000_000);

@@ -842,15 +842,20 @@ async fn consume_of_unlimited_token_records_use(db: TestDb) {
         .await;
     let first = api.consume(&key, 5_000_000_000, "").await.unwrap();
     let second = api.consume(&key, 5_000_000_000, "").await.unwrap();
+    // Debits move units from remaining to used, unlimited or not: the limit
+    // (remaining + used) stays what was granted.
     assert_eq!(
         (first.remaining, first.used, first.unlimited),
-        (0, 5_000_000_000, true)
+        (-5_000_000_000, 5_000_000_000, true)
     );
-    assert_eq!((second.remaining, second.used), (0, 10_000_000_000));
+    assert_eq!(
+        (second.remaining, second.used),
+        (-10_000_000_000, 10_000_000_000)
+    );
     let sub = api.subscription(&key).await.unwrap();
     assert_eq!(
-        (sub.used_units, sub.hard_limit_usd),
-        (10_000_000_000, 100_000_000)
+        (sub.used_units, sub.limit_units, sub.hard_limit_usd),
+        (10_000_000_000, 0, 100_000_000)
     );
 }
 

@@ -621,14 +621,16 @@ async fn unlimited_token_records_use_and_is_never_refused(db: TestDb) {
     let big = 1_000_000_000_000;
     for i in 1..=3 {
         let debit = consume(&store, &key, big, None).await.unwrap();
+        // Units move from remaining to used, unlimited or not: the limit stays 100.
         assert_eq!(
             debit.balance,
             Balance {
-                remaining: 100,
+                remaining: 100 - i * big,
                 used: i * big,
                 unlimited: true
             }
         );
+        assert_eq!(debit.balance.limit_units(), 100);
         assert!(!debit.repeat);
     }
     assert_eq!(balance(&store, tok.id).await.used, 3 * big);
@@ -653,11 +655,25 @@ async fn unlimited_token_records_use_and_is_never_refused(db: TestDb) {
     assert_eq!(
         debit.balance,
         Balance {
-            remaining: 5,
+            remaining: -1,
             used: 6,
             unlimited: true
         }
     );
+
+    // Limited again, it owes the unit it overspent: refused until a grant
+    // brings remaining back above the debit; the limit never moved.
+    let back = TokenChanges {
+        unlimited: Some(false),
+        ..TokenChanges::default()
+    };
+    let at = TokenLocator::Id(spent.id);
+    let again = store.update_token(&at, back, NOW).await.unwrap();
+    assert_eq!(again.balance.limit_units(), 5);
+    assert_exhausted(consume(&store, &spent_key, 1, None).await, -1, 1);
+    store.grant(&at, units(2), NOW).await.unwrap();
+    let debit = consume(&store, &spent_key, 1, None).await.unwrap();
+    assert_eq!(debit.balance, limited(0, 7));
 }
 
 on_every_database!(

@@ -14,7 +14,7 @@ use super::entity::{KIND_DEBIT, STATUS_ENABLED, ledger, token};
 use crate::domain::{Balance, Debit, KeyDigest, QuotaUnits};
 use crate::error::QuotaError;
 use sea_orm::sea_query::{
-    CaseStatement, Expr, ExprTrait, InsertStatement, Query, ReturningClause, UpdateStatement,
+    Expr, ExprTrait, InsertStatement, Query, ReturningClause, SimpleExpr, UpdateStatement,
 };
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
@@ -200,54 +200,36 @@ impl Store {
                 .collect()
         };
 
-        let mut balance = Balance {
-            remaining: row.remaining,
-            used: row.used,
-            unlimited: row.unlimited,
-        };
+        let mut token = super::to_domain(row);
         let mut rows = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut last_now = 0;
         for p in batch {
-            let n = p.units.get();
             if p.request_id.as_ref().is_some_and(|id| seen.contains(id)) {
                 outcomes.push(Ok(Debit {
-                    balance,
+                    balance: token.balance,
                     repeat: true,
                 }));
                 continue;
             }
-            let outcome = if row.status != STATUS_ENABLED {
-                Err(QuotaError::TokenDisabled)
-            } else if row.expires_at.is_some_and(|at| at <= p.now) {
-                Err(QuotaError::TokenExpired)
-            } else if !balance.unlimited && balance.remaining < n {
-                Err(QuotaError::QuotaExhausted {
-                    remaining: balance.remaining,
-                    requested: n,
-                })
-            } else if balance.used > i64::MAX - n {
-                Err(QuotaError::InvalidArgument(
-                    "debit refused: used quota would overflow".into(),
-                ))
-            } else {
-                if !balance.unlimited {
-                    balance.remaining -= n;
+            let outcome = match token.debit_refusal(p.units, p.now) {
+                Some(refusal) => Err(refusal),
+                None => {
+                    token.balance = token.balance.after_debit(p.units);
+                    rows.push(ledger_row(
+                        token.id,
+                        KIND_DEBIT,
+                        p.units.get(),
+                        p.request_id.as_deref(),
+                        p.now,
+                    ));
+                    seen.extend(p.request_id.clone());
+                    last_now = std::cmp::Ord::max(last_now, p.now);
+                    Ok(Debit {
+                        balance: token.balance,
+                        repeat: false,
+                    })
                 }
-                balance.used += n;
-                rows.push(ledger_insert_values(
-                    row.id,
-                    KIND_DEBIT,
-                    n,
-                    p.request_id.as_deref(),
-                    p.now,
-                ));
-                seen.extend(p.request_id.clone());
-                last_now = std::cmp::Ord::max(last_now, p.now);
-                Ok(Debit {
-                    balance,
-                    repeat: false,
-                })
             };
             outcomes.push(outcome);
         }
@@ -255,17 +237,13 @@ impl Store {
         if !rows.is_empty() {
             let update = Query::update()
                 .table(token::Entity)
-                .value(token::Column::Remaining, balance.remaining)
-                .value(token::Column::Used, balance.used)
+                .value(token::Column::Remaining, token.balance.remaining)
+                .value(token::Column::Used, token.balance.used)
                 .value(token::Column::UpdatedAt, last_now)
-                .and_where(Expr::col(token::Column::Id).eq(row.id))
+                .and_where(Expr::col(token::Column::Id).eq(token.id))
                 .to_owned();
             txn.execute(&update).await?;
-            let mut insert = ledger_insert_into();
-            for values in rows {
-                insert.values_panic(values);
-            }
-            txn.execute(&insert)
+            txn.execute(&ledger_insert(rows)?)
                 .await
                 .map_err(BatchError::from_insert)?;
         }
@@ -338,18 +316,7 @@ impl Store {
                 })));
             }
         }
-        Ok(if !token.enabled {
-            Some(Err(QuotaError::TokenDisabled))
-        } else if token.is_expired(now) {
-            Some(Err(QuotaError::TokenExpired))
-        } else if !token.balance.unlimited && token.balance.remaining < units.get() {
-            Some(Err(QuotaError::QuotaExhausted {
-                remaining: token.balance.remaining,
-                requested: units.get(),
-            }))
-        } else {
-            None
-        })
+        Ok(token.debit_refusal(units, now).map(Err))
     }
 }
 
@@ -386,18 +353,14 @@ async fn debit_counters(
     Ok(Some((id, balance)))
 }
 
-/// `UPDATE` of the counters that succeeds only for an enabled, unexpired
-/// token that is unlimited or has at least `units` left.
+/// `UPDATE` of the counters that succeeds only where
+/// [`crate::domain::Token::debit_refusal`] finds nothing to refuse: the same
+/// rule in SQL.
 fn debit_update(digest: &str, units: i64, now: i64) -> UpdateStatement {
     use token::Column as C;
     Query::update()
         .table(token::Entity)
-        .value(
-            C::Remaining,
-            CaseStatement::new()
-                .case(Expr::col(C::Unlimited).eq(true), Expr::col(C::Remaining))
-                .finally(Expr::col(C::Remaining).sub(units)),
-        )
+        .value(C::Remaining, Expr::col(C::Remaining).sub(units))
         .value(C::Used, Expr::col(C::Used).add(units))
         .value(C::UpdatedAt, now)
         .and_where(Expr::col(C::KeyDigest).eq(digest))
@@ -421,23 +384,31 @@ fn debit_returning() -> ReturningClause {
     Query::returning().columns([C::Id, C::Remaining, C::Used, C::Unlimited])
 }
 
-/// `INSERT INTO quota_ledger (...)`, without rows yet.
-fn ledger_insert_into() -> InsertStatement {
+/// `INSERT INTO quota_ledger (...) VALUES (...), ...` of rows made by [`ledger_row`].
+fn ledger_insert(
+    rows: impl IntoIterator<Item = [SimpleExpr; 5]>,
+) -> Result<InsertStatement, DbErr> {
     use ledger::Column as C;
-    Query::insert()
+    let mut insert = Query::insert()
         .into_table(ledger::Entity)
         .columns([C::TokenId, C::Kind, C::Units, C::RequestId, C::CreatedAt])
-        .to_owned()
+        .to_owned();
+    for row in rows {
+        insert
+            .values(row)
+            .map_err(|e| DbErr::Custom(format!("ledger insert: {e}")))?;
+    }
+    Ok(insert)
 }
 
-/// One ledger row, in the column order of [`ledger_insert_into`].
-fn ledger_insert_values(
+/// One ledger row, in the column order of [`ledger_insert`].
+fn ledger_row(
     token_id: i64,
     kind: i16,
     units: i64,
     request_id: Option<&str>,
     now: i64,
-) -> [sea_orm::sea_query::SimpleExpr; 5] {
+) -> [SimpleExpr; 5] {
     [
         token_id.into(),
         kind.into(),
@@ -445,18 +416,6 @@ fn ledger_insert_values(
         request_id.map(str::to_owned).into(),
         now.into(),
     ]
-}
-
-fn ledger_insert(
-    token_id: i64,
-    kind: i16,
-    units: i64,
-    request_id: Option<&str>,
-    now: i64,
-) -> InsertStatement {
-    ledger_insert_into()
-        .values_panic(ledger_insert_values(token_id, kind, units, request_id, now))
-        .to_owned()
 }
 
 pub(super) async fn insert_ledger(
@@ -467,8 +426,8 @@ pub(super) async fn insert_ledger(
     request_id: Option<&str>,
     now: i64,
 ) -> Result<(), sea_orm::DbErr> {
-    txn.execute(&ledger_insert(token_id, kind, units, request_id, now))
-        .await?;
+    let row = ledger_row(token_id, kind, units, request_id, now);
+    txn.execute(&ledger_insert([row])?).await?;
     Ok(())
 }
 
@@ -482,7 +441,7 @@ pub fn pgbench_debit_script(
     units: i64,
     request_id_sql: &str,
     now: i64,
-) -> String {
+) -> Result<String, QuotaError> {
     use sea_orm::sea_query::PostgresQueryBuilder;
     const DIGEST: &str = "@@digest@@";
     const REQUEST_ID: &str = "@@request_id@@";
@@ -491,11 +450,12 @@ pub fn pgbench_debit_script(
         .returning(debit_returning())
         .to_string(PostgresQueryBuilder)
         .replace(&format!("'{DIGEST}'"), digest_sql);
-    let insert = ledger_insert(TOKEN_ID, KIND_DEBIT, units, Some(REQUEST_ID), now)
+    let row = ledger_row(TOKEN_ID, KIND_DEBIT, units, Some(REQUEST_ID), now);
+    let insert = ledger_insert([row])?
         .to_string(PostgresQueryBuilder)
         .replace(&format!("'{REQUEST_ID}'"), request_id_sql)
         .replace(&TOKEN_ID.to_string(), ":id");
-    format!("BEGIN;\n{update} \\gset\n{insert};\nCOMMIT;\n")
+    Ok(format!("BEGIN;\n{update} \\gset\n{insert};\nCOMMIT;\n"))
 }
 
 /// Why a batch as a whole did not settle.
