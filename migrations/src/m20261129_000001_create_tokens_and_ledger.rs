@@ -1,6 +1,7 @@
 //! The tokens and their ledger of grants and debits.
 
 use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DatabaseBackend;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -129,11 +130,19 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(QuotaLedger::Kind).small_integer().not_null())
                     .col(ColumnDef::new(QuotaLedger::Units).big_integer().not_null())
                     // The caller's idempotency key; NULL when none was given.
-                    .col(
-                        ColumnDef::new(QuotaLedger::RequestId)
-                            .string_len(255)
-                            .null(),
-                    )
+                    .col({
+                        // Request ids are compared exactly. MySQL's collations would
+                        // take `req-a` and `REQ-A ` for one id (even `_bin` ignores
+                        // trailing spaces), so there they are bytes.
+                        let mut col = ColumnDef::new(QuotaLedger::RequestId);
+                        if manager.get_database_backend() == DatabaseBackend::MySql {
+                            col.custom(Alias::new("VARBINARY(255)"));
+                        } else {
+                            col.string_len(255);
+                        }
+                        col.null();
+                        col
+                    })
                     .col(
                         ColumnDef::new(QuotaLedger::CreatedAt)
                             .big_integer()

@@ -801,6 +801,27 @@ async fn request_ids_are_per_token(db: TestDb) {
     }
 }
 
+on_every_database!(
+    request_ids_are_compared_exactly,
+    request_ids_are_compared_exactly
+);
+async fn request_ids_are_compared_exactly(db: TestDb) {
+    let store = db.store().await;
+    let (tok, key) = new_token(&store, 100).await;
+    for id in ["req-a", "REQ-A", "req-a ", "req-á"] {
+        let debit = consume(&store, &key, 1, Some(id)).await.unwrap();
+        assert!(!debit.repeat, "{id:?} was taken for another id");
+    }
+    assert!(
+        consume(&store, &key, 1, Some("REQ-A"))
+            .await
+            .unwrap()
+            .repeat
+    );
+    assert_eq!(debits_of(&store, tok.id).await.len(), 4);
+    assert_eq!(balance(&store, tok.id).await, limited(96, 4));
+}
+
 // ---------------------------------------------------------------------------
 // Daily usage
 
