@@ -9,6 +9,10 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quota_descriptor");
 }
 
+/// Trailing metadata of an INVALID_ARGUMENT status that names the request
+/// field at fault (`start_date`, `end_date`), as OpenAI's error `param`.
+pub const PARAM_METADATA: &str = "quota-param";
+
 #[cfg(test)]
 mod tests {
     use prost::Message;

@@ -11,8 +11,8 @@ use tonic::{Code, Status};
 pub enum EdgeError {
     /// The gRPC service refused or failed the call.
     Upstream(Status),
-    /// `start_date` / `end_date` is not `YYYY-MM-DD`.
-    InvalidDate(String),
+    /// The service refused `start_date` / `end_date`.
+    InvalidDate(Status),
     /// The query string cannot be read.
     InvalidQuery(String),
     /// The `Authorization` header holds bytes that cannot travel as metadata.
@@ -118,8 +118,8 @@ impl IntoResponse for EdgeError {
                 let message = if m.show_message {
                     upstream.message().to_owned()
                 } else {
-                    // The detail stays in the service's log; the client learns only the class.
-                    tracing::warn!(code = ?upstream.code(), "upstream call failed");
+                    // The detail is logged here and by the service; the client learns only the class.
+                    tracing::warn!(code = ?upstream.code(), detail = upstream.message(), "upstream call failed");
                     match m.status {
                         StatusCode::SERVICE_UNAVAILABLE => {
                             "the quota service is unavailable; try again later".to_owned()
@@ -130,18 +130,14 @@ impl IntoResponse for EdgeError {
                         _ => "internal error".to_owned(),
                     }
                 };
-                (m.status, m.kind, m.code, message, None)
+                (m.status, m.kind, m.code, message, param_of(upstream))
             }
-            EdgeError::InvalidDate(message) => (
+            EdgeError::InvalidDate(upstream) => (
                 StatusCode::BAD_REQUEST,
                 INVALID_REQUEST,
                 "invalid_date",
-                message.clone(),
-                Some(if message.starts_with("end_date") {
-                    "end_date"
-                } else {
-                    "start_date"
-                }),
+                upstream.message().to_owned(),
+                param_of(upstream),
             ),
             EdgeError::InvalidQuery(message) => (
                 StatusCode::BAD_REQUEST,
@@ -193,6 +189,14 @@ impl IntoResponse for EdgeError {
         }
         response
     }
+}
+
+/// The request field a status is about, when the service names one.
+fn param_of(status: &Status) -> Option<&str> {
+    status
+        .metadata()
+        .get(quota::PARAM_METADATA)
+        .and_then(|v| v.to_str().ok())
 }
 
 impl From<Status> for EdgeError {

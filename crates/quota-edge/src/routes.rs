@@ -6,27 +6,54 @@ use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
-use chrono::NaiveDate;
 use quota::pb;
 use quota::pb::quota_service_client::QuotaServiceClient;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tower_http::cors::{Any, CorsLayer};
+
+/// How long the edge waits for the gRPC service before answering 504, unless
+/// [`Upstream::timeout`] says otherwise.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The gRPC service behind the edge: one shared channel (HTTP/2, multiplexed)
 /// for every request.
 #[derive(Clone, Debug)]
 pub struct Upstream {
     client: QuotaServiceClient<Channel>,
+    timeout: Duration,
 }
+
+/// An `--upstream` the edge cannot call.
+#[derive(Debug)]
+pub struct InvalidUpstream(String);
+
+impl std::fmt::Display for InvalidUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} is not an upstream URL: expected http://HOST:PORT",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for InvalidUpstream {}
 
 impl Upstream {
     /// A channel to `url` (`http://host:port`), connected on first use and
-    /// reconnected as needed. Fails only for a malformed URL.
-    pub fn lazy(url: &str) -> Result<Upstream, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
+    /// reconnected as needed. Fails for anything but a plain `http` URL with
+    /// a host, so that a typo stops the edge at start, not at every request.
+    pub fn lazy(url: &str) -> Result<Upstream, InvalidUpstream> {
+        let invalid = || InvalidUpstream(url.to_owned());
+        let uri: http::Uri = url.parse().map_err(|_| invalid())?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
+            return Err(invalid());
+        }
+        let channel = Endpoint::from(uri)
             .tcp_nodelay(true)
-            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
         Ok(Upstream::from_channel(channel))
     }
@@ -35,6 +62,33 @@ impl Upstream {
     pub fn from_channel(channel: Channel) -> Upstream {
         Upstream {
             client: QuotaServiceClient::new(channel),
+            timeout: UPSTREAM_TIMEOUT,
+        }
+    }
+
+    /// Waits at most `timeout` for each answer of the service.
+    pub fn timeout(self, timeout: Duration) -> Upstream {
+        Upstream { timeout, ..self }
+    }
+
+    /// Calls the service within the deadline; past it, DEADLINE_EXCEEDED (504).
+    /// The service is told the deadline too, so it stops soon after.
+    async fn call<Req, Resp, F>(
+        &self,
+        message: Req,
+        headers: &HeaderMap,
+        method: impl FnOnce(QuotaServiceClient<Channel>, tonic::Request<Req>) -> F,
+    ) -> Result<Resp, EdgeError>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let mut request = with_caller(message, headers)?;
+        request.set_timeout(self.timeout + Duration::from_secs(1));
+        match tokio::time::timeout(self.timeout, method(self.client.clone(), request)).await {
+            Ok(answer) => Ok(answer?.into_inner()),
+            Err(_) => Err(EdgeError::Upstream(tonic::Status::deadline_exceeded(
+                "the quota service did not answer in time",
+            ))),
         }
     }
 }
@@ -47,7 +101,7 @@ pub fn app(upstream: Upstream) -> Router {
         .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
         .expose_headers([header::WWW_AUTHENTICATE])
-        .max_age(std::time::Duration::from_secs(86_400));
+        .max_age(Duration::from_secs(86_400));
     Router::new()
         .route(
             "/v1/dashboard/billing/subscription",
@@ -90,13 +144,13 @@ async fn subscription(
     State(upstream): State<Upstream>,
     headers: HeaderMap,
 ) -> Result<Response, EdgeError> {
-    let request = with_caller(pb::GetSubscriptionRequest {}, &headers)?;
     let s = upstream
-        .client
-        .clone()
-        .get_subscription(request)
-        .await?
-        .into_inner();
+        .call(
+            pb::GetSubscriptionRequest {},
+            &headers,
+            |mut c, r| async move { c.get_subscription(r).await },
+        )
+        .await?;
     Ok(Json(Subscription {
         object: "billing_subscription",
         has_payment_method: true,
@@ -140,21 +194,25 @@ async fn usage(
     query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, EdgeError> {
     let Query(query) = query.map_err(|e| EdgeError::InvalidQuery(e.body_text()))?;
-    let start_date = checked_date(query.start_date, "start_date")?;
-    let end_date = checked_date(query.end_date, "end_date")?;
-    let request = with_caller(
-        pb::GetUsageRequest {
-            start_date,
-            end_date,
-        },
-        &headers,
-    )?;
+    let window = pb::GetUsageRequest {
+        start_date: query.start_date.unwrap_or_default(),
+        end_date: query.end_date.unwrap_or_default(),
+    };
+    // The service checks the key first, then the dates, which are the only
+    // arguments of this route.
     let u = upstream
-        .client
-        .clone()
-        .get_usage(request)
-        .await?
-        .into_inner();
+        .call(
+            window,
+            &headers,
+            |mut c, r| async move { c.get_usage(r).await },
+        )
+        .await
+        .map_err(|e| match e {
+            EdgeError::Upstream(s) if s.code() == tonic::Code::InvalidArgument => {
+                EdgeError::InvalidDate(s)
+            }
+            other => other,
+        })?;
     Ok(Json(Usage {
         object: "list",
         total_usage: u.total_usage,
@@ -175,20 +233,6 @@ async fn usage(
             .collect(),
     })
     .into_response())
-}
-
-/// A usage date as the service takes it: empty when absent, else a valid
-/// `YYYY-MM-DD`, so that a bad date is `invalid_date` without a round trip.
-fn checked_date(date: Option<String>, field: &str) -> Result<String, EdgeError> {
-    let date = date.unwrap_or_default();
-    if date.is_empty() || (date.len() == 10 && NaiveDate::parse_from_str(&date, "%Y-%m-%d").is_ok())
-    {
-        Ok(date)
-    } else {
-        Err(EdgeError::InvalidDate(format!(
-            "{field} must be a date as YYYY-MM-DD, got {date:?}"
-        )))
-    }
 }
 
 /// The gRPC request carrying the caller's `Authorization` header as metadata.

@@ -196,23 +196,77 @@ async fn preflight_answers_before_auth_on_every_route() {
     }
 }
 
-#[tokio::test]
-async fn bad_dates_are_400_invalid_date_before_any_call() {
-    let router = unreachable_upstream().await;
-    for query in [
-        "start_date=2026-13-01",
-        "end_date=yesterday",
-        "start_date=2026-1-1&end_date=2026-02-01",
+#[test]
+fn upstream_must_be_a_plain_http_url() {
+    for bad in [
+        "127.0.0.1:50051",
+        "https://127.0.0.1:50051",
+        "http://",
+        "not a url",
+        "",
     ] {
-        let uri = format!("/v1/dashboard/billing/usage?{query}");
-        let response = send(&router, "GET", &uri, &[("authorization", "Bearer sk-x")]).await;
+        assert!(Upstream::lazy(bad).is_err(), "{bad:?}");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    assert!(Upstream::lazy("http://127.0.0.1:50051").is_ok());
+    assert!(Upstream::lazy("http://quota-grpc:50051").is_ok());
+}
+
+/// An upstream that never answers in time.
+struct Slow;
+
+#[tonic::async_trait]
+impl QuotaService for Slow {
+    async fn get_subscription(
+        &self,
+        _: tonic::Request<pb::GetSubscriptionRequest>,
+    ) -> Result<tonic::Response<pb::Subscription>, Status> {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        Err(Status::internal("too late"))
+    }
+    async fn get_usage(
+        &self,
+        _: tonic::Request<pb::GetUsageRequest>,
+    ) -> Result<tonic::Response<pb::Usage>, Status> {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        Err(Status::internal("too late"))
+    }
+    async fn consume(
+        &self,
+        _: tonic::Request<pb::ConsumeRequest>,
+    ) -> Result<tonic::Response<pb::ConsumeResponse>, Status> {
+        Err(Status::internal("unused"))
+    }
+}
+
+#[tokio::test]
+async fn a_silent_upstream_is_504_after_the_deadline() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(QuotaServiceServer::new(Slow))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let upstream = Upstream::lazy(&url)
+        .unwrap()
+        .timeout(std::time::Duration::from_millis(200));
+    let router = app(upstream);
+    for path in [SUBSCRIPTION, "/v1/dashboard/billing/usage"] {
+        let started = std::time::Instant::now();
+        let response = send(&router, "GET", path, &[("authorization", "Bearer sk-x")]).await;
         assert_error(
             response,
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "invalid_date",
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            "timeout",
         )
         .await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
     }
 }
 
@@ -303,6 +357,11 @@ async fn upstream_statuses_map_like_grpc_gateway_without_leaking_detail() {
                 .get("www-authenticate")
                 .is_some_and(|v| v == "Bearer");
             assert_eq!(unauthorized, has_challenge, "{code:?}");
+            // On the usage route the only arguments are the dates.
+            let error_code = match (path, code) {
+                ("/dashboard/billing/usage", Code::InvalidArgument) => "invalid_date",
+                _ => error_code,
+            };
             let message = assert_error(response, status, kind, error_code).await;
             assert_eq!(
                 status.is_server_error(),

@@ -327,17 +327,16 @@ pub fn day_start(unix: i64) -> i64 {
     unix - unix.rem_euclid(SECONDS_PER_DAY)
 }
 
-fn parse_day_start(date: &str, field: &str) -> Result<Option<i64>, QuotaError> {
+fn parse_day_start(date: &str, field: &'static str) -> Result<Option<i64>, QuotaError> {
     if date.is_empty() {
         return Ok(None);
     }
     let day = NaiveDate::parse_from_str(date, "%Y-%m-%d")
         .ok()
         .filter(|_| date.len() == 10)
-        .ok_or_else(|| {
-            QuotaError::InvalidDate(format!(
-                "{field} must be a date as YYYY-MM-DD, got {date:?}"
-            ))
+        .ok_or_else(|| QuotaError::InvalidDate {
+            field,
+            message: format!("{field} must be a date as YYYY-MM-DD, got {date:?}"),
         })?;
     Ok(Some(
         day.and_time(chrono::NaiveTime::MIN).and_utc().timestamp(),
@@ -562,11 +561,17 @@ mod tests {
             "2026-11-01T00:00:00Z",
         ] {
             assert!(
-                matches!(UsageWindow::parse(bad, ""), Err(QuotaError::InvalidDate(_))),
+                matches!(
+                    UsageWindow::parse(bad, ""),
+                    Err(QuotaError::InvalidDate { .. })
+                ),
                 "{bad:?}"
             );
             assert!(
-                matches!(UsageWindow::parse("", bad), Err(QuotaError::InvalidDate(_))),
+                matches!(
+                    UsageWindow::parse("", bad),
+                    Err(QuotaError::InvalidDate { .. })
+                ),
                 "{bad:?}"
             );
         }

@@ -40,8 +40,13 @@ pub enum QuotaError {
     #[error("{0}")]
     InvalidArgument(String),
     /// A malformed usage date.
-    #[error("{0}")]
-    InvalidDate(String),
+    #[error("{message}")]
+    InvalidDate {
+        /// `start_date` or `end_date`.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The addressed token does not exist.
     #[error("token not found")]
     TokenNotFound,
@@ -105,7 +110,7 @@ impl From<QuotaError> for Status {
             | ExpiredKey
             | InvalidAdminCredential => Code::Unauthenticated,
             NotAdmin | AdminDisabled => Code::PermissionDenied,
-            InvalidArgument(_) | InvalidDate(_) => Code::InvalidArgument,
+            InvalidArgument(_) | InvalidDate { .. } => Code::InvalidArgument,
             TokenNotFound => Code::NotFound,
             TokenDisabled | TokenExpired => Code::FailedPrecondition,
             QuotaExhausted { .. } => Code::ResourceExhausted,
@@ -118,6 +123,13 @@ impl From<QuotaError> for Status {
                 Code::Internal
             }
         };
-        Status::new(code, err.to_string())
+        let mut status = Status::new(code, err.to_string());
+        if let InvalidDate { field, .. } = err {
+            status.metadata_mut().insert(
+                quota::PARAM_METADATA,
+                tonic::metadata::MetadataValue::from_static(field),
+            );
+        }
+        status
     }
 }

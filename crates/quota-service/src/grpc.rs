@@ -335,6 +335,8 @@ pub async fn serve(
             )
     };
     tonic::transport::Server::builder()
+        // Callers usually send their own deadline (grpc-timeout); this bounds the rest.
+        .timeout(std::time::Duration::from_secs(30))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)

@@ -50,9 +50,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Edge { upstream, http } => {
-            let upstream = Upstream::lazy(&upstream).with_context(|| {
-                format!("--upstream {upstream:?} is not a valid URL (expected http://HOST:PORT)")
-            })?;
+            let upstream = Upstream::lazy(&upstream).map_err(|e| anyhow!("--upstream {e}"))?;
             let stop = shutdown_signal()?;
             let http = bind(&http.http_addr, "REST").await?;
             announce(&http, "REST")?;

@@ -26,6 +26,9 @@ use tokio::sync::oneshot;
 
 /// The most debits one transaction settles.
 const MAX_BATCH: usize = 256;
+/// The most debits that may wait for one token; more are refused as
+/// UNAVAILABLE (retryable) rather than queued without bound behind a stuck lock.
+const MAX_WAITING: usize = 8192;
 
 /// One debit waiting for its token's next transaction.
 #[derive(Debug)]
@@ -87,6 +90,11 @@ impl Store {
         let start_worker = {
             let mut queues = self.queues.lock();
             match queues.get_mut(digest) {
+                Some(queue) if queue.len() >= MAX_WAITING => {
+                    return Err(QuotaError::Unavailable(format!(
+                        "{MAX_WAITING} debits are already waiting for this token"
+                    )));
+                }
                 Some(queue) => {
                     queue.push(pending);
                     false
@@ -121,9 +129,16 @@ impl Store {
                     return;
                 };
                 let take = queue.len().min(MAX_BATCH);
-                queue.drain(..take).collect()
+                // A caller that has gone (cancelled, past its deadline) before
+                // its debit started is not debited: it was told it failed.
+                queue
+                    .drain(..take)
+                    .filter(|p| !p.reply.is_closed())
+                    .collect()
             };
-            self.settle(&guard.digest, batch).await;
+            if !batch.is_empty() {
+                self.settle(&guard.digest, batch).await;
+            }
         }
     }
 

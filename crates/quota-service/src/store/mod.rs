@@ -317,6 +317,11 @@ async fn open(url: &str, connections: u32) -> Result<DatabaseConnection, QuotaEr
         .max_connections(connections)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(10));
+    // A debit waits for a row lock at most this long rather than forever
+    // behind a stuck session; MySQL has innodb_lock_wait_timeout (50 s).
+    opts.map_sqlx_postgres_opts(|o| {
+        o.options([("lock_timeout", "5s"), ("statement_timeout", "30s")])
+    });
     if url.starts_with("sqlite:") {
         use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
         opts.min_connections(1)
