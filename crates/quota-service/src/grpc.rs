@@ -38,6 +38,18 @@ const DEFAULT_PAGE_SIZE: u32 = 100;
 const MAX_PAGE_SIZE: u32 = 1000;
 /// The longest `request_id` the ledger keeps.
 const MAX_REQUEST_ID_LEN: usize = 255;
+/// The longest token name the store keeps.
+const MAX_NAME_LEN: usize = 255;
+
+fn checked_name(name: String) -> Result<String, QuotaError> {
+    if name.len() > MAX_NAME_LEN {
+        Err(QuotaError::InvalidArgument(format!(
+            "name is longer than {MAX_NAME_LEN} bytes"
+        )))
+    } else {
+        Ok(name)
+    }
+}
 
 impl QuotaApi {
     /// The services over `store`.
@@ -221,7 +233,7 @@ impl TokenAdmin for QuotaApi {
             self.units(req.quota, &req.quota_usd)?.get()
         };
         let new = NewToken {
-            name: req.name,
+            name: checked_name(req.name)?,
             quota,
             unlimited: req.unlimited,
             expires_at: expiry(req.expires_at)?,
@@ -294,7 +306,7 @@ impl TokenAdmin for QuotaApi {
         let req = request.into_inner();
         let at = locator(req.token)?;
         let changes = TokenChanges {
-            name: req.name,
+            name: req.name.map(checked_name).transpose()?,
             enabled: req.enabled,
             expires_at: req.expires_at.map(expiry).transpose()?,
             unlimited: req.unlimited,

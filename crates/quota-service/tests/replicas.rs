@@ -52,25 +52,29 @@ fn consume(key: &str, quota: i64, request_id: String) -> tonic::Request<ConsumeR
 }
 
 /// Debits of `units` from `CALLERS` tasks over both replicas, `DEBITS` in all;
-/// returns (successes, refusals).
+/// returns (first debits, repeats, refusals).
 async fn hammer(
     r: &Replicas,
     key: &str,
     units: i64,
     request_id: impl Fn(usize) -> String,
-) -> (usize, usize) {
+) -> (usize, usize, usize) {
     let mut tasks = Vec::new();
     for caller in 0..CALLERS {
         let mut client = r.clients[caller % 2].clone();
         let ids: Vec<String> = (caller..DEBITS).step_by(CALLERS).map(&request_id).collect();
         let key = key.to_owned();
         tasks.push(tokio::spawn(async move {
-            let (mut ok, mut refused) = (0, 0);
+            let (mut first, mut repeats, mut refused) = (0, 0, 0);
             for id in ids {
                 match client.consume(consume(&key, units, id)).await {
                     Ok(response) => {
                         assert!(response.get_ref().remaining >= 0);
-                        ok += 1;
+                        if response.get_ref().repeat {
+                            repeats += 1;
+                        } else {
+                            first += 1;
+                        }
                     }
                     Err(status) => {
                         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
@@ -78,13 +82,13 @@ async fn hammer(
                     }
                 }
             }
-            (ok, refused)
+            (first, repeats, refused)
         }));
     }
-    let mut totals = (0, 0);
+    let mut totals = (0, 0, 0);
     for task in tasks {
-        let (ok, refused) = task.await.unwrap();
-        totals = (totals.0 + ok, totals.1 + refused);
+        let (first, repeats, refused) = task.await.unwrap();
+        totals = (totals.0 + first, totals.1 + repeats, totals.2 + refused);
     }
     totals
 }
@@ -108,8 +112,8 @@ async fn never_overspent(db: TestDb) {
     };
     let (token, key) = r.store.create_token(new, unix_now()).await.unwrap();
 
-    let (ok, refused) = hammer(&r, key.expose(), 7, |i| format!("req-{i}")).await;
-    assert_eq!((ok, refused), (400, DEBITS - 400));
+    let outcomes = hammer(&r, key.expose(), 7, |i| format!("req-{i}")).await;
+    assert_eq!(outcomes, (400, 0, DEBITS - 400));
 
     let after = r
         .store
@@ -137,8 +141,12 @@ async fn duplicates_debit_once(db: TestDb) {
     let (token, key) = r.store.create_token(new, unix_now()).await.unwrap();
 
     // Every caller on both replicas sends the same ten request ids at once.
-    let (ok, refused) = hammer(&r, key.expose(), 100, |i| format!("dup-{}", i % 10)).await;
-    assert_eq!((ok, refused), (DEBITS, 0));
+    let outcomes = hammer(&r, key.expose(), 100, |i| format!("dup-{}", i % 10)).await;
+    assert_eq!(
+        outcomes,
+        (10, DEBITS - 10, 0),
+        "one first debit per id, the rest repeats"
+    );
 
     let after = r
         .store

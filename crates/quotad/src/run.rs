@@ -5,6 +5,7 @@ use anyhow::{Context, Result, anyhow};
 use quota_edge::Upstream;
 use quota_service::auth::AdminCredential;
 use quota_service::domain::QuotaPerUsd;
+use quota_service::store::redact_url;
 use quota_service::{QuotaApi, ServiceConfig, Store};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -20,13 +21,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             grpc,
             http,
         } => {
-            // Addresses first: a typo there is reported before any database is touched.
+            // Addresses first: a typo there is reported before any database is
+            // touched. Ports open once the database is ready, so that a health
+            // check that connects means the service answers.
             let stop = shutdown_signal()?;
-            let grpc = bind(&grpc.grpc_addr, "gRPC").await?;
-            let http = bind(&http.http_addr, "REST").await?;
+            let grpc = resolve(&grpc.grpc_addr, "gRPC").await?;
+            let http = resolve(&http.http_addr, "REST").await?;
             let api = open_api(&db, &service).await?;
-            announce(&grpc, "gRPC")?;
-            announce(&http, "REST")?;
+            let grpc = listen(grpc, "gRPC").await?;
+            let http = listen(http, "REST").await?;
             let upstream = Upstream::lazy(&format!("http://{}", reachable(grpc.local_addr()?)))?;
             let grpc = tokio::spawn(quota_service::serve(grpc, api, stopped(stop.clone())));
             let edge = tokio::spawn(quota_edge::serve(
@@ -41,9 +44,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Grpc { db, service, grpc } => {
             let stop = shutdown_signal()?;
-            let grpc = bind(&grpc.grpc_addr, "gRPC").await?;
+            let grpc = resolve(&grpc.grpc_addr, "gRPC").await?;
             let api = open_api(&db, &service).await?;
-            announce(&grpc, "gRPC")?;
+            let grpc = listen(grpc, "gRPC").await?;
             let server = quota_service::serve(grpc, api, stopped(stop.clone()));
             if let Some(served) = drained(stop, server).await {
                 served.map_err(|e| anyhow!("gRPC server failed: {e}"))?;
@@ -52,8 +55,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Edge { upstream, http } => {
             let upstream = Upstream::lazy(&upstream).map_err(|e| anyhow!("--upstream {e}"))?;
             let stop = shutdown_signal()?;
-            let http = bind(&http.http_addr, "REST").await?;
-            announce(&http, "REST")?;
+            let http = resolve(&http.http_addr, "REST").await?;
+            let http = listen(http, "REST").await?;
             let server = quota_edge::serve(http, quota_edge::app(upstream), stopped(stop.clone()));
             if let Some(served) = drained(stop, server).await {
                 served.context("REST edge failed")?;
@@ -71,7 +74,7 @@ pub async fn run(cli: Cli) -> Result<()> {
 }
 
 async fn open_store(db: &DatabaseArgs) -> Result<Store> {
-    let shown = redact(&db.database_url);
+    let shown = redact_url(&db.database_url);
     let store = Store::connect(&db.database_url)
         .await
         .map_err(|e| anyhow!("cannot open database {shown}: {}", detail(&e)))?;
@@ -85,10 +88,10 @@ async fn open_store(db: &DatabaseArgs) -> Result<Store> {
 
 async fn open_api(db: &DatabaseArgs, service: &ServiceArgs) -> Result<QuotaApi> {
     let per_usd = QuotaPerUsd::new(service.quota_per_usd).map_err(|e| anyhow!("{e}"))?;
+    let store = open_store(db).await?;
     if service.admin_token.as_deref().is_none_or(str::is_empty) {
         tracing::warn!("QUOTA_ADMIN_TOKEN is not set: admin methods and Consume refuse every call");
     }
-    let store = open_store(db).await?;
     let config = ServiceConfig {
         per_usd,
         admin: AdminCredential::new(service.admin_token.as_deref()),
@@ -106,21 +109,27 @@ fn detail(err: &quota_service::QuotaError) -> String {
     }
 }
 
-async fn bind(addr: &str, what: &str) -> Result<TcpListener> {
-    let listener = TcpListener::bind(addr)
+/// The socket address `addr` names (`HOST:PORT`, names resolved).
+async fn resolve(addr: &str, what: &str) -> Result<SocketAddr> {
+    let mut found = tokio::net::lookup_host(addr)
         .await
-        .with_context(|| format!("cannot listen for {what} on {addr:?}"))?;
-    Ok(listener)
+        .with_context(|| format!("cannot listen for {what} on {addr:?}: expected HOST:PORT"))?;
+    found
+        .next()
+        .with_context(|| format!("cannot listen for {what} on {addr:?}: the name has no address"))
 }
 
-/// Says where a server listens, once it is ready to answer.
-fn announce(listener: &TcpListener, what: &str) -> Result<()> {
+/// Binds `addr` and says so: the server is ready to answer.
+async fn listen(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}"))?;
     let local = listener.local_addr()?;
     match what {
         "REST" => tracing::info!("REST listening on http://{local}"),
         _ => tracing::info!("{what} listening on {local}"),
     }
-    Ok(())
+    Ok(listener)
 }
 
 /// An address a local client can dial: a wildcard bind is reached on loopback.
@@ -133,27 +142,6 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
             SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
         }
         _ => addr,
-    }
-}
-
-/// A URL with its password, if any, hidden.
-fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    match authority
-        .rfind('@')
-        .and_then(|at| authority[..at].find(':').map(|colon| (colon, at)))
-    {
-        Some((colon, at)) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end],
-            &authority[..colon],
-            &rest[at..]
-        ),
-        None => url.to_owned(),
     }
 }
 
@@ -213,16 +201,6 @@ async fn drained<T>(stop: watch::Receiver<bool>, servers: impl Future<Output = T
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://u:secret@db:5432/q"),
-            "postgres://u:***@db:5432/q"
-        );
-        assert_eq!(redact("postgres://u@db/q"), "postgres://u@db/q");
-        assert_eq!(redact("sqlite://quota.db"), "sqlite://quota.db");
-    }
 
     #[test]
     fn wildcard_binds_are_dialled_on_loopback() {

@@ -597,7 +597,7 @@ fn serve_fails_in_one_line_when_the_database_is_unreachable() {
     cmd.args(["serve", "--database-url", &url])
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .current_dir(dir.path());
-    // The pool retries a refused connection until its 30 s acquire timeout.
+    // The pool retries a refused connection until its 10 s acquire timeout.
     let out = run(cmd, Duration::from_secs(90));
     let line = failed_with_one_line(&out);
     assert_eq!(stderr_of(&out).lines().count(), 1, "{}", describe(&out));
@@ -610,13 +610,14 @@ fn serve_fails_in_one_line_when_the_database_is_unreachable() {
 fn serve_fails_in_one_line_on_an_unsupported_database_url() {
     let dir = TempDir::new();
     let mut cmd = quotad();
-    cmd.args(["serve", "--database-url", "bogus://x"])
+    cmd.args(["serve", "--database-url", "bogus://me:hunter2@x"])
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .current_dir(dir.path());
     let out = run(cmd, COMMAND_TIMEOUT);
     let line = failed_with_one_line(&out);
     assert_eq!(stderr_of(&out).lines().count(), 1, "{}", describe(&out));
-    assert!(line.contains("bogus://x"), "{line}");
+    assert!(line.contains("bogus://me:***@x"), "{line}");
+    assert!(!line.contains("hunter2"), "the password is shown: {line}");
 }
 
 #[test]

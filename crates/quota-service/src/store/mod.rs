@@ -244,7 +244,8 @@ impl Store {
     /// Deletes a token and its ledger.
     pub async fn delete_token(&self, at: &TokenLocator) -> Result<(), QuotaError> {
         let txn = self.begin_write().await?;
-        let row = find(&txn, at).await?;
+        // The token's row first, as debits take it: no lock-order deadlock.
+        let row = find_locked(&txn, at).await?;
         ledger::Entity::delete_many()
             .filter(ledger::Column::TokenId.eq(row.id))
             .exec(&txn)
@@ -299,14 +300,29 @@ impl Store {
     }
 }
 
-async fn find<C: ConnectionTrait>(db: &C, at: &TokenLocator) -> Result<token::Model, QuotaError> {
-    let query = match at {
+fn select(at: &TokenLocator) -> sea_orm::Select<token::Entity> {
+    match at {
         TokenLocator::Id(id) => token::Entity::find_by_id(*id),
         TokenLocator::Digest(digest) => {
             token::Entity::find().filter(token::Column::KeyDigest.eq(digest.as_str()))
         }
-    };
-    query.one(db).await?.ok_or(QuotaError::TokenNotFound)
+    }
+}
+
+async fn find<C: ConnectionTrait>(db: &C, at: &TokenLocator) -> Result<token::Model, QuotaError> {
+    select(at).one(db).await?.ok_or(QuotaError::TokenNotFound)
+}
+
+/// Like [`find`], holding the row's write lock until the transaction ends.
+async fn find_locked(
+    txn: &DatabaseTransaction,
+    at: &TokenLocator,
+) -> Result<token::Model, QuotaError> {
+    select(at)
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or(QuotaError::TokenNotFound)
 }
 
 /// A pool of `connections` on `url`; SQLite connections in WAL mode with a
@@ -335,9 +351,31 @@ async fn open(url: &str, connections: u32) -> Result<DatabaseConnection, QuotaEr
                     .foreign_keys(true)
             });
     }
+    // The driver's messages may quote the URL, password and all.
     Database::connect(opts)
         .await
-        .map_err(|e| QuotaError::Unavailable(e.to_string()))
+        .map_err(|e| QuotaError::Unavailable(e.to_string().replace(url, &redact_url(url))))
+}
+
+/// A database URL with its password, if any, hidden: what may be shown.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match authority
+        .rfind('@')
+        .and_then(|at| authority[..at].find(':').map(|colon| (colon, at)))
+    {
+        Some((colon, at)) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        None => url.to_owned(),
+    }
 }
 
 fn placeholder(backend: DatabaseBackend, n: usize) -> String {
@@ -361,5 +399,20 @@ fn to_domain(row: token::Model) -> Token {
         enabled: row.status == STATUS_ENABLED,
         created_at: row.created_at,
         updated_at: row.updated_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@db:5432/q"),
+            "postgres://u:***@db:5432/q"
+        );
+        assert_eq!(redact_url("postgres://u@db/q"), "postgres://u@db/q");
+        assert_eq!(redact_url("sqlite://quota.db"), "sqlite://quota.db");
     }
 }
