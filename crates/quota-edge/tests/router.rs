@@ -19,8 +19,19 @@ use tower::ServiceExt;
 const SUBSCRIPTION: &str = "/v1/dashboard/billing/subscription";
 const SPEC_EXAMPLE: &str = r#"{"object":"billing_subscription","has_payment_method":true,"soft_limit_usd":5,"hard_limit_usd":5,"system_hard_limit_usd":5,"access_until":0}"#;
 
-/// An upstream that answers every call with one status.
-struct Failing(Code, &'static str);
+/// An upstream that answers every call with one status, after a delay.
+struct Failing {
+    code: Code,
+    message: &'static str,
+    delay: std::time::Duration,
+}
+
+impl Failing {
+    async fn answer<T>(&self) -> Result<tonic::Response<T>, Status> {
+        tokio::time::sleep(self.delay).await;
+        Err(Status::new(self.code, self.message))
+    }
+}
 
 #[tonic::async_trait]
 impl QuotaService for Failing {
@@ -28,33 +39,46 @@ impl QuotaService for Failing {
         &self,
         _: tonic::Request<pb::GetSubscriptionRequest>,
     ) -> Result<tonic::Response<pb::Subscription>, Status> {
-        Err(Status::new(self.0, self.1))
+        self.answer().await
     }
     async fn get_usage(
         &self,
         _: tonic::Request<pb::GetUsageRequest>,
     ) -> Result<tonic::Response<pb::Usage>, Status> {
-        Err(Status::new(self.0, self.1))
+        self.answer().await
     }
     async fn consume(
         &self,
         _: tonic::Request<pb::ConsumeRequest>,
     ) -> Result<tonic::Response<pb::ConsumeResponse>, Status> {
-        Err(Status::new(self.0, self.1))
+        self.answer().await
     }
 }
 
-/// A router in front of an upstream failing with `code`; the server stops
-/// with the test's runtime.
-async fn failing_upstream(code: Code, message: &'static str) -> axum::Router {
+/// The URL of a `Failing` upstream on port 0; it stops with the test's runtime.
+async fn spawn_upstream(failing: Failing) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(QuotaServiceServer::new(Failing(code, message)))
+            .add_service(QuotaServiceServer::new(failing))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    app(Upstream::lazy(&url).unwrap())
+    url
+}
+
+/// A router in front of an upstream failing at once with `code`.
+async fn failing_upstream(code: Code, message: &'static str) -> axum::Router {
+    let delay = std::time::Duration::ZERO;
+    app(Upstream::lazy(
+        &spawn_upstream(Failing {
+            code,
+            message,
+            delay,
+        })
+        .await,
+    )
+    .unwrap())
 }
 
 /// A router whose upstream is never reached (a closed port).
@@ -216,43 +240,14 @@ fn upstream_must_be_a_plain_http_url() {
     assert!(Upstream::lazy("http://quota-grpc:50051").is_ok());
 }
 
-/// An upstream that never answers in time.
-struct Slow;
-
-#[tonic::async_trait]
-impl QuotaService for Slow {
-    async fn get_subscription(
-        &self,
-        _: tonic::Request<pb::GetSubscriptionRequest>,
-    ) -> Result<tonic::Response<pb::Subscription>, Status> {
-        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-        Err(Status::internal("too late"))
-    }
-    async fn get_usage(
-        &self,
-        _: tonic::Request<pb::GetUsageRequest>,
-    ) -> Result<tonic::Response<pb::Usage>, Status> {
-        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-        Err(Status::internal("too late"))
-    }
-    async fn consume(
-        &self,
-        _: tonic::Request<pb::ConsumeRequest>,
-    ) -> Result<tonic::Response<pb::ConsumeResponse>, Status> {
-        Err(Status::internal("unused"))
-    }
-}
-
 #[tokio::test]
 async fn a_silent_upstream_is_504_after_the_deadline() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(QuotaServiceServer::new(Slow))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    let upstream = Upstream::lazy(&url)
+    let slow = Failing {
+        code: Code::Internal,
+        message: "too late",
+        delay: std::time::Duration::from_secs(5),
+    };
+    let upstream = Upstream::lazy(&spawn_upstream(slow).await)
         .unwrap()
         .timeout(std::time::Duration::from_millis(200));
     let router = app(upstream);
