@@ -201,10 +201,10 @@ fn closed_port() -> u16 {
 /// A running `quotad serve`, killed when dropped.
 struct Server {
     child: ChildGuard,
-    /// `http://127.0.0.1:PORT` of the gRPC API, for `--server`.
+    /// `http://127.0.0.1:PORT` of the gRPC API, for `--server` (`quotad serve`, `grpc`).
     grpc_url: String,
-    /// The REST edge.
-    http: SocketAddr,
+    /// The REST edge (`quotad serve`, `edge`).
+    http: Option<SocketAddr>,
     /// Everything it has written on stderr so far.
     log: Arc<Mutex<String>>,
     reader: Option<JoinHandle<()>>,
@@ -215,17 +215,34 @@ impl Server {
     /// in `cwd`, and returns once both addresses are announced.
     fn start(database_url: &str, cwd: &Path) -> Server {
         let mut cmd = quotad();
-        cmd.args(["serve", "--database-url", database_url])
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .current_dir(cwd)
+        cmd.args(["serve", "--database-url", database_url]).args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ]);
+        Server::spawn(
+            cmd,
+            cwd,
+            Serves {
+                grpc: true,
+                http: true,
+            },
+        )
+    }
+
+    /// Starts a `quotad` command that serves what `serves` says, and returns
+    /// once it has announced those listeners.
+    fn spawn(mut cmd: Command, cwd: &Path, serves: Serves) -> Server {
+        cmd.current_dir(cwd)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start quotad serve");
+        let mut child = cmd.spawn().expect("start quotad");
         let stderr = child.stderr.take().unwrap();
         let mut child = ChildGuard(child);
         let log = Arc::new(Mutex::new(String::new()));
         let (ready_tx, ready) = mpsc::channel();
-        let reader = read_log(stderr, Arc::clone(&log), ready_tx);
+        let reader = read_log(stderr, Arc::clone(&log), serves, ready_tx);
         let (grpc, http) = match ready.recv_timeout(READY_TIMEOUT) {
             Ok(addrs) => addrs,
             Err(mpsc::RecvTimeoutError::Timeout) => panic!(
@@ -242,7 +259,7 @@ impl Server {
         };
         Server {
             child,
-            grpc_url: format!("http://{grpc}"),
+            grpc_url: grpc.map(|g| format!("http://{g}")).unwrap_or_default(),
             http,
             log,
             reader: Some(reader),
@@ -298,16 +315,28 @@ impl Server {
 
     /// GET `path` on the REST edge with `Authorization: Bearer KEY`.
     fn get(&self, path: &str, key: &str) -> Response {
-        http_get(self.http, path, Some(key))
+        http_get(
+            self.http.expect("this process serves REST"),
+            path,
+            Some(key),
+        )
     }
 }
 
-/// Collects the server's stderr into `log` and reports the two addresses on
-/// `ready` once both are known; keeps draining until the pipe closes.
+/// Collects the server's stderr into `log` and reports its addresses on
+/// `ready` once all it serves are known; keeps draining until the pipe closes.
+/// Which listeners a `quotad` process announces.
+#[derive(Clone, Copy)]
+struct Serves {
+    grpc: bool,
+    http: bool,
+}
+
 fn read_log(
     stderr: ChildStderr,
     log: Arc<Mutex<String>>,
-    ready: mpsc::Sender<(SocketAddr, SocketAddr)>,
+    serves: Serves,
+    ready: mpsc::Sender<(Option<SocketAddr>, Option<SocketAddr>)>,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let (mut grpc, mut http) = (None, None);
@@ -321,10 +350,11 @@ fn read_log(
             }
             grpc = grpc.or_else(|| address_after(&line, "gRPC listening on "));
             http = http.or_else(|| address_after(&line, "REST listening on http://"));
-            if let (Some(g), Some(h)) = (grpc, http)
+            if grpc.is_some() == serves.grpc
+                && http.is_some() == serves.http
                 && let Some(ready) = ready.take()
             {
-                let _ = ready.send((g, h));
+                let _ = ready.send((grpc, http));
             }
         }
     })
@@ -541,6 +571,60 @@ fn serve_on_sqlite_and_manage_a_key_from_the_command_line() {
 }
 
 #[test]
+fn grpc_and_edge_run_as_two_processes() {
+    let dir = TempDir::new();
+    let mut grpc = quotad();
+    grpc.args(["grpc", "--database-url", &dir.sqlite_url("quota.db")])
+        .args(["--grpc-addr", "127.0.0.1:0"]);
+    let service = Server::spawn(
+        grpc,
+        dir.path(),
+        Serves {
+            grpc: true,
+            http: false,
+        },
+    );
+    let (key, _) = create_key(&service, "5");
+
+    let mut edge = quotad();
+    edge.args(["edge", "--upstream", &service.grpc_url])
+        .args(["--http-addr", "127.0.0.1:0"]);
+    let edge = Server::spawn(
+        edge,
+        dir.path(),
+        Serves {
+            grpc: false,
+            http: true,
+        },
+    );
+    assert_subscription(&edge, &key, 5);
+    assert_refused(&edge, &"sk-".repeat(17));
+
+    // The edge alone stops cleanly; with its service gone it answers 503.
+    let (status, _) = service.stop_with("TERM");
+    assert!(status.success(), "quotad grpc: {status:?}");
+    let response = edge.get("/v1/dashboard/billing/subscription", &key);
+    assert_eq!(response.status, 503, "{response:?}");
+    assert!(
+        response.body.contains(r#""code":"service_unavailable""#),
+        "{response:?}"
+    );
+    let (status, _) = edge.stop_with("TERM");
+    assert!(status.success(), "quotad edge: {status:?}");
+}
+
+#[test]
+fn edge_refuses_an_upstream_it_cannot_call() {
+    for bad in ["127.0.0.1:50051", "https://127.0.0.1:50051", "http://"] {
+        let mut cmd = quotad();
+        cmd.args(["edge", "--upstream", bad, "--http-addr", "127.0.0.1:0"]);
+        let out = run(cmd, COMMAND_TIMEOUT);
+        let line = failed_with_one_line(&out);
+        assert!(line.contains("--upstream"), "{bad}: {line}");
+    }
+}
+
+#[test]
 fn sigterm_and_ctrl_c_stop_the_server_with_exit_0() {
     for signal in ["TERM", "INT"] {
         let dir = TempDir::new();
@@ -567,12 +651,16 @@ fn connections_that_send_nothing_do_not_hold_the_shutdown_open() {
     // Clients that connected and never spoke, on both ports, and one that
     // sent half a request.
     let _silent_grpc = TcpStream::connect(server.grpc_url.trim_start_matches("http://")).unwrap();
-    let _silent_rest = TcpStream::connect(server.http).unwrap();
-    let mut half = TcpStream::connect(server.http).unwrap();
+    let _silent_rest = TcpStream::connect(server.http.unwrap()).unwrap();
+    let mut half = TcpStream::connect(server.http.unwrap()).unwrap();
     half.write_all(b"GET /v1/dashboard/billing/subscription HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
     // A whole request is still answered meanwhile.
-    let response = http_get(server.http, "/v1/dashboard/billing/subscription", None);
+    let response = http_get(
+        server.http.unwrap(),
+        "/v1/dashboard/billing/subscription",
+        None,
+    );
     assert_eq!(response.status, 401, "{response:?}");
     let (status, log) = server.stop_with("TERM");
     assert_eq!(status.code(), Some(0), "{status}\n{log}");
