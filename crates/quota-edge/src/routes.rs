@@ -72,7 +72,8 @@ impl Upstream {
     }
 
     /// Calls the service within the deadline; past it, DEADLINE_EXCEEDED (504).
-    /// The service is told the deadline too, so it stops soon after.
+    /// The call is then dropped (the service sees it cancelled); the service
+    /// is also sent a deadline a little later, as a backstop.
     async fn call<Req, Resp, F>(
         &self,
         message: Req,
@@ -198,8 +199,8 @@ async fn usage(
         start_date: query.start_date.unwrap_or_default(),
         end_date: query.end_date.unwrap_or_default(),
     };
-    // The service checks the key first, then the dates, which are the only
-    // arguments of this route.
+    // The service checks the key first, then the dates; a date it refuses
+    // comes back naming its field.
     let u = upstream
         .call(
             window,
@@ -208,7 +209,10 @@ async fn usage(
         )
         .await
         .map_err(|e| match e {
-            EdgeError::Upstream(s) if s.code() == tonic::Code::InvalidArgument => {
+            EdgeError::Upstream(s)
+                if s.code() == tonic::Code::InvalidArgument
+                    && s.metadata().contains_key(quota::PARAM_METADATA) =>
+            {
                 EdgeError::InvalidDate(s)
             }
             other => other,

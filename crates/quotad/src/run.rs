@@ -21,15 +21,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             grpc,
             http,
         } => {
-            // Addresses first: a typo there is reported before any database is
-            // touched. Ports open once the database is ready, so that a health
-            // check that connects means the service answers.
+            // Ports first: a bad or busy address is one line before any database
+            // is touched. Connections that arrive while the database opens wait
+            // in the backlog; the servers are announced once they can answer.
             let stop = shutdown_signal()?;
-            let grpc = resolve(&grpc.grpc_addr, "gRPC").await?;
-            let http = resolve(&http.http_addr, "REST").await?;
+            let grpc = bind(&grpc.grpc_addr, "gRPC").await?;
+            let http = bind(&http.http_addr, "REST").await?;
             let api = open_api(&db, &service).await?;
-            let grpc = listen(grpc, "gRPC").await?;
-            let http = listen(http, "REST").await?;
+            announce(&grpc, "gRPC")?;
+            announce(&http, "REST")?;
             let upstream = Upstream::lazy(&format!("http://{}", reachable(grpc.local_addr()?)))?;
             let grpc = tokio::spawn(quota_service::serve(grpc, api, stopped(stop.clone())));
             let edge = tokio::spawn(quota_edge::serve(
@@ -44,9 +44,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Grpc { db, service, grpc } => {
             let stop = shutdown_signal()?;
-            let grpc = resolve(&grpc.grpc_addr, "gRPC").await?;
+            let grpc = bind(&grpc.grpc_addr, "gRPC").await?;
             let api = open_api(&db, &service).await?;
-            let grpc = listen(grpc, "gRPC").await?;
+            announce(&grpc, "gRPC")?;
             let server = quota_service::serve(grpc, api, stopped(stop.clone()));
             if let Some(served) = drained(stop, server).await {
                 served.map_err(|e| anyhow!("gRPC server failed: {e}"))?;
@@ -55,8 +55,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Edge { upstream, http } => {
             let upstream = Upstream::lazy(&upstream).map_err(|e| anyhow!("--upstream {e}"))?;
             let stop = shutdown_signal()?;
-            let http = resolve(&http.http_addr, "REST").await?;
-            let http = listen(http, "REST").await?;
+            let http = bind(&http.http_addr, "REST").await?;
+            announce(&http, "REST")?;
             let server = quota_edge::serve(http, quota_edge::app(upstream), stopped(stop.clone()));
             if let Some(served) = drained(stop, server).await {
                 served.context("REST edge failed")?;
@@ -109,27 +109,21 @@ fn detail(err: &quota_service::QuotaError) -> String {
     }
 }
 
-/// The socket address `addr` names (`HOST:PORT`, names resolved).
-async fn resolve(addr: &str, what: &str) -> Result<SocketAddr> {
-    let mut found = tokio::net::lookup_host(addr)
+/// Binds `addr` (`HOST:PORT`; every address a name resolves to is tried).
+async fn bind(addr: &str, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen for {what} on {addr:?}: expected HOST:PORT"))?;
-    found
-        .next()
-        .with_context(|| format!("cannot listen for {what} on {addr:?}: the name has no address"))
+        .with_context(|| format!("cannot listen for {what} on {addr:?}"))
 }
 
-/// Binds `addr` and says so: the server is ready to answer.
-async fn listen(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for {what} on {addr}"))?;
+/// Says where a server listens, once it is ready to answer.
+fn announce(listener: &TcpListener, what: &str) -> Result<()> {
     let local = listener.local_addr()?;
     match what {
         "REST" => tracing::info!("REST listening on http://{local}"),
         _ => tracing::info!("{what} listening on {local}"),
     }
-    Ok(listener)
+    Ok(())
 }
 
 /// An address a local client can dial: a wildcard bind is reached on loopback.

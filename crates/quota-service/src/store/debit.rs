@@ -26,8 +26,8 @@ use tokio::sync::oneshot;
 
 /// The most debits one transaction settles.
 const MAX_BATCH: usize = 256;
-/// The most debits that may wait for one token; more are refused as
-/// UNAVAILABLE (retryable) rather than queued without bound behind a stuck lock.
+/// The most debits that may wait for one token; more are refused as busy
+/// (UNAVAILABLE, retryable) rather than queued without bound behind a stuck lock.
 const MAX_WAITING: usize = 8192;
 
 /// One debit waiting for its token's next transaction.
@@ -90,12 +90,16 @@ impl Store {
         let start_worker = {
             let mut queues = self.queues.lock();
             match queues.get_mut(digest) {
-                Some(queue) if queue.len() >= MAX_WAITING => {
-                    return Err(QuotaError::Unavailable(format!(
-                        "{MAX_WAITING} debits are already waiting for this token"
-                    )));
-                }
                 Some(queue) => {
+                    if queue.len() >= MAX_WAITING {
+                        // Callers that have gone do not hold a place.
+                        queue.retain(|p| !p.reply.is_closed());
+                    }
+                    if queue.len() >= MAX_WAITING {
+                        return Err(QuotaError::Busy(format!(
+                            "{MAX_WAITING} debits are already waiting for one token"
+                        )));
+                    }
                     queue.push(pending);
                     false
                 }

@@ -84,8 +84,14 @@ impl Store {
             });
         }
         let db = open(url, 1).await?;
-        // An in-memory database exists only on its one connection.
-        let read = if url.contains(":memory:") || url.contains("mode=memory") {
+        // An in-memory or temporary database (no file name) exists only on
+        // its one connection.
+        let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+        let private = path.is_empty()
+            || path.starts_with('?')
+            || path.contains(":memory:")
+            || path.contains("mode=memory");
+        let read = if private {
             db.clone()
         } else {
             open(url, SQLITE_READERS).await?
@@ -331,13 +337,10 @@ async fn open(url: &str, connections: u32) -> Result<DatabaseConnection, QuotaEr
     let mut opts = ConnectOptions::new(url);
     opts.sqlx_logging(false)
         .max_connections(connections)
-        .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(10));
-    // A debit waits for a row lock at most this long rather than forever
-    // behind a stuck session; MySQL has innodb_lock_wait_timeout (50 s).
-    opts.map_sqlx_postgres_opts(|o| {
-        o.options([("lock_timeout", "5s"), ("statement_timeout", "30s")])
-    });
+        .connect_timeout(Duration::from_secs(3))
+        // Well under the edge's 10 s deadline: a database that is down is
+        // answered as 503 (unavailable), not 504.
+        .acquire_timeout(Duration::from_secs(3));
     if url.starts_with("sqlite:") {
         use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
         opts.min_connections(1)
