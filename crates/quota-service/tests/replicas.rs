@@ -4,7 +4,7 @@
 
 use quota::pb::ConsumeRequest;
 use quota::pb::quota_service_client::QuotaServiceClient;
-use quota_service::domain::{KeyDigest, unix_now};
+use quota_service::domain::{Balance, TokenLocator, unix_now};
 use quota_service::store::NewToken;
 use quota_service::store::entity::{KIND_DEBIT, ledger};
 use quota_service::testing::{TEST_ADMIN_TOKEN, TestDb, TestServer, test_config};
@@ -93,6 +93,14 @@ async fn hammer(
     totals
 }
 
+async fn balance(store: &Store, token_id: i64) -> Balance {
+    store
+        .token(&TokenLocator::Id(token_id))
+        .await
+        .unwrap()
+        .balance
+}
+
 async fn ledger_debits(store: &Store, token_id: i64) -> Vec<ledger::Model> {
     ledger::Entity::find()
         .filter(ledger::Column::TokenId.eq(token_id))
@@ -115,20 +123,12 @@ async fn never_overspent(db: TestDb) {
     let outcomes = hammer(&r, key.expose(), 7, |i| format!("req-{i}")).await;
     assert_eq!(outcomes, (400, 0, DEBITS - 400));
 
-    let after = r
-        .store
-        .token_by_digest(&KeyDigest::of(key.expose()))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(after.balance.remaining, 3);
-    assert_eq!(after.balance.used, 7 * 400);
+    let after = balance(&r.store, token.id).await;
+    assert_eq!(after.remaining, 3);
+    assert_eq!(after.used, 7 * 400);
     let rows = ledger_debits(&r.store, token.id).await;
     assert_eq!(rows.len(), 400);
-    assert_eq!(
-        rows.iter().map(|row| row.units).sum::<i64>(),
-        after.balance.used
-    );
+    assert_eq!(rows.iter().map(|row| row.units).sum::<i64>(), after.used);
 }
 
 async fn duplicates_debit_once(db: TestDb) {
@@ -148,14 +148,9 @@ async fn duplicates_debit_once(db: TestDb) {
         "one first debit per id, the rest repeats"
     );
 
-    let after = r
-        .store
-        .token_by_digest(&KeyDigest::of(key.expose()))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(after.balance.used, 10 * 100);
-    assert_eq!(after.balance.remaining, 1_000_000 - 10 * 100);
+    let after = balance(&r.store, token.id).await;
+    assert_eq!(after.used, 10 * 100);
+    assert_eq!(after.remaining, 1_000_000 - 10 * 100);
     let rows = ledger_debits(&r.store, token.id).await;
     let mut ids: Vec<_> = rows
         .iter()
