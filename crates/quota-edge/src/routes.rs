@@ -130,10 +130,11 @@ async fn unknown_url(method: Method, uri: Uri) -> EdgeError {
     }
 }
 
-/// The body of the subscription route: exactly the spec's six fields, in order.
+/// The body of the subscription route: exactly the spec's six fields, in
+/// order, as the service sends them (the fields it adds stay in gRPC).
 #[derive(Serialize)]
 struct Subscription {
-    object: &'static str,
+    object: String,
     has_payment_method: bool,
     soft_limit_usd: i64,
     hard_limit_usd: i64,
@@ -153,8 +154,8 @@ async fn subscription(
         )
         .await?;
     Ok(Json(Subscription {
-        object: "billing_subscription",
-        has_payment_method: true,
+        object: s.object,
+        has_payment_method: s.has_payment_method,
         soft_limit_usd: s.soft_limit_usd,
         hard_limit_usd: s.hard_limit_usd,
         system_hard_limit_usd: s.system_hard_limit_usd,
@@ -170,9 +171,10 @@ struct UsageQuery {
     end_date: Option<String>,
 }
 
+/// The body of the usage route, as the service sends it.
 #[derive(Serialize)]
 struct Usage {
-    object: &'static str,
+    object: String,
     total_usage: f64,
     daily_costs: Vec<DailyCost>,
 }
@@ -218,7 +220,7 @@ async fn usage(
             other => other,
         })?;
     Ok(Json(Usage {
-        object: "list",
+        object: u.object,
         total_usage: u.total_usage,
         daily_costs: u
             .daily_costs

@@ -1,6 +1,7 @@
 //! The command line. Every flag also reads an environment variable.
 
 use clap::{Args, Parser, Subcommand};
+use quota_service::domain::DEFAULT_QUOTA_PER_USD;
 
 /// quota: how much may each API key spend, and how much has it spent.
 ///
@@ -76,20 +77,14 @@ pub struct DatabaseArgs {
 /// Settings of the gRPC service.
 #[derive(Debug, Args)]
 pub struct ServiceArgs {
-    /// The admin credential for TokenAdmin and Consume. Unset: those methods refuse everything.
-    #[arg(
-        long,
-        env = "QUOTA_ADMIN_TOKEN",
-        value_name = "SECRET",
-        hide_env_values = true
-    )]
-    pub admin_token: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminToken,
     /// Quota units per US dollar.
     #[arg(
         long,
         env = "QUOTA_PER_USD",
         value_name = "UNITS",
-        default_value_t = 500_000
+        default_value_t = DEFAULT_QUOTA_PER_USD
     )]
     pub quota_per_usd: i64,
 }
@@ -132,7 +127,15 @@ pub struct AdminArgs {
         global = true
     )]
     pub server: String,
-    /// The admin credential the service was started with.
+    #[command(flatten)]
+    pub admin: AdminToken,
+}
+
+/// The admin secret: what a server accepts, what `token` commands send.
+#[derive(Debug, Args)]
+pub struct AdminToken {
+    /// The admin credential for TokenAdmin and Consume: a server started
+    /// without it refuses those methods; `token` commands send it.
     #[arg(
         long,
         env = "QUOTA_ADMIN_TOKEN",
@@ -140,7 +143,14 @@ pub struct AdminArgs {
         hide_env_values = true,
         global = true
     )]
-    pub admin_token: Option<String>,
+    admin_token: Option<String>,
+}
+
+impl AdminToken {
+    /// The secret, or `None` when it is unset or empty.
+    pub fn secret(&self) -> Option<&str> {
+        self.admin_token.as_deref().filter(|s| !s.is_empty())
+    }
 }
 
 /// The `token` subcommands. KEY|ID is a key (sk-...) or a numeric id.

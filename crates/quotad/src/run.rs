@@ -89,12 +89,12 @@ async fn open_store(db: &DatabaseArgs) -> Result<Store> {
 async fn open_api(db: &DatabaseArgs, service: &ServiceArgs) -> Result<QuotaApi> {
     let per_usd = QuotaPerUsd::new(service.quota_per_usd).map_err(|e| anyhow!("{e}"))?;
     let store = open_store(db).await?;
-    if service.admin_token.as_deref().is_none_or(str::is_empty) {
+    if service.admin.secret().is_none() {
         tracing::warn!("QUOTA_ADMIN_TOKEN is not set: admin methods and Consume refuse every call");
     }
     let config = ServiceConfig {
         per_usd,
-        admin: AdminCredential::new(service.admin_token.as_deref()),
+        admin: AdminCredential::new(service.admin.secret()),
     };
     Ok(QuotaApi::new(store, config))
 }

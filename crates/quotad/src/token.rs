@@ -4,16 +4,22 @@ use crate::cli::{AdminArgs, TokenCommand};
 use anyhow::{Context, Result, anyhow, bail};
 use quota::pb;
 use quota::pb::token_admin_client::TokenAdminClient;
+use quota_service::domain::Balance;
+use std::future::Future;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 /// Carries out one `token` command against the admin API.
 pub async fn run(admin: AdminArgs, command: TokenCommand) -> Result<()> {
-    let Some(secret) = admin.admin_token.filter(|s| !s.is_empty()) else {
+    let Some(secret) = admin.admin.secret() else {
         bail!(
             "QUOTA_ADMIN_TOKEN is not set: pass --admin-token or set it to the secret the service runs with"
         );
     };
+    let authorization = format!("Bearer {secret}")
+        .parse()
+        .map_err(|_| anyhow!("QUOTA_ADMIN_TOKEN holds characters that cannot be sent"))?;
     let channel = Channel::from_shared(admin.server.clone())
         .with_context(|| {
             format!(
@@ -32,27 +38,36 @@ pub async fn run(admin: AdminArgs, command: TokenCommand) -> Result<()> {
         })?;
     let client = Admin {
         client: TokenAdminClient::new(channel),
-        secret,
+        authorization,
     };
     client.run(command).await
 }
 
 struct Admin {
     client: TokenAdminClient<Channel>,
-    secret: String,
+    /// `Bearer <secret>`, sent with every call.
+    authorization: MetadataValue<Ascii>,
 }
 
 impl Admin {
-    fn request<T>(&self, message: T) -> Result<Request<T>> {
+    /// Calls one admin method with the credential; a refusal becomes one line.
+    async fn call<Req, Resp, F>(
+        &self,
+        message: Req,
+        method: impl FnOnce(TokenAdminClient<Channel>, Request<Req>) -> F,
+    ) -> Result<Resp>
+    where
+        F: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
         let mut request = Request::new(message);
-        let value = format!("Bearer {}", self.secret)
-            .parse()
-            .map_err(|_| anyhow!("QUOTA_ADMIN_TOKEN holds characters that cannot be sent"))?;
-        request.metadata_mut().insert("authorization", value);
-        Ok(request)
+        request
+            .metadata_mut()
+            .insert("authorization", self.authorization.clone());
+        let response = method(self.client.clone(), request).await.map_err(failed)?;
+        Ok(response.into_inner())
     }
 
-    async fn run(mut self, command: TokenCommand) -> Result<()> {
+    async fn run(self, command: TokenCommand) -> Result<()> {
         match command {
             TokenCommand::Create {
                 name,
@@ -64,19 +79,16 @@ impl Admin {
                     .map(parse_expiry)
                     .transpose()?
                     .unwrap_or(0);
-                let request = self.request(pb::CreateTokenRequest {
+                let request = pb::CreateTokenRequest {
                     name,
                     quota: quota.quota.unwrap_or(0),
                     unlimited: quota.unlimited,
                     expires_at,
                     quota_usd: quota.quota_usd.unwrap_or_default(),
-                })?;
+                };
                 let created = self
-                    .client
-                    .create_token(request)
-                    .await
-                    .map_err(failed)?
-                    .into_inner();
+                    .call(request, |mut c, r| async move { c.create_token(r).await })
+                    .await?;
                 println!("{}", created.key);
                 if let Some(token) = created.token {
                     eprintln!(
@@ -88,17 +100,14 @@ impl Admin {
                 }
             }
             TokenCommand::Grant { token, quota } => {
-                let request = self.request(pb::GrantQuotaRequest {
+                let request = pb::GrantQuotaRequest {
                     token: Some(token_ref(&token)),
                     quota: quota.quota.unwrap_or(0),
                     quota_usd: quota.quota_usd.unwrap_or_default(),
-                })?;
+                };
                 let token = self
-                    .client
-                    .grant_quota(request)
-                    .await
-                    .map_err(failed)?
-                    .into_inner();
+                    .call(request, |mut c, r| async move { c.grant_quota(r).await })
+                    .await?;
                 println!("{}", show(&token));
             }
             TokenCommand::List => {
@@ -108,16 +117,13 @@ impl Admin {
                 );
                 let mut page_token = String::new();
                 loop {
-                    let request = self.request(pb::ListTokensRequest {
+                    let request = pb::ListTokensRequest {
                         page_size: 500,
                         page_token,
-                    })?;
+                    };
                     let page = self
-                        .client
-                        .list_tokens(request)
-                        .await
-                        .map_err(failed)?
-                        .into_inner();
+                        .call(request, |mut c, r| async move { c.list_tokens(r).await })
+                        .await?;
                     for t in &page.tokens {
                         println!(
                             "{:>6}  {:<10}  {:<8}  {:>9}  {:>15}  {:>15}  {:>10}  {}",
@@ -142,51 +148,38 @@ impl Admin {
                 }
             }
             TokenCommand::Show { token } => {
-                let request = self.request(pb::GetTokenRequest {
+                let request = pb::GetTokenRequest {
                     token: Some(token_ref(&token)),
-                })?;
-                println!(
-                    "{}",
-                    show(
-                        &self
-                            .client
-                            .get_token(request)
-                            .await
-                            .map_err(failed)?
-                            .into_inner()
-                    )
-                );
+                };
+                let token = self
+                    .call(request, |mut c, r| async move { c.get_token(r).await })
+                    .await?;
+                println!("{}", show(&token));
             }
             TokenCommand::Disable { token } => self.set_enabled(&token, false).await?,
             TokenCommand::Enable { token } => self.set_enabled(&token, true).await?,
             TokenCommand::Delete { token } => {
-                let request = self.request(pb::DeleteTokenRequest {
+                let request = pb::DeleteTokenRequest {
                     token: Some(token_ref(&token)),
-                })?;
-                self.client.delete_token(request).await.map_err(failed)?;
+                };
+                self.call(request, |mut c, r| async move { c.delete_token(r).await })
+                    .await?;
                 eprintln!("deleted");
             }
         }
         Ok(())
     }
 
-    async fn set_enabled(&mut self, token: &str, enabled: bool) -> Result<()> {
-        let request = self.request(pb::UpdateTokenRequest {
+    async fn set_enabled(&self, token: &str, enabled: bool) -> Result<()> {
+        let request = pb::UpdateTokenRequest {
             token: Some(token_ref(token)),
             enabled: Some(enabled),
             ..Default::default()
-        })?;
-        println!(
-            "{}",
-            show(
-                &self
-                    .client
-                    .update_token(request)
-                    .await
-                    .map_err(failed)?
-                    .into_inner()
-            )
-        );
+        };
+        let token = self
+            .call(request, |mut c, r| async move { c.update_token(r).await })
+            .await?;
+        println!("{}", show(&token));
         Ok(())
     }
 }
@@ -214,7 +207,12 @@ fn describe(t: &pb::Token) -> String {
     let quota = if t.unlimited {
         "unlimited".to_owned()
     } else {
-        format!("{} units", t.remaining + t.used)
+        let balance = Balance {
+            remaining: t.remaining,
+            used: t.used,
+            unlimited: t.unlimited,
+        };
+        format!("{} units", balance.limit_units())
     };
     let expiry = if t.expires_at == 0 {
         "never expires".to_owned()
