@@ -1,0 +1,135 @@
+//! What the router tests share: upstreams that fail on purpose, requests
+//! sent with `oneshot`, and the assertion on an OpenAI-shaped error.
+
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use quota::pb;
+use quota::pb::quota_service_server::{QuotaService, QuotaServiceServer};
+use quota_edge::{Upstream, app};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Code, Status};
+use tower::ServiceExt;
+
+pub const SUBSCRIPTION: &str = "/v1/dashboard/billing/subscription";
+pub const SPEC_EXAMPLE: &str = r#"{"object":"billing_subscription","has_payment_method":true,"soft_limit_usd":5,"hard_limit_usd":5,"system_hard_limit_usd":5,"access_until":0}"#;
+
+/// An upstream that answers every call with one status, after a delay.
+pub struct Failing {
+    pub code: Code,
+    pub message: &'static str,
+    pub delay: std::time::Duration,
+}
+
+impl Failing {
+    pub async fn answer<T>(&self) -> Result<tonic::Response<T>, Status> {
+        tokio::time::sleep(self.delay).await;
+        Err(Status::new(self.code, self.message))
+    }
+}
+
+#[tonic::async_trait]
+impl QuotaService for Failing {
+    async fn get_subscription(
+        &self,
+        _: tonic::Request<pb::GetSubscriptionRequest>,
+    ) -> Result<tonic::Response<pb::Subscription>, Status> {
+        self.answer().await
+    }
+    async fn get_usage(
+        &self,
+        _: tonic::Request<pb::GetUsageRequest>,
+    ) -> Result<tonic::Response<pb::Usage>, Status> {
+        self.answer().await
+    }
+    async fn consume(
+        &self,
+        _: tonic::Request<pb::ConsumeRequest>,
+    ) -> Result<tonic::Response<pb::ConsumeResponse>, Status> {
+        self.answer().await
+    }
+}
+
+/// The URL of a `Failing` upstream on port 0; it stops with the test's runtime.
+pub async fn spawn_upstream(failing: Failing) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(QuotaServiceServer::new(failing))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    url
+}
+
+/// A router in front of an upstream failing at once with `code`.
+pub async fn failing_upstream(code: Code, message: &'static str) -> axum::Router {
+    let delay = std::time::Duration::ZERO;
+    app(Upstream::lazy(
+        &spawn_upstream(Failing {
+            code,
+            message,
+            delay,
+        })
+        .await,
+    )
+    .unwrap())
+}
+
+/// A router whose upstream is never reached (a closed port).
+pub async fn unreachable_upstream() -> axum::Router {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    app(Upstream::lazy(&url).unwrap())
+}
+
+pub async fn send(
+    router: &axum::Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> Response<Body> {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    router
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap()
+}
+
+pub async fn body_text(response: Response<Body>) -> String {
+    String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap()
+}
+
+/// Asserts an OpenAI-shaped error with this status and code; returns its message.
+pub async fn assert_error(
+    response: Response<Body>,
+    status: StatusCode,
+    kind: &str,
+    code: &str,
+) -> String {
+    assert_eq!(response.status(), status);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    let body: Value = serde_json::from_str(&body_text(response).await).unwrap();
+    let error = &body["error"];
+    assert_eq!(error["type"], kind, "{body}");
+    assert_eq!(error["code"], code, "{body}");
+    assert!(error.get("param").is_some(), "{body}");
+    error["message"].as_str().unwrap().to_owned()
+}

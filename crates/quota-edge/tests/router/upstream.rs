@@ -1,0 +1,172 @@
+//! Upstream failures and how their statuses become HTTP.
+
+use crate::helpers::*;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use quota_edge::{Upstream, app};
+use tonic::Code;
+use tower::ServiceExt;
+
+#[test]
+fn upstream_must_be_a_plain_http_url() {
+    for bad in [
+        "127.0.0.1:50051",
+        "https://127.0.0.1:50051",
+        "http://",
+        "not a url",
+        "",
+    ] {
+        assert!(Upstream::lazy(bad).is_err(), "{bad:?}");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    assert!(Upstream::lazy("http://127.0.0.1:50051").is_ok());
+    assert!(Upstream::lazy("http://quota-grpc:50051").is_ok());
+}
+
+#[tokio::test]
+async fn a_silent_upstream_is_504_after_the_deadline() {
+    let slow = Failing {
+        code: Code::Internal,
+        message: "too late",
+        delay: std::time::Duration::from_secs(5),
+    };
+    let upstream = Upstream::lazy(&spawn_upstream(slow).await)
+        .unwrap()
+        .timeout(std::time::Duration::from_millis(200));
+    let router = app(upstream);
+    for path in [SUBSCRIPTION, "/v1/dashboard/billing/usage"] {
+        let started = std::time::Instant::now();
+        let response = send(&router, "GET", path, &[("authorization", "Bearer sk-x")]).await;
+        assert_error(
+            response,
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            "timeout",
+        )
+        .await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    }
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_503() {
+    let router = unreachable_upstream().await;
+    let response = send(
+        &router,
+        "GET",
+        SUBSCRIPTION,
+        &[("authorization", "Bearer sk-x")],
+    )
+    .await;
+    assert_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "service_unavailable",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn upstream_statuses_map_like_grpc_gateway_without_leaking_detail() {
+    let cases = [
+        (
+            Code::Unauthenticated,
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+        ),
+        (
+            Code::PermissionDenied,
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            "permission_denied",
+        ),
+        (
+            Code::NotFound,
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "not_found",
+        ),
+        (
+            Code::InvalidArgument,
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+        ),
+        (
+            Code::ResourceExhausted,
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "insufficient_quota",
+        ),
+        (
+            Code::Unavailable,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "service_unavailable",
+        ),
+        (
+            Code::DeadlineExceeded,
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            "timeout",
+        ),
+        (
+            Code::Internal,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal_error",
+        ),
+        (
+            Code::Unknown,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal_error",
+        ),
+    ];
+    for (code, status, kind, error_code) in cases {
+        let router = failing_upstream(code, "detail from upstream: db at 10.0.0.5 said no").await;
+        for path in [SUBSCRIPTION, "/dashboard/billing/usage"] {
+            let response = send(&router, "GET", path, &[("authorization", "Bearer sk-x")]).await;
+            let unauthorized = response.status() == StatusCode::UNAUTHORIZED;
+            let has_challenge = response
+                .headers()
+                .get("www-authenticate")
+                .is_some_and(|v| v == "Bearer");
+            assert_eq!(unauthorized, has_challenge, "{code:?}");
+            let message = assert_error(response, status, kind, error_code).await;
+            assert_eq!(
+                status.is_server_error(),
+                !message.contains("10.0.0.5"),
+                "{code:?}: {message}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn non_ascii_authorization_is_401() {
+    let router = unreachable_upstream().await;
+    let request = Request::builder()
+        .uri(SUBSCRIPTION)
+        .header(
+            "authorization",
+            axum::http::HeaderValue::from_bytes(b"Bearer \xff").unwrap(),
+        )
+        .body(Body::empty())
+        .unwrap();
+    let response = router.oneshot(request).await.unwrap();
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    assert_error(
+        response,
+        StatusCode::UNAUTHORIZED,
+        "invalid_request_error",
+        "invalid_api_key",
+    )
+    .await;
+}

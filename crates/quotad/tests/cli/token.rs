@@ -1,0 +1,87 @@
+//! `quotad token ...` against a running `quotad serve`, and its failures.
+
+use crate::helpers::*;
+
+#[test]
+fn serve_on_sqlite_and_manage_a_key_from_the_command_line() {
+    let dir = TempDir::new();
+    let server = Server::start(&dir.sqlite_url("quota.db"), dir.path());
+    assert!(dir.path().join("quota.db").exists(), "SQLite file created");
+
+    let (key, id) = create_key(&server, "5");
+    assert_subscription(&server, &key, 5);
+
+    // A grant adds to the limit.
+    let granted = server.token_ok(&["grant", &key, "--quota-usd", "2"]);
+    assert!(has_line(&granted, "remaining: 3500000"), "{granted}");
+    assert_subscription(&server, &key, 7);
+
+    // Disabled: refused; enabled again: served again, limit unchanged.
+    let disabled = server.token_ok(&["disable", &key]);
+    assert!(has_line(&disabled, "status: disabled"), "{disabled}");
+    assert_refused(&server, &key);
+    let enabled = server.token_ok(&["enable", &key]);
+    assert!(has_line(&enabled, "status: enabled"), "{enabled}");
+    assert_subscription(&server, &key, 7);
+
+    // `list` shows the display prefix, never the key.
+    let list = server.token(&["list"]);
+    succeeded(&list);
+    let listed = stdout_of(&list);
+    assert!(listed.contains(&key[..7]), "{listed}");
+    assert!(!listed.contains(&key), "list leaks the key: {listed}");
+    assert!(!stderr_of(&list).contains(&key), "{}", describe(&list));
+    let row = listed
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id.to_string().as_str()))
+        .unwrap_or_else(|| panic!("no row with id {id}: {listed}"));
+    // ID PREFIX STATUS UNLIMITED REMAINING USED EXPIRES NAME
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(columns.get(2), Some(&"enabled"), "{row}");
+    assert_eq!(columns.get(4), Some(&"3500000"), "{row}");
+
+    // `show` by id and by key.
+    for by in [id.to_string(), key.clone()] {
+        let shown = server.token_ok(&["show", &by]);
+        assert!(shown.contains(&format!("id: {id}\n")), "{shown}");
+        assert!(shown.contains(&format!("prefix: {}", &key[..7])), "{shown}");
+        assert!(has_line(&shown, "remaining: 3500000"), "{shown}");
+        assert!(has_line(&shown, "used: 0"), "{shown}");
+        assert!(!shown.contains(&key), "show leaks the key: {shown}");
+    }
+
+    // Deleted: refused, and gone from the admin API.
+    succeeded(&server.token(&["delete", &key]));
+    assert_refused(&server, &key);
+    let show = server.token(&["show", &id.to_string()]);
+    assert!(!show.status.success(), "{}", describe(&show));
+    let list = server.token_ok(&["list"]);
+    assert!(!list.contains(&key[..7]), "{list}");
+
+    let (status, log) = server.stop_with("TERM");
+    assert!(status.success(), "{status}\n{log}");
+    assert!(!log.contains(&key), "the key is in the server log:\n{log}");
+}
+
+#[test]
+fn token_commands_need_the_admin_token() {
+    let mut cmd = quotad();
+    cmd.env_remove("QUOTA_ADMIN_TOKEN")
+        .args(["token", "list", "--server"])
+        .arg(format!("http://127.0.0.1:{}", closed_port()));
+    let out = run(cmd, COMMAND_TIMEOUT);
+    let line = failed_with_one_line(&out);
+    assert!(line.contains("QUOTA_ADMIN_TOKEN"), "{line}");
+}
+
+#[test]
+fn token_commands_say_when_the_service_cannot_be_reached() {
+    let server = format!("http://127.0.0.1:{}", closed_port());
+    let mut cmd = quotad();
+    cmd.args(["token", "create", "--quota-usd", "5", "--server", &server]);
+    let out = run(cmd, COMMAND_TIMEOUT);
+    let line = failed_with_one_line(&out);
+    assert!(line.contains("cannot reach"), "{line}");
+    assert!(line.contains(&server), "{line}");
+    assert!(out.stdout.is_empty(), "{}", describe(&out));
+}
