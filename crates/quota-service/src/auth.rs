@@ -1,9 +1,16 @@
 //! Who is calling: the bearer credential in the `authorization` metadata.
+//!
+//! Admin authentication is [`AdminCredential::check`], and only it: the
+//! whole `TokenAdmin` service passes through it as an interceptor
+//! ([`AdminCredential`] implements [`Interceptor`]), and the admin methods of
+//! `QuotaService` (`Consume`) call it through `QuotaApi::require_admin`.
 
-use crate::domain::{KeyDigest, TokenKey};
-use crate::error::QuotaError;
+use crate::domain::{KeyDigest, QuotaError, TokenKey};
+use crate::grpc::to_status;
 use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataMap;
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
 
 /// The credential of `authorization: Bearer <credential>`; the scheme is
 /// case-insensitive, as HTTP has it.
@@ -57,6 +64,17 @@ impl AdminCredential {
             Err(QuotaError::NotAdmin)
         } else {
             Err(QuotaError::InvalidAdminCredential)
+        }
+    }
+}
+
+/// Admits to a whole service (`TokenAdmin`) only callers with the admin
+/// credential; refusals are the statuses of [`AdminCredential::check`].
+impl Interceptor for AdminCredential {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        match self.check(request.metadata()) {
+            Ok(()) => Ok(request),
+            Err(err) => Err(to_status(err, "quota.v1.TokenAdmin")),
         }
     }
 }

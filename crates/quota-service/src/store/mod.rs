@@ -5,14 +5,16 @@
 
 mod debit;
 pub mod entity;
+mod error;
 
 use debit::insert_ledger;
+#[cfg(feature = "testing")]
 pub use debit::pgbench_debit_script;
 
 use crate::domain::{
-    Balance, DaySpend, KeyDigest, QuotaUnits, Token, TokenKey, TokenLocator, UsageWindow,
+    Balance, DaySpend, KeyDigest, QuotaError, QuotaUnits, Token, TokenKey, TokenLocator,
+    UsageWindow,
 };
-use crate::error::QuotaError;
 use entity::{KIND_DEBIT, KIND_GRANT, STATUS_DISABLED, STATUS_ENABLED, ledger, token};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
@@ -109,7 +111,8 @@ impl Store {
         Ok(())
     }
 
-    /// The connection, for tests and tools that need to reach the tables.
+    /// The connection, for tests and the benchmark that need to reach the tables.
+    #[cfg(feature = "testing")]
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
     }

@@ -1,188 +1,24 @@
-//! Debits: atomic, all-or-nothing, idempotent per request id, and coalesced
-//! per token.
-//!
-//! Debits of one token that arrive while another of its debits is being
-//! written wait in a queue; the next transaction settles all of them at once
-//! (one row lock, one UPDATE, one multi-row INSERT, one commit), each with its
-//! own ledger row and its own outcome, in arrival order. A token that is not
-//! busy is debited alone with a single conditional UPDATE. Both paths lock the
-//! token's row before they look at the ledger, so they stay exact together and
-//! across replicas sharing the database.
+//! The SQL of a debit: one conditional UPDATE with its ledger row, or a batch
+//! of one token's debits under its row lock in one transaction.
 
-use super::Store;
-use super::entity::{KIND_DEBIT, STATUS_ENABLED, ledger, token};
-use crate::domain::{Balance, Debit, KeyDigest, QuotaUnits};
-use crate::error::QuotaError;
+use super::queue::Pending;
+use crate::domain::{Balance, Debit, KeyDigest, QuotaError, QuotaUnits};
+use crate::store::entity::{KIND_DEBIT, STATUS_ENABLED, ledger, token};
+use crate::store::error::is_unique_violation;
+use crate::store::{Store, to_domain};
 use sea_orm::sea_query::{
     Expr, ExprTrait, InsertStatement, Query, ReturningClause, SimpleExpr, UpdateStatement,
 };
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
-    QuerySelect, SqlErr, TransactionTrait,
+    QuerySelect, TransactionTrait,
 };
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
-use tokio::sync::oneshot;
-
-/// The most debits one transaction settles.
-const MAX_BATCH: usize = 256;
-/// The most debits that may wait for one token; more are refused as busy
-/// (UNAVAILABLE, retryable) rather than queued without bound behind a stuck lock.
-const MAX_WAITING: usize = 8192;
-
-/// One debit waiting for its token's next transaction.
-#[derive(Debug)]
-struct Pending {
-    units: QuotaUnits,
-    request_id: Option<String>,
-    now: i64,
-    reply: oneshot::Sender<Result<Debit, QuotaError>>,
-}
-
-/// Debits waiting, per token. A token has an entry exactly while a worker
-/// settles its debits; the worker removes the entry when the queue is empty.
-#[derive(Debug, Default)]
-pub(super) struct Queues(Mutex<HashMap<KeyDigest, Vec<Pending>>>);
-
-impl Queues {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<KeyDigest, Vec<Pending>>> {
-        // The map is consistent at every unlock: a poisoned lock is still usable.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Removes a token's queue if its worker ends without doing so (a panic),
-/// so that the waiting callers are answered and later debits start afresh.
-struct WorkerGuard {
-    queues: Arc<Queues>,
-    digest: KeyDigest,
-    done: bool,
-}
-
-impl Drop for WorkerGuard {
-    fn drop(&mut self) {
-        if !self.done {
-            self.queues.lock().remove(&self.digest);
-        }
-    }
-}
+use std::collections::HashSet;
 
 impl Store {
-    /// Debits `units` from the token whose key has `digest`: all or nothing.
-    ///
-    /// Succeeds only for an enabled, unexpired token that is unlimited or has
-    /// `remaining >= units`. Once a debit with a `request_id` has succeeded,
-    /// repeats of that id succeed too and debit nothing more.
-    pub async fn consume(
-        &self,
-        digest: &KeyDigest,
-        units: QuotaUnits,
-        request_id: Option<&str>,
-        now: i64,
-    ) -> Result<Debit, QuotaError> {
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            units,
-            request_id: request_id.map(str::to_owned),
-            now,
-            reply,
-        };
-        let start_worker = {
-            let mut queues = self.queues.lock();
-            match queues.get_mut(digest) {
-                Some(queue) => {
-                    if queue.len() >= MAX_WAITING {
-                        // Callers that have gone do not hold a place.
-                        queue.retain(|p| !p.reply.is_closed());
-                    }
-                    if queue.len() >= MAX_WAITING {
-                        return Err(QuotaError::Busy(format!(
-                            "{MAX_WAITING} debits are already waiting for one token"
-                        )));
-                    }
-                    queue.push(pending);
-                    false
-                }
-                None => {
-                    queues.insert(digest.clone(), vec![pending]);
-                    true
-                }
-            }
-        };
-        if start_worker {
-            tokio::spawn(self.clone().settle_queue(digest.clone()));
-        }
-        answer
-            .await
-            .map_err(|_| QuotaError::Internal("the debit worker stopped before answering".into()))?
-    }
-
-    /// Settles a token's queue, a batch at a time, until it is empty.
-    async fn settle_queue(self, digest: KeyDigest) {
-        let mut guard = WorkerGuard {
-            queues: self.queues.clone(),
-            digest,
-            done: false,
-        };
-        loop {
-            let batch: Vec<Pending> = {
-                let mut queues = self.queues.lock();
-                let Some(queue) = queues.get_mut(&guard.digest).filter(|q| !q.is_empty()) else {
-                    queues.remove(&guard.digest);
-                    guard.done = true;
-                    return;
-                };
-                let take = queue.len().min(MAX_BATCH);
-                // A caller that has gone (cancelled, past its deadline) before
-                // its debit started is not debited: it was told it failed.
-                queue
-                    .drain(..take)
-                    .filter(|p| !p.reply.is_closed())
-                    .collect()
-            };
-            if !batch.is_empty() {
-                self.settle(&guard.digest, batch).await;
-            }
-        }
-    }
-
-    async fn settle(&self, digest: &KeyDigest, mut batch: Vec<Pending>) {
-        if batch.len() == 1 {
-            if let Some(p) = batch.pop() {
-                let outcome = self
-                    .consume_one(digest, p.units, p.request_id.as_deref(), p.now)
-                    .await;
-                let _ = p.reply.send(outcome);
-            }
-            return;
-        }
-        match self.consume_batch(digest, &batch).await {
-            Ok(outcomes) => {
-                for (p, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = p.reply.send(outcome);
-                }
-            }
-            // Not expected under the row lock, but the index has the last word:
-            // settle each debit on its own.
-            Err(BatchError::Duplicate) => {
-                for p in batch {
-                    let outcome = self
-                        .consume_one(digest, p.units, p.request_id.as_deref(), p.now)
-                        .await;
-                    let _ = p.reply.send(outcome);
-                }
-            }
-            Err(BatchError::Failed(err)) => {
-                for p in batch {
-                    let _ = p.reply.send(Err(err.clone()));
-                }
-            }
-        }
-    }
-
     /// Settles several debits of one token in one transaction; returns each
     /// debit's outcome, in order.
-    async fn consume_batch(
+    pub(super) async fn consume_batch(
         &self,
         digest: &KeyDigest,
         batch: &[Pending],
@@ -219,7 +55,7 @@ impl Store {
                 .collect()
         };
 
-        let mut token = super::to_domain(row);
+        let mut token = to_domain(row);
         let mut rows = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut last_now = 0;
@@ -274,7 +110,7 @@ impl Store {
     /// unlimited or enough left) and the ledger row, in one transaction. The
     /// unique (token, request id) index makes a repeat of a succeeded request
     /// id roll back; it is then answered as a repeat, with nothing more debited.
-    async fn consume_one(
+    pub(super) async fn consume_one(
         &self,
         digest: &KeyDigest,
         units: QuotaUnits,
@@ -295,8 +131,7 @@ impl Store {
                             repeat: false,
                         });
                     }
-                    Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                    }
+                    Err(e) if is_unique_violation(&e) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -437,7 +272,8 @@ fn ledger_row(
     ]
 }
 
-pub(super) async fn insert_ledger(
+/// Appends one row to the ledger inside `txn`.
+pub(in crate::store) async fn insert_ledger(
     txn: &DatabaseTransaction,
     token_id: i64,
     kind: i16,
@@ -454,7 +290,7 @@ pub(super) async fn insert_ledger(
 /// that the benchmark compares the service with PostgreSQL running exactly
 /// this SQL. `digest_sql` and `request_id_sql` are SQL expressions standing
 /// for the bound values.
-#[doc(hidden)]
+#[cfg(feature = "testing")]
 pub fn pgbench_debit_script(
     digest_sql: &str,
     units: i64,
@@ -478,7 +314,7 @@ pub fn pgbench_debit_script(
 }
 
 /// Why a batch as a whole did not settle.
-enum BatchError {
+pub(super) enum BatchError {
     /// A request id of the batch is in the ledger after all.
     Duplicate,
     /// The database failed; every debit of the batch gets this answer.
@@ -487,7 +323,7 @@ enum BatchError {
 
 impl BatchError {
     fn from_insert(err: DbErr) -> BatchError {
-        if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
+        if is_unique_violation(&err) {
             BatchError::Duplicate
         } else {
             BatchError::Failed(err.into())

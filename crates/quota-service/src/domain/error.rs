@@ -1,0 +1,82 @@
+//! What the domain, the store and the services refuse or fail with, in the
+//! domain's terms: no transport and no database here. The store turns its
+//! database errors into these (`store::error`); the gRPC layer alone turns
+//! them into statuses (`grpc::status`).
+
+/// Everything the domain, the store and the gRPC services can refuse or fail with.
+///
+/// The message of each variant is safe to show to the caller; internal detail
+/// travels in `Unavailable`, `Busy` and `Internal`, is logged once where the
+/// request is answered, and never leaves.
+///
+/// `CallerKey*` refuse the caller's own credential (UNAUTHENTICATED);
+/// `Token*` refuse the token a request addresses (NOT_FOUND,
+/// FAILED_PRECONDITION).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum QuotaError {
+    /// No `authorization` metadata.
+    #[error("missing API key: send the header `Authorization: Bearer sk-...`")]
+    MissingCredential,
+    /// `authorization` present but not `Bearer <credential>`.
+    #[error("malformed Authorization header: expected `Bearer <key>`")]
+    MalformedAuthorization,
+    /// The key is not `sk-` and 48 base62 characters.
+    #[error("malformed API key: expected `sk-` followed by 48 letters and digits")]
+    MalformedKey,
+    /// No token has the key the caller authenticates with.
+    #[error("invalid API key: no such key")]
+    CallerKeyUnknown,
+    /// The key the caller authenticates with is disabled.
+    #[error("API key is disabled")]
+    CallerKeyDisabled,
+    /// The key the caller authenticates with has expired.
+    #[error("API key has expired")]
+    CallerKeyExpired,
+    /// The admin credential is wrong.
+    #[error("invalid admin credential")]
+    InvalidAdminCredential,
+    /// A user key was sent to an admin method.
+    #[error("this method needs the admin credential, not an API key")]
+    NotAdmin,
+    /// `QUOTA_ADMIN_TOKEN` is not configured: admin methods are closed.
+    #[error("admin methods are disabled: QUOTA_ADMIN_TOKEN is not set on the server")]
+    AdminDisabled,
+    /// A malformed request field.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A malformed usage date.
+    #[error("{message}")]
+    InvalidDate {
+        /// `start_date` or `end_date`.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The token a request addresses (not the caller's own key) does not exist.
+    #[error("token not found")]
+    TokenNotFound,
+    /// The token a debit addresses is disabled.
+    #[error("token is disabled")]
+    TokenDisabled,
+    /// The token a debit addresses has expired.
+    #[error("token has expired")]
+    TokenExpired,
+    /// The debit would overspend the token.
+    #[error("insufficient quota: {remaining} units remaining, {requested} requested")]
+    QuotaExhausted {
+        /// Units left.
+        remaining: i64,
+        /// Units asked for.
+        requested: i64,
+    },
+    /// The database cannot be reached.
+    #[error("service unavailable: the database cannot be reached")]
+    Unavailable(String),
+    /// The database or the token is too busy right now (a lock wait timed
+    /// out, a deadlock was broken, too many debits wait): try again.
+    #[error("service busy: try again")]
+    Busy(String),
+    /// Anything else; the detail is logged, not sent.
+    #[error("internal error")]
+    Internal(String),
+}

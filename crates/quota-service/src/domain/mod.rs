@@ -1,0 +1,22 @@
+//! The domain: keys, quota units, the limit arithmetic and usage windows,
+//! one file per concept. Everything here is pure (no database, no
+//! transport); the store and the gRPC services build on it.
+
+mod balance;
+mod error;
+mod key;
+mod token;
+mod units;
+mod usage;
+
+pub use balance::{Balance, UNLIMITED_USD};
+pub use error::QuotaError;
+pub use key::{KeyDigest, TokenKey};
+pub use token::{Debit, Token, TokenLocator};
+pub use units::{DEFAULT_QUOTA_PER_USD, QuotaPerUsd, QuotaUnits};
+pub use usage::{DaySpend, UsageWindow, day_start};
+
+/// The current time in unix seconds.
+pub fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}

@@ -1,0 +1,100 @@
+//! Usage windows and spend per UTC day.
+
+use super::QuotaError;
+use chrono::NaiveDate;
+
+const SECONDS_PER_DAY: i64 = 86_400;
+
+/// The time window of a usage query, in unix seconds: `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsageWindow {
+    /// First second counted, if bounded.
+    pub start: Option<i64>,
+    /// First second not counted, if bounded.
+    pub end: Option<i64>,
+}
+
+impl UsageWindow {
+    /// Parses optional `YYYY-MM-DD` dates (UTC); an empty string leaves that
+    /// end open. Future dates are fine; malformed ones are refused.
+    pub fn parse(start_date: &str, end_date: &str) -> Result<UsageWindow, QuotaError> {
+        Ok(UsageWindow {
+            start: parse_day_start(start_date, "start_date")?,
+            end: parse_day_start(end_date, "end_date")?,
+        })
+    }
+}
+
+/// The unix second at which a UTC day starts.
+pub fn day_start(unix: i64) -> i64 {
+    unix - unix.rem_euclid(SECONDS_PER_DAY)
+}
+
+fn parse_day_start(date: &str, field: &'static str) -> Result<Option<i64>, QuotaError> {
+    if date.is_empty() {
+        return Ok(None);
+    }
+    let day = NaiveDate::parse_from_str(date, "%Y-%m-%d")
+        .ok()
+        .filter(|_| date.len() == 10)
+        .ok_or_else(|| QuotaError::InvalidDate {
+            field,
+            message: format!("{field} must be a date as YYYY-MM-DD, got {date:?}"),
+        })?;
+    Ok(Some(
+        day.and_time(chrono::NaiveTime::MIN).and_utc().timestamp(),
+    ))
+}
+
+/// Spend on one UTC day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DaySpend {
+    /// Unix seconds of the day's start.
+    pub day: i64,
+    /// Units debited that day.
+    pub units: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_window_parses_utc_days() {
+        let w = UsageWindow::parse("2026-11-01", "2026-11-02").unwrap();
+        assert_eq!(w.start, Some(1_793_491_200));
+        assert_eq!(w.end, Some(1_793_491_200 + 86_400));
+        assert_eq!(
+            UsageWindow::parse("", "").unwrap(),
+            UsageWindow {
+                start: None,
+                end: None
+            }
+        );
+        assert!(UsageWindow::parse("2999-01-01", "").is_ok());
+        for bad in [
+            "2026-13-01",
+            "2026-02-30",
+            "20261101",
+            "2026-1-1",
+            "yesterday",
+            "2026-11-01T00:00:00Z",
+        ] {
+            assert!(
+                matches!(
+                    UsageWindow::parse(bad, ""),
+                    Err(QuotaError::InvalidDate { .. })
+                ),
+                "{bad:?}"
+            );
+            assert!(
+                matches!(
+                    UsageWindow::parse("", bad),
+                    Err(QuotaError::InvalidDate { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(day_start(1_793_491_200 + 3_600), 1_793_491_200);
+    }
+}

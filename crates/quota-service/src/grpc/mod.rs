@@ -1,0 +1,88 @@
+//! The gRPC services, `quota.v1.QuotaService` and `quota.v1.TokenAdmin`,
+//! and the server that carries them with reflection and health.
+//!
+//! Each method's work returns `Result<_, QuotaError>`; [`status`] turns the
+//! error into a `Status` (and logs internal detail) at the boundary. Admin
+//! authentication is in [`crate::auth`]: an interceptor on `TokenAdmin`,
+//! [`QuotaApi::require_admin`] for the admin methods of `QuotaService`.
+
+mod quota_service;
+mod server;
+mod status;
+mod token_admin;
+
+pub use quota_service::subscription;
+pub use server::{serve, token_admin_server};
+pub(crate) use status::to_status;
+
+use crate::auth::AdminCredential;
+use crate::domain::{QuotaError, QuotaPerUsd, QuotaUnits, TokenKey};
+use crate::store::Store;
+use std::sync::Arc;
+use tonic::metadata::MetadataMap;
+
+/// What the services need besides the store.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceConfig {
+    /// Units per dollar (`QUOTA_PER_USD`).
+    pub per_usd: QuotaPerUsd,
+    /// The admin credential (`QUOTA_ADMIN_TOKEN`).
+    pub admin: AdminCredential,
+}
+
+/// Both gRPC services over one store.
+#[derive(Clone, Debug)]
+pub struct QuotaApi {
+    store: Store,
+    config: Arc<ServiceConfig>,
+}
+
+/// The longest `request_id` the ledger keeps.
+const MAX_REQUEST_ID_LEN: usize = 255;
+
+impl QuotaApi {
+    /// The services over `store`.
+    pub fn new(store: Store, config: ServiceConfig) -> QuotaApi {
+        QuotaApi {
+            store,
+            config: Arc::new(config),
+        }
+    }
+
+    /// Admits only the admin credential: the check of every admin method
+    /// outside `TokenAdmin` (whose interceptor applies the same one).
+    fn require_admin(&self, metadata: &MetadataMap) -> Result<(), QuotaError> {
+        self.config.admin.check(metadata)
+    }
+
+    /// Quota units from either `quota` or a decimal `quota_usd`, not both.
+    fn units(&self, quota: i64, quota_usd: &str) -> Result<QuotaUnits, QuotaError> {
+        match (quota, quota_usd.is_empty()) {
+            (0, false) => QuotaUnits::positive(self.config.per_usd.usd_to_units(quota_usd)?),
+            (_, true) => QuotaUnits::positive(quota),
+            _ => Err(QuotaError::InvalidArgument(
+                "give either quota or quota_usd, not both".into(),
+            )),
+        }
+    }
+}
+
+/// The key a request addresses in `field` (not the caller's own key).
+fn addressed_key(key: &str, field: &str) -> Result<TokenKey, QuotaError> {
+    if key.is_empty() {
+        return Err(QuotaError::InvalidArgument(format!("{field} is required")));
+    }
+    TokenKey::parse(key).map_err(|_| {
+        QuotaError::InvalidArgument(format!("{field} is not a well-formed key (sk-...)"))
+    })
+}
+
+/// An optional `request_id`: empty means none; longer than the ledger keeps is refused.
+fn request_id(id: &str) -> Result<Option<&str>, QuotaError> {
+    if id.len() > MAX_REQUEST_ID_LEN {
+        return Err(QuotaError::InvalidArgument(format!(
+            "request_id is longer than {MAX_REQUEST_ID_LEN} bytes"
+        )));
+    }
+    Ok(Some(id).filter(|id| !id.is_empty()))
+}

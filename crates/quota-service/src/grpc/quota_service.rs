@@ -1,0 +1,125 @@
+//! `quota.v1.QuotaService`: the caller's subscription and usage, and `Consume`.
+
+use super::status::answer;
+use super::{QuotaApi, addressed_key, request_id};
+use crate::auth::caller_key;
+use crate::domain::{QuotaError, QuotaPerUsd, QuotaUnits, Token, UsageWindow, unix_now};
+use quota::pb;
+use quota::pb::quota_service_server::QuotaService;
+use tonic::{Request, Response, Status};
+
+/// The subscription message of a token: the limit arithmetic of the domain.
+pub fn subscription(token: &Token, per_usd: QuotaPerUsd) -> pb::Subscription {
+    let limit_usd = token.balance.limit_usd(per_usd);
+    pb::Subscription {
+        object: "billing_subscription".into(),
+        has_payment_method: true,
+        soft_limit_usd: limit_usd,
+        hard_limit_usd: limit_usd,
+        system_hard_limit_usd: limit_usd,
+        access_until: token.access_until(),
+        limit_units: token.balance.limit_units(),
+        remaining_units: token.balance.remaining,
+        used_units: token.balance.used,
+        unlimited: token.balance.unlimited,
+    }
+}
+
+impl QuotaApi {
+    /// The caller's token, if its key is known, enabled and unexpired.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Token, QuotaError> {
+        let key = caller_key(request.metadata())?;
+        let token = self
+            .store
+            .token_by_digest(&key.digest())
+            .await?
+            .ok_or(QuotaError::CallerKeyUnknown)?;
+        if !token.enabled {
+            Err(QuotaError::CallerKeyDisabled)
+        } else if token.is_expired(unix_now()) {
+            Err(QuotaError::CallerKeyExpired)
+        } else {
+            Ok(token)
+        }
+    }
+
+    async fn subscription_of_caller(
+        &self,
+        request: Request<pb::GetSubscriptionRequest>,
+    ) -> Result<pb::Subscription, QuotaError> {
+        let token = self.caller(&request).await?;
+        Ok(subscription(&token, self.config.per_usd))
+    }
+
+    async fn usage_of_caller(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> Result<pb::Usage, QuotaError> {
+        let token = self.caller(&request).await?;
+        let req = request.get_ref();
+        let window = UsageWindow::parse(&req.start_date, &req.end_date)?;
+        let days = self.store.daily_usage(token.id, window).await?;
+        let per_usd = self.config.per_usd;
+        let total_units: i64 = days.iter().map(|d| d.units).sum();
+        Ok(pb::Usage {
+            object: "list".into(),
+            total_usage: per_usd.cents(total_units),
+            daily_costs: days
+                .iter()
+                .map(|d| pb::DailyCost {
+                    timestamp: d.day,
+                    line_items: vec![pb::LineItem {
+                        name: "usage".into(),
+                        cost: per_usd.cents(d.units),
+                    }],
+                })
+                .collect(),
+            total_units,
+        })
+    }
+
+    async fn debit(
+        &self,
+        request: Request<pb::ConsumeRequest>,
+    ) -> Result<pb::ConsumeResponse, QuotaError> {
+        self.require_admin(request.metadata())?;
+        let req = request.into_inner();
+        let key = addressed_key(&req.token, "token")?;
+        let units = QuotaUnits::positive(req.quota)?;
+        let request_id = request_id(&req.request_id)?;
+        let debit = self
+            .store
+            .consume(&key.digest(), units, request_id, unix_now())
+            .await?;
+        Ok(pb::ConsumeResponse {
+            remaining: debit.balance.remaining,
+            used: debit.balance.used,
+            repeat: debit.repeat,
+            unlimited: debit.balance.unlimited,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl QuotaService for QuotaApi {
+    async fn get_subscription(
+        &self,
+        request: Request<pb::GetSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        answer("GetSubscription", self.subscription_of_caller(request)).await
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::Usage>, Status> {
+        answer("GetUsage", self.usage_of_caller(request)).await
+    }
+
+    async fn consume(
+        &self,
+        request: Request<pb::ConsumeRequest>,
+    ) -> Result<Response<pb::ConsumeResponse>, Status> {
+        answer("Consume", self.debit(request)).await
+    }
+}

@@ -1,0 +1,82 @@
+//! The one place where a [`QuotaError`] becomes a gRPC [`Status`], and where
+//! the detail of an internal failure is logged: once per request, in its
+//! span, and never sent.
+
+use crate::domain::QuotaError;
+use std::future::Future;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Response, Status};
+
+/// The status code of each error: one table.
+fn code(err: &QuotaError) -> Code {
+    use QuotaError::*;
+    match err {
+        MissingCredential
+        | MalformedAuthorization
+        | MalformedKey
+        | CallerKeyUnknown
+        | CallerKeyDisabled
+        | CallerKeyExpired
+        | InvalidAdminCredential => Code::Unauthenticated,
+        NotAdmin | AdminDisabled => Code::PermissionDenied,
+        InvalidArgument(_) | InvalidDate { .. } => Code::InvalidArgument,
+        TokenNotFound => Code::NotFound,
+        TokenDisabled | TokenExpired => Code::FailedPrecondition,
+        QuotaExhausted { .. } => Code::ResourceExhausted,
+        Unavailable(_) | Busy(_) => Code::Unavailable,
+        Internal(_) => Code::Internal,
+    }
+}
+
+/// The status answering `method` with `err`. Internal detail (an unreachable
+/// or busy database, an internal failure) is logged here and only here; the
+/// caller gets the variant's message.
+pub(crate) fn to_status(err: QuotaError, method: &'static str) -> Status {
+    match &err {
+        QuotaError::Unavailable(detail) => {
+            tracing::error!(method, %detail, "database unreachable");
+        }
+        QuotaError::Busy(detail) => tracing::warn!(method, %detail, "busy"),
+        QuotaError::Internal(detail) => tracing::error!(method, %detail, "internal error"),
+        _ => {}
+    }
+    let mut status = Status::new(code(&err), err.to_string());
+    if let QuotaError::InvalidDate { field, .. } = err {
+        status
+            .metadata_mut()
+            .insert(quota::PARAM_METADATA, MetadataValue::from_static(field));
+    }
+    status
+}
+
+/// Runs a handler's work and answers `method` with its result: the boundary
+/// every gRPC method passes through.
+pub(crate) async fn answer<T>(
+    method: &'static str,
+    work: impl Future<Output = Result<T, QuotaError>>,
+) -> Result<Response<T>, Status> {
+    work.await
+        .map(Response::new)
+        .map_err(|err| to_status(err, method))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_and_token_refusals_have_their_own_codes() {
+        let code_of = |err| to_status(err, "Test").code();
+        assert_eq!(code_of(QuotaError::CallerKeyUnknown), Code::Unauthenticated);
+        assert_eq!(
+            code_of(QuotaError::CallerKeyDisabled),
+            Code::Unauthenticated
+        );
+        assert_eq!(code_of(QuotaError::TokenNotFound), Code::NotFound);
+        assert_eq!(code_of(QuotaError::TokenDisabled), Code::FailedPrecondition);
+        assert_eq!(code_of(QuotaError::Busy("x".into())), Code::Unavailable);
+        let internal = to_status(QuotaError::Internal("secret detail".into()), "Test");
+        assert_eq!(internal.code(), Code::Internal);
+        assert!(!internal.message().contains("secret"));
+    }
+}

@@ -1,0 +1,61 @@
+//! Database errors in the domain's terms: unreachable, busy, a unique
+//! violation, or internal. No `DbErr` leaves the store.
+
+use crate::domain::QuotaError;
+use sea_orm::{DbErr, RuntimeErr, SqlErr};
+
+impl From<DbErr> for QuotaError {
+    fn from(err: DbErr) -> Self {
+        if is_unreachable(&err) {
+            QuotaError::Unavailable(err.to_string())
+        } else if is_transient(&err) {
+            QuotaError::Busy(err.to_string())
+        } else {
+            QuotaError::Internal(err.to_string())
+        }
+    }
+}
+
+/// Errors that say "not now" rather than "wrong": lock and statement
+/// timeouts, broken deadlocks and serialization failures (PostgreSQL),
+/// lock wait timeouts and deadlocks (MySQL), a busy or locked database (SQLite).
+fn is_transient(err: &DbErr) -> bool {
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err
+    else {
+        return false;
+    };
+    let sea_orm::sqlx::Error::Database(db) = e.as_ref() else {
+        return false;
+    };
+    matches!(
+        db.code().as_deref(),
+        Some("55P03" | "57014" | "40001" | "40P01" | "1205" | "1213" | "5" | "6" | "517" | "261")
+    )
+}
+
+fn is_unreachable(err: &DbErr) -> bool {
+    use sea_orm::sqlx::Error as Sqlx;
+    match err {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            match e.as_ref() {
+                Sqlx::Io(_)
+                | Sqlx::PoolTimedOut
+                | Sqlx::PoolClosed
+                | Sqlx::WorkerCrashed
+                | Sqlx::Tls(_) => true,
+                // PostgreSQL shutting down or starting up, or a connection exception.
+                Sqlx::Database(db) => db.code().is_some_and(|c| {
+                    matches!(c.as_ref(), "57P01" | "57P02" | "57P03") || c.starts_with("08")
+                }),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// True when `err` is a violation of a unique index (a repeated request id).
+pub(super) fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
