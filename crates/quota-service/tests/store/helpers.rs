@@ -1,0 +1,117 @@
+//! Shared setup of the store tests: tokens, debits and ledger reads.
+
+pub use quota_service::domain::{
+    Balance, DaySpend, Debit, KeyDigest, QuotaUnits, Token, TokenKey, TokenLocator, UsageWindow,
+    day_start,
+};
+pub use quota_service::store::entity::{KIND_DEBIT, KIND_GRANT, ledger, token};
+pub use quota_service::store::{NewToken, Store, TokenChanges};
+pub use quota_service::testing::TestDb;
+pub use quota_service::{QuotaError, on_every_database};
+pub use sea_orm::ActiveValue::Set;
+pub use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+
+/// The clock of these tests (2027-01-15T08:00:00Z); the store takes time as an argument.
+pub const NOW: i64 = 1_800_000_000;
+/// 2027-01-15T00:00:00Z, the start of `NOW`'s UTC day.
+pub const DAY0: i64 = 1_799_971_200;
+pub const DAY: i64 = 86_400;
+
+/// A limited token with `quota` units, created at `NOW`.
+pub async fn new_token(store: &Store, quota: i64) -> (Token, TokenKey) {
+    create(
+        store,
+        NewToken {
+            name: "test".into(),
+            quota,
+            ..NewToken::default()
+        },
+    )
+    .await
+}
+
+pub async fn create(store: &Store, new: NewToken) -> (Token, TokenKey) {
+    store.create_token(new, NOW).await.expect("create token")
+}
+
+pub fn units(n: i64) -> QuotaUnits {
+    QuotaUnits::positive(n).unwrap()
+}
+
+/// A debit at `NOW`.
+pub async fn consume(
+    store: &Store,
+    key: &TokenKey,
+    n: i64,
+    request_id: Option<&str>,
+) -> Result<Debit, QuotaError> {
+    store
+        .consume(&key.digest(), units(n), request_id, NOW)
+        .await
+}
+
+pub fn limited(remaining: i64, used: i64) -> Balance {
+    Balance {
+        remaining,
+        used,
+        unlimited: false,
+    }
+}
+
+/// The token's counters as stored now.
+pub async fn balance(store: &Store, id: i64) -> Balance {
+    store.token(&TokenLocator::Id(id)).await.unwrap().balance
+}
+
+/// The token's ledger rows, oldest first.
+pub async fn ledger_of(store: &Store, token_id: i64) -> Vec<ledger::Model> {
+    ledger::Entity::find()
+        .filter(ledger::Column::TokenId.eq(token_id))
+        .order_by_asc(ledger::Column::Id)
+        .all(store.connection())
+        .await
+        .unwrap()
+}
+
+/// The token's debit rows, oldest first.
+pub async fn debits_of(store: &Store, token_id: i64) -> Vec<ledger::Model> {
+    let mut rows = ledger_of(store, token_id).await;
+    rows.retain(|r| r.kind == KIND_DEBIT);
+    rows
+}
+
+/// Writes a ledger row directly, with a chosen time.
+pub async fn insert_ledger_row(
+    store: &Store,
+    token_id: i64,
+    kind: i16,
+    units: i64,
+    created_at: i64,
+) {
+    let row = ledger::ActiveModel {
+        token_id: Set(token_id),
+        kind: Set(kind),
+        units: Set(units),
+        request_id: Set(None),
+        created_at: Set(created_at),
+        ..Default::default()
+    };
+    ledger::Entity::insert(row)
+        .exec_without_returning(store.connection())
+        .await
+        .unwrap();
+}
+
+pub fn assert_exhausted<T: std::fmt::Debug>(
+    result: Result<T, QuotaError>,
+    remaining: i64,
+    requested: i64,
+) {
+    match result {
+        Err(QuotaError::QuotaExhausted {
+            remaining: r,
+            requested: q,
+        }) => assert_eq!((r, q), (remaining, requested)),
+        other => panic!("expected QuotaExhausted {{ {remaining}, {requested} }}, got {other:?}"),
+    }
+}

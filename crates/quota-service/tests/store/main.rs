@@ -1,0 +1,13 @@
+//! Integration tests of the store API on SQLite and PostgreSQL: tokens and
+//! their ledger, the all-or-nothing idempotent debit, daily usage, and the
+//! debit under concurrency on one store and on two stores ("replicas")
+//! sharing a database.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod concurrency;
+mod consume;
+mod errors;
+mod helpers;
+mod idempotency;
+mod tokens;
+mod usage;
