@@ -47,12 +47,13 @@ impl Balance {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const PER_USD: QuotaPerUsd = QuotaPerUsd::DEFAULT;
 
-    fn balance(remaining: i64, used: i64) -> Balance {
+    /// A limited balance, for the tests of this and the other domain modules.
+    pub(in crate::domain) fn balance(remaining: i64, used: i64) -> Balance {
         Balance {
             remaining,
             used,

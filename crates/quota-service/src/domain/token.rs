@@ -81,14 +81,7 @@ pub struct Debit {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn balance(remaining: i64, used: i64) -> Balance {
-        Balance {
-            remaining,
-            used,
-            unlimited: false,
-        }
-    }
+    use crate::domain::balance::tests::balance;
 
     #[test]
     fn debit_refusal_is_one_rule() {
