@@ -1,10 +1,12 @@
 //! The edge's errors and their OpenAI-shaped JSON bodies.
 
+use crate::telemetry::InternalDetail;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tonic::{Code, Status};
+use utoipa::ToSchema;
 
 /// Everything the edge answers with other than success.
 #[derive(Debug)]
@@ -26,6 +28,8 @@ pub enum EdgeError {
     },
     /// The route exists but not for this method.
     MethodNotAllowed,
+    /// `/readyz`: the gRPC service does not answer, or reports NOT_SERVING.
+    NotReady(String),
 }
 
 /// How one gRPC status code reads over HTTP: the status, OpenAI's error
@@ -96,30 +100,45 @@ fn http_mapping(code: Code) -> HttpMapping {
 const INVALID_REQUEST: &str = "invalid_request_error";
 const SERVER_ERROR: &str = "server_error";
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
+/// Every error the edge answers with, as OpenAI shapes it.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"error": {"message": "invalid API key: no such key", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}))]
+pub(crate) struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
+/// What went wrong.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorDetail<'a> {
+    /// For a person: what went wrong and, where it helps, what to do.
     message: &'a str,
+    /// `invalid_request_error`, `insufficient_quota` or `server_error`.
     #[serde(rename = "type")]
     kind: &'a str,
+    /// The request field at fault (`start_date`, `end_date`), or null.
     param: Option<&'a str>,
+    /// For a program: `invalid_api_key`, `invalid_date`, `unknown_url`,
+    /// `method_not_allowed`, `rate_limit_exceeded`, `insufficient_quota`,
+    /// `service_unavailable`, `timeout`, `internal_error`, ...
     code: &'a str,
 }
 
 impl IntoResponse for EdgeError {
     fn into_response(self) -> Response {
+        // Logged once, by the access log in the request's span; never sent.
+        let mut internal = None;
         let (status, kind, code, message, param) = match &self {
             EdgeError::Upstream(upstream) => {
                 let m = http_mapping(upstream.code());
                 let message = if m.show_message {
                     upstream.message().to_owned()
                 } else {
-                    // The detail is logged here and by the service; the client learns only the class.
-                    tracing::warn!(code = ?upstream.code(), detail = upstream.message(), "upstream call failed");
+                    // The client learns only the class of the failure.
+                    internal = Some(format!(
+                        "upstream call failed: {:?} {}",
+                        upstream.code(),
+                        upstream.message()
+                    ));
                     match m.status {
                         StatusCode::SERVICE_UNAVAILABLE => {
                             "the quota service is unavailable; try again later".to_owned()
@@ -167,9 +186,19 @@ impl IntoResponse for EdgeError {
                 "method not allowed: this route answers GET".to_owned(),
                 None,
             ),
+            EdgeError::NotReady(detail) => {
+                internal = Some(format!("not ready: {detail}"));
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    SERVER_ERROR,
+                    "service_unavailable",
+                    "not ready: the quota service or its database does not answer".to_owned(),
+                    None,
+                )
+            }
         };
-        let body = Body {
-            error: Detail {
+        let body = ErrorBody {
+            error: ErrorDetail {
                 message: &message,
                 kind,
                 param,
@@ -177,6 +206,9 @@ impl IntoResponse for EdgeError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        if let Some(detail) = internal {
+            response.extensions_mut().insert(InternalDetail(detail));
+        }
         let headers = response.headers_mut();
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

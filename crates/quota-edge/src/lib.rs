@@ -3,7 +3,10 @@
 //! The edge holds no data of its own and never touches the database.
 
 mod error;
+mod openapi;
+mod ops;
 mod routes;
+mod telemetry;
 
 pub use error::EdgeError;
 pub use routes::{Upstream, app};

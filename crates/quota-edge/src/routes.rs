@@ -8,10 +8,13 @@ use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
 use quota::pb;
 use quota::pb::quota_service_client::QuotaServiceClient;
+use quota_telemetry::request_id;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_client::HealthClient;
 use tower_http::cors::{Any, CorsLayer};
+use utoipa::{IntoParams, ToSchema};
 
 /// How long the edge waits for the gRPC service before answering 504, unless
 /// [`Upstream::timeout`] says otherwise.
@@ -22,6 +25,8 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct Upstream {
     client: QuotaServiceClient<Channel>,
+    /// Its `grpc.health.v1.Health`, for `/readyz`.
+    pub(crate) health: HealthClient<Channel>,
     timeout: Duration,
 }
 
@@ -61,7 +66,8 @@ impl Upstream {
     /// Over an existing channel.
     pub fn from_channel(channel: Channel) -> Upstream {
         Upstream {
-            client: QuotaServiceClient::new(channel),
+            client: QuotaServiceClient::new(channel.clone()),
+            health: HealthClient::new(channel),
             timeout: UPSTREAM_TIMEOUT,
         }
     }
@@ -95,15 +101,16 @@ impl Upstream {
 }
 
 /// The edge's router. CORS wraps everything, so preflights are answered
-/// before any auth and every response, errors included, carries the headers.
+/// before any auth and every response, errors included, carries the headers;
+/// the telemetry layers ([`crate::telemetry::layers`]) wrap CORS.
 pub fn app(upstream: Upstream) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-        .expose_headers([header::WWW_AUTHENTICATE])
+        .expose_headers([header::WWW_AUTHENTICATE, request_id::HEADER])
         .max_age(Duration::from_secs(86_400));
-    Router::new()
+    let router = Router::new()
         .route(
             "/v1/dashboard/billing/subscription",
             only_get(get(subscription)),
@@ -114,9 +121,13 @@ pub fn app(upstream: Upstream) -> Router {
         )
         .route("/v1/dashboard/billing/usage", only_get(get(usage)))
         .route("/dashboard/billing/usage", only_get(get(usage)))
+        .route("/healthz", only_get(get(crate::ops::healthz)))
+        .route("/readyz", only_get(get(crate::ops::readyz)))
+        .route("/openapi.json", only_get(get(crate::openapi::openapi_json)))
         .fallback(unknown_url)
         .with_state(upstream)
-        .layer(cors)
+        .layer(cors);
+    crate::telemetry::layers(router)
 }
 
 fn only_get(route: MethodRouter<Upstream>) -> MethodRouter<Upstream> {
@@ -132,8 +143,8 @@ async fn unknown_url(method: Method, uri: Uri) -> EdgeError {
 
 /// The body of the subscription route: exactly the spec's six fields, in
 /// order, as the service sends them (the fields it adds stay in gRPC).
-#[derive(Serialize)]
-struct Subscription {
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Subscription {
     object: String,
     has_payment_method: bool,
     soft_limit_usd: i64,
@@ -142,7 +153,27 @@ struct Subscription {
     access_until: i64,
 }
 
-async fn subscription(
+/// The key's limit in US dollars.
+#[utoipa::path(
+    get,
+    path = "/v1/dashboard/billing/subscription",
+    tag = "billing",
+    summary = "Query a token's quota limit",
+    description = "Returns the authorized quota (limit) of the token key. An unlimited token \
+reports 100000000. Once the quota is modified, the limit accumulates on top of the previous limit.",
+    responses(
+        (status = 200, description = "The key's limit", body = inline(Subscription),
+            example = json!({"object": "billing_subscription", "has_payment_method": true, "soft_limit_usd": 5, "hard_limit_usd": 5, "system_hard_limit_usd": 5, "access_until": 0})),
+        (status = 401, description = "`invalid_api_key`: no, malformed, unknown, disabled or expired key", body = crate::error::ErrorBody),
+        (status = 405, description = "`method_not_allowed`", body = crate::error::ErrorBody),
+        (status = 429, description = "`rate_limit_exceeded`: too many failed keys from this address", body = crate::error::ErrorBody),
+        (status = 500, description = "`internal_error`", body = crate::error::ErrorBody),
+        (status = 503, description = "`service_unavailable`: the gRPC service or its database does not answer", body = crate::error::ErrorBody),
+        (status = 504, description = "`timeout`: the gRPC service did not answer in time", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn subscription(
     State(upstream): State<Upstream>,
     headers: HeaderMap,
 ) -> Result<Response, EdgeError> {
@@ -165,33 +196,67 @@ async fn subscription(
 }
 
 /// The query of the usage route.
-#[derive(Deserialize)]
-struct UsageQuery {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct UsageQuery {
+    /// First UTC day counted (`YYYY-MM-DD`, inclusive); all time without it.
+    #[param(example = "2026-11-01")]
     start_date: Option<String>,
+    /// First UTC day not counted (`YYYY-MM-DD`, exclusive); no end without it.
+    #[param(example = "2026-12-01")]
     end_date: Option<String>,
 }
 
 /// The body of the usage route, as the service sends it.
-#[derive(Serialize)]
-struct Usage {
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Usage {
+    /// Always `list`.
     object: String,
+    /// Spend in the window, in US cents.
     total_usage: f64,
+    /// One entry per UTC day with spend.
     daily_costs: Vec<DailyCost>,
 }
 
-#[derive(Serialize)]
-struct DailyCost {
+/// The spend of one UTC day.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DailyCost {
+    /// Unix seconds of the day's start (00:00 UTC).
     timestamp: i64,
+    /// One item, `usage`.
     line_items: Vec<LineItem>,
 }
 
-#[derive(Serialize)]
-struct LineItem {
+/// One item of a day's spend.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct LineItem {
+    /// `usage`.
     name: String,
+    /// In US cents.
     cost: f64,
 }
 
-async fn usage(
+/// The key's spend in US cents, in total and per UTC day.
+#[utoipa::path(
+    get,
+    path = "/v1/dashboard/billing/usage",
+    tag = "billing",
+    summary = "Query a token's spend",
+    params(UsageQuery),
+    responses(
+        (status = 200, description = "The key's spend in the window", body = Usage,
+            example = json!({"object": "list", "total_usage": 100.0, "daily_costs": [{"timestamp": 1796083200, "line_items": [{"name": "usage", "cost": 100.0}]}]})),
+        (status = 400, description = "`invalid_date`: a date that is not `YYYY-MM-DD`", body = crate::error::ErrorBody),
+        (status = 401, description = "`invalid_api_key`: no, malformed, unknown, disabled or expired key", body = crate::error::ErrorBody),
+        (status = 405, description = "`method_not_allowed`", body = crate::error::ErrorBody),
+        (status = 429, description = "`rate_limit_exceeded`: too many failed keys from this address", body = crate::error::ErrorBody),
+        (status = 500, description = "`internal_error`", body = crate::error::ErrorBody),
+        (status = 503, description = "`service_unavailable`: the gRPC service or its database does not answer", body = crate::error::ErrorBody),
+        (status = 504, description = "`timeout`: the gRPC service did not answer in time", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn usage(
     State(upstream): State<Upstream>,
     headers: HeaderMap,
     query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
@@ -241,9 +306,22 @@ async fn usage(
     .into_response())
 }
 
-/// The gRPC request carrying the caller's `Authorization` header as metadata.
+/// Sends the request's id (set by the request-id layer) as `x-request-id` metadata.
+pub(crate) fn forward_request_id<T>(request: &mut tonic::Request<T>, headers: &HeaderMap) {
+    let id = headers
+        .get(&request_id::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| tonic::metadata::MetadataValue::try_from(v).ok());
+    if let Some(id) = id {
+        request.metadata_mut().insert("x-request-id", id);
+    }
+}
+
+/// The gRPC request carrying the caller's `Authorization` header and the
+/// request id as metadata.
 fn with_caller<T>(message: T, headers: &HeaderMap) -> Result<tonic::Request<T>, EdgeError> {
     let mut request = tonic::Request::new(message);
+    forward_request_id(&mut request, headers);
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value
             .to_str()

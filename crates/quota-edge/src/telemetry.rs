@@ -1,0 +1,105 @@
+//! The edge's outer layers: request ids, one span and one log line per
+//! request, and the REST metrics.
+//!
+//! Applied with `Router::layer`, so they see the matched route template
+//! (`MatchedPath`), and outside CORS, so that preflights and every refusal
+//! carry the request id, are logged and are counted.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use quota_telemetry::{metrics, request_id};
+use std::time::{Duration, Instant};
+use tower::ServiceBuilder;
+use tower::util::MapRequestLayer;
+use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
+use tracing::Span;
+
+/// The internal detail of a failed request, put in the response's
+/// extensions by the error that made it and logged once by [`AccessLog`],
+/// in the request's span. It never reaches the client.
+#[derive(Clone, Debug)]
+pub(crate) struct InternalDetail(pub(crate) String);
+
+/// Wraps `router` (every route and the fallback) in the telemetry layers,
+/// outermost first: a caller's valid `X-Request-Id` kept (or a UUID v4
+/// made) and returned on the response; the request's span and access log
+/// line; the metrics.
+pub(crate) fn layers(router: Router) -> Router {
+    router.layer(
+        ServiceBuilder::new()
+            .layer(MapRequestLayer::new(
+                request_id::drop_invalid::<Body> as fn(Request) -> Request,
+            ))
+            .layer(request_id::set_layer())
+            .layer(request_id::propagate_layer())
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(RequestSpan)
+                    .on_response(AccessLog)
+                    .on_failure(()),
+            )
+            .layer(middleware::from_fn(record)),
+    )
+}
+
+/// The route template of a request, or [`metrics::UNKNOWN_ROUTE`].
+fn route_of<B>(request: &http::Request<B>) -> &str {
+    request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(metrics::UNKNOWN_ROUTE, MatchedPath::as_str)
+}
+
+/// `http{method=GET route=/v1/dashboard/billing/subscription request_id=...}`.
+#[derive(Clone, Copy, Debug)]
+struct RequestSpan;
+
+impl<B> MakeSpan<B> for RequestSpan {
+    fn make_span(&mut self, request: &http::Request<B>) -> Span {
+        tracing::info_span!(
+            "http",
+            method = %request.method(),
+            route = route_of(request),
+            request_id = request_id::of(request),
+        )
+    }
+}
+
+/// One line per request, in its span: `info` with the status and the time
+/// taken, or `error` (500) / `warn` (503, 504) with the internal detail
+/// when there is one.
+#[derive(Clone, Copy, Debug)]
+struct AccessLog;
+
+impl<B> OnResponse<B> for AccessLog {
+    fn on_response(self, response: &http::Response<B>, latency: Duration, _: &Span) {
+        let status = response.status().as_u16();
+        let latency_ms = latency.as_secs_f64() * 1e3;
+        match response.extensions().get::<InternalDetail>() {
+            Some(InternalDetail(detail)) if status == 500 => {
+                tracing::error!(status, latency_ms, %detail, "request failed");
+            }
+            // 503 and 504: the service or its database is away; not a bug here.
+            Some(InternalDetail(detail)) => {
+                tracing::warn!(status, latency_ms, %detail, "request failed");
+            }
+            None => tracing::info!(status, latency_ms, "request finished"),
+        }
+    }
+}
+
+/// Counts the request by route template, method and status, and times it.
+async fn record(request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let route = route
+        .as_ref()
+        .map_or(metrics::UNKNOWN_ROUTE, MatchedPath::as_str);
+    metrics::http_request(route, &method, response.status(), start.elapsed());
+    response
+}

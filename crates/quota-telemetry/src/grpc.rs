@@ -1,0 +1,261 @@
+//! The gRPC server's layers: a request id for every call, one span per call
+//! carrying it and the method, and one record per call (a log line with the
+//! status code and the metrics) when its status is known.
+//!
+//! [`server_layers`] is the stack, outermost first; a server adds it with
+//! `tonic::transport::Server::builder().layer(server_layers())`.
+
+use crate::{metrics, request_id};
+use http::{HeaderMap, Request, Response};
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+use tower::layer::util::{Identity, Stack};
+use tower::util::MapRequestLayer;
+use tower::{Layer, Service, ServiceBuilder};
+use tower_http::classify::{GrpcErrorsAsFailures, SharedClassifier};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnBodyChunk, DefaultOnEos, DefaultOnRequest, DefaultOnResponse};
+use tower_http::trace::{MakeSpan, TraceLayer};
+use tracing::Span;
+
+/// The request body of a tonic server.
+type Body = tonic::body::Body;
+
+/// The type of [`server_layers`].
+pub type ServerLayers = ServiceBuilder<
+    Stack<
+        RecordCallsLayer,
+        Stack<
+            TraceLayer<
+                SharedClassifier<GrpcErrorsAsFailures>,
+                CallSpan,
+                DefaultOnRequest,
+                DefaultOnResponse,
+                DefaultOnBodyChunk,
+                DefaultOnEos,
+                (),
+            >,
+            Stack<
+                PropagateRequestIdLayer,
+                Stack<
+                    SetRequestIdLayer<MakeRequestUuid>,
+                    Stack<MapRequestLayer<fn(Request<Body>) -> Request<Body>>, Identity>,
+                >,
+            >,
+        >,
+    >,
+>;
+
+/// The telemetry layers of the gRPC server, outermost first: a caller's
+/// `x-request-id` kept (or made) and returned; a span per call
+/// ([`CallSpan`]); one record per call ([`RecordCallsLayer`]). Failures are
+/// not logged by the trace layer: the service logs an internal error once,
+/// with its detail, inside the span, and the record line gives the code.
+pub fn server_layers() -> ServerLayers {
+    ServiceBuilder::new()
+        .layer(MapRequestLayer::new(
+            request_id::drop_invalid::<Body> as fn(Request<Body>) -> Request<Body>,
+        ))
+        .layer(request_id::set_layer())
+        .layer(request_id::propagate_layer())
+        .layer(
+            TraceLayer::new_for_grpc()
+                .make_span_with(CallSpan)
+                .on_failure(()),
+        )
+        .layer(RecordCallsLayer)
+}
+
+/// The span of one gRPC call: `grpc{method=/quota.v1.QuotaService/Consume request_id=...}`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CallSpan;
+
+impl<B> MakeSpan<B> for CallSpan {
+    fn make_span(&mut self, request: &Request<B>) -> Span {
+        tracing::info_span!(
+            "grpc",
+            method = request.uri().path(),
+            request_id = request_id::of(request),
+        )
+    }
+}
+
+/// Records every call once its status is known: the counter and histogram
+/// of [`metrics::grpc_request`] and one `info` line with the code and the
+/// time taken, in the call's span.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecordCallsLayer;
+
+impl<S> Layer<S> for RecordCallsLayer {
+    type Service = RecordCalls<S>;
+
+    fn layer(&self, inner: S) -> RecordCalls<S> {
+        RecordCalls { inner }
+    }
+}
+
+/// The service of [`RecordCallsLayer`].
+#[derive(Clone, Debug)]
+pub struct RecordCalls<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RecordCalls<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<RecordedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = RecordedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let call = Call {
+            method: request.uri().path().to_owned(),
+            start: Instant::now(),
+            span: Span::current(),
+            done: false,
+        };
+        RecordedFuture {
+            inner: self.inner.call(request),
+            call: Some(call),
+        }
+    }
+}
+
+/// One call in flight. Recorded once: when its status arrives, or as
+/// CANCELLED if it is dropped before (the caller went away).
+#[derive(Debug)]
+struct Call {
+    method: String,
+    start: Instant,
+    span: Span,
+    done: bool,
+}
+
+impl Call {
+    fn finish(mut self, code: tonic::Code) {
+        self.record(code);
+    }
+
+    fn record(&mut self, code: tonic::Code) {
+        self.done = true;
+        let took = self.start.elapsed();
+        metrics::grpc_request(&self.method, code, took);
+        self.span.in_scope(|| {
+            tracing::info!(
+                code = metrics::code_name(code),
+                latency_ms = took.as_secs_f64() * 1e3,
+                "call finished"
+            );
+        });
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.done {
+            self.record(tonic::Code::Cancelled);
+        }
+    }
+}
+
+/// The status in `grpc-status`, if the headers (or trailers) carry one.
+fn status_in(headers: &HeaderMap) -> Option<tonic::Code> {
+    let value = headers.get("grpc-status")?;
+    let code: i32 = value.to_str().ok()?.parse().ok()?;
+    Some(tonic::Code::from_i32(code))
+}
+
+pin_project! {
+    /// The response future of [`RecordCalls`].
+    pub struct RecordedFuture<F> {
+        #[pin]
+        inner: F,
+        call: Option<Call>,
+    }
+}
+
+impl<F, ResBody, E> Future for RecordedFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<RecordedBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let call = this.call.take();
+        Poll::Ready(match result {
+            Ok(response) => {
+                // A call refused at once answers "trailers-only": the status is
+                // in the headers. Otherwise it comes in the trailers.
+                let call = match (status_in(response.headers()), call) {
+                    (Some(code), Some(call)) => {
+                        call.finish(code);
+                        None
+                    }
+                    (_, call) => call,
+                };
+                Ok(response.map(|inner| RecordedBody { inner, call }))
+            }
+            Err(e) => {
+                if let Some(call) = call {
+                    call.finish(tonic::Code::Unknown);
+                }
+                Err(e)
+            }
+        })
+    }
+}
+
+pin_project! {
+    /// The response body of [`RecordCalls`]: records the call at its trailers.
+    pub struct RecordedBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<Call>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for RecordedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(trailers) = f.trailers_ref()
+                    && let Some(call) = this.call.take()
+                {
+                    call.finish(status_in(trailers).unwrap_or(tonic::Code::Unknown));
+                }
+            }
+            Some(Err(_)) | None => {
+                if let Some(call) = this.call.take() {
+                    call.finish(tonic::Code::Unknown);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,90 @@
+//! Request ids: `x-request-id` on every request and every response.
+//!
+//! A caller's id is kept when it is 1 to [`MAX_LEN`] visible ASCII
+//! characters; any other value is dropped and replaced by a fresh UUID v4,
+//! so that an id can always be written into a log line or a metadata value
+//! as it is. tower-http's `SetRequestIdLayer` makes the missing ones and
+//! `PropagateRequestIdLayer` copies them onto the response.
+
+use http::{HeaderName, HeaderValue, Request};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+/// The header (and gRPC metadata key) carrying the id.
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest id kept from a caller.
+pub const MAX_LEN: usize = 128;
+
+/// Whether `value` is an id worth keeping: 1 to [`MAX_LEN`] bytes, each a
+/// visible ASCII character (`!` to `~`).
+pub fn is_valid(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= MAX_LEN && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// Removes a caller's `x-request-id` that [`is_valid`] refuses, so that the
+/// next layer makes a fresh one. For `tower::util::MapRequestLayer`.
+pub fn drop_invalid<B>(mut request: Request<B>) -> Request<B> {
+    let headers = request.headers_mut();
+    let count = headers.get_all(&HEADER).iter().count();
+    let keep = count == 1 && headers.get(&HEADER).is_some_and(is_valid);
+    if count > 0 && !keep {
+        headers.remove(&HEADER);
+    }
+    request
+}
+
+/// The id of a request, as the set layer left it (empty if none).
+pub fn of<B>(request: &Request<B>) -> &str {
+    request
+        .headers()
+        .get(&HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// Makes an id (a UUID v4) for a request that came without a valid one.
+pub fn set_layer() -> SetRequestIdLayer<MakeRequestUuid> {
+    SetRequestIdLayer::new(HEADER, MakeRequestUuid)
+}
+
+/// Copies the request's id onto its response.
+pub fn propagate_layer() -> PropagateRequestIdLayer {
+    PropagateRequestIdLayer::new(HEADER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(s: &str) -> HeaderValue {
+        HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    }
+
+    #[test]
+    fn ids_are_visible_ascii_up_to_128() {
+        assert!(is_valid(&value("abc-123_XYZ.~!")));
+        assert!(is_valid(&value(&"a".repeat(128))));
+        assert!(!is_valid(&value(&"a".repeat(129))));
+        assert!(!is_valid(&value("has space")));
+        assert!(!is_valid(&value("")));
+        assert!(!is_valid(
+            &HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap_or(value("x y"))
+        ));
+    }
+
+    #[test]
+    fn invalid_and_repeated_ids_are_dropped() {
+        let request = |ids: &[&str]| {
+            let mut b = Request::builder();
+            for id in ids {
+                b = b.header(&HEADER, *id);
+            }
+            drop_invalid(b.body(()).unwrap_or_default())
+        };
+        assert_eq!(of(&request(&["good-id"])), "good-id");
+        assert_eq!(of(&request(&["bad id"])), "");
+        assert_eq!(of(&request(&["one", "two"])), "");
+        assert_eq!(of(&request(&[])), "");
+    }
+}
