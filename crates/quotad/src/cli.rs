@@ -13,6 +13,34 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines on stderr: `text` for people, `json` (one object per line,
+    /// span fields included) for log shippers.
+    #[arg(
+        long,
+        env = "QUOTA_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where Prometheus scrapes this process.
+#[derive(Debug, Args)]
+pub struct MetricsAddr {
+    /// Serve Prometheus metrics on GET http://ADDR/metrics, e.g.
+    /// 127.0.0.1:9464 (port 0 picks a free port). Unset or empty: no metrics.
+    #[arg(long, env = "QUOTA_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 /// The subcommands.
@@ -28,6 +56,8 @@ pub enum Command {
         grpc: GrpcAddr,
         #[command(flatten)]
         http: HttpAddr,
+        #[command(flatten)]
+        metrics: MetricsAddr,
     },
     /// Run the gRPC service alone (migrates first).
     Grpc {
@@ -37,6 +67,8 @@ pub enum Command {
         service: ServiceArgs,
         #[command(flatten)]
         grpc: GrpcAddr,
+        #[command(flatten)]
+        metrics: MetricsAddr,
     },
     /// Run the REST edge alone, in front of a gRPC service.
     Edge {
@@ -45,6 +77,8 @@ pub enum Command {
         upstream: String,
         #[command(flatten)]
         http: HttpAddr,
+        #[command(flatten)]
+        metrics: MetricsAddr,
     },
     /// Apply pending database migrations and exit.
     Migrate {

@@ -4,22 +4,16 @@
 
 mod cli;
 mod run;
+mod telemetry;
 mod token;
 
 use clap::Parser;
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QUOTA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let log_format = cli.log_format;
+    telemetry::init_logging(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -33,7 +27,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("quotad: {e:#}");
+            telemetry::fatal(log_format, &format!("quotad: {e:#}"));
             ExitCode::FAILURE
         }
     }

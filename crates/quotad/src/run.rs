@@ -1,6 +1,7 @@
 //! Wiring: open the store, bind the listeners, serve until a signal.
 
 use crate::cli::{Cli, Command, DatabaseArgs, ServiceArgs};
+use crate::telemetry;
 use anyhow::{Context, Result, anyhow};
 use quota_edge::Upstream;
 use quota_service::auth::AdminCredential;
@@ -20,6 +21,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             service,
             grpc,
             http,
+            metrics,
         } => {
             // Ports first: a bad or busy address is one line before any database
             // is touched. Connections that arrive while the database opens wait
@@ -27,7 +29,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             let stop = shutdown_signal()?;
             let grpc = bind(&grpc.grpc_addr, "gRPC").await?;
             let http = bind(&http.http_addr, "REST").await?;
-            let api = open_api(&db, &service).await?;
+            let metrics = telemetry::bind_metrics(&metrics).await?;
+            let (api, store) = open_api(&db, &service).await?;
+            telemetry::serve_metrics(
+                metrics,
+                move || store.record_pool_metrics(),
+                stopped(stop.clone()),
+            )?;
             announce(&grpc, "gRPC")?;
             announce(&http, "REST")?;
             let upstream = Upstream::lazy(&format!("http://{}", reachable(grpc.local_addr()?)))?;
@@ -42,20 +50,37 @@ pub async fn run(cli: Cli) -> Result<()> {
                 edge?.context("REST edge failed")?;
             }
         }
-        Command::Grpc { db, service, grpc } => {
+        Command::Grpc {
+            db,
+            service,
+            grpc,
+            metrics,
+        } => {
             let stop = shutdown_signal()?;
             let grpc = bind(&grpc.grpc_addr, "gRPC").await?;
-            let api = open_api(&db, &service).await?;
+            let metrics = telemetry::bind_metrics(&metrics).await?;
+            let (api, store) = open_api(&db, &service).await?;
+            telemetry::serve_metrics(
+                metrics,
+                move || store.record_pool_metrics(),
+                stopped(stop.clone()),
+            )?;
             announce(&grpc, "gRPC")?;
             let server = quota_service::serve(grpc, api, stopped(stop.clone()));
             if let Some(served) = drained(stop, server).await {
                 served.map_err(|e| anyhow!("gRPC server failed: {e}"))?;
             }
         }
-        Command::Edge { upstream, http } => {
+        Command::Edge {
+            upstream,
+            http,
+            metrics,
+        } => {
             let upstream = Upstream::lazy(&upstream).map_err(|e| anyhow!("--upstream {e}"))?;
             let stop = shutdown_signal()?;
             let http = bind(&http.http_addr, "REST").await?;
+            let metrics = telemetry::bind_metrics(&metrics).await?;
+            telemetry::serve_metrics(metrics, || {}, stopped(stop.clone()))?;
             announce(&http, "REST")?;
             let server = quota_edge::serve(http, quota_edge::app(upstream), stopped(stop.clone()));
             if let Some(served) = drained(stop, server).await {
@@ -86,7 +111,8 @@ async fn open_store(db: &DatabaseArgs) -> Result<Store> {
     Ok(store)
 }
 
-async fn open_api(db: &DatabaseArgs, service: &ServiceArgs) -> Result<QuotaApi> {
+/// The services over a freshly opened store, and the store (for its pool metrics).
+async fn open_api(db: &DatabaseArgs, service: &ServiceArgs) -> Result<(QuotaApi, Store)> {
     let per_usd = QuotaPerUsd::new(service.quota_per_usd).map_err(|e| anyhow!("{e}"))?;
     let store = open_store(db).await?;
     if service.admin.secret().is_none() {
@@ -96,7 +122,7 @@ async fn open_api(db: &DatabaseArgs, service: &ServiceArgs) -> Result<QuotaApi> 
         per_usd,
         admin: AdminCredential::new(service.admin.secret()),
     };
-    Ok(QuotaApi::new(store, config))
+    Ok((QuotaApi::new(store.clone(), config), store))
 }
 
 /// The detail inside an error that would otherwise read only "unavailable".

@@ -6,6 +6,7 @@ use crate::auth::caller_key;
 use crate::domain::{QuotaError, QuotaPerUsd, QuotaUnits, Token, UsageWindow, unix_now};
 use quota::pb;
 use quota::pb::quota_service_server::QuotaService;
+use quota_telemetry::metrics::{self, DebitOutcome};
 use tonic::{Request, Response, Status};
 
 /// The subscription message of a token: the limit arithmetic of the domain.
@@ -78,12 +79,23 @@ impl QuotaApi {
         })
     }
 
+    /// `Consume` from a caller with the admin credential; each decision is
+    /// counted by outcome (`quota_debits_total`).
     async fn debit(
         &self,
         request: Request<pb::ConsumeRequest>,
     ) -> Result<pb::ConsumeResponse, QuotaError> {
         self.require_admin(request.metadata())?;
         let req = request.into_inner();
+        let debited = self.debit_as_admin(&req).await;
+        metrics::debit(debit_outcome(&debited), req.quota);
+        debited
+    }
+
+    async fn debit_as_admin(
+        &self,
+        req: &pb::ConsumeRequest,
+    ) -> Result<pb::ConsumeResponse, QuotaError> {
         let key = addressed_key(&req.token, "token")?;
         let units = QuotaUnits::positive(req.quota)?;
         let request_id = request_id(&req.request_id)?;
@@ -97,6 +109,19 @@ impl QuotaApi {
             repeat: debit.repeat,
             unlimited: debit.balance.unlimited,
         })
+    }
+}
+
+/// What a `Consume` answer says about the debit, for the metrics.
+fn debit_outcome(debited: &Result<pb::ConsumeResponse, QuotaError>) -> DebitOutcome {
+    match debited {
+        Ok(r) if r.repeat => DebitOutcome::Repeat,
+        Ok(_) => DebitOutcome::Debited,
+        Err(QuotaError::QuotaExhausted { .. }) => DebitOutcome::Insufficient,
+        Err(QuotaError::Unavailable(_) | QuotaError::Busy(_) | QuotaError::Internal(_)) => {
+            DebitOutcome::Failed
+        }
+        Err(_) => DebitOutcome::Refused,
     }
 }
 

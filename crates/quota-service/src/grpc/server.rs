@@ -40,6 +40,8 @@ pub async fn serve(
     tonic::transport::Server::builder()
         // Callers usually send their own deadline (grpc-timeout); this bounds the rest.
         .timeout(std::time::Duration::from_secs(30))
+        // Request id, a span per call, one log line and the metrics per call.
+        .layer(quota_telemetry::grpc::server_layers())
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)

@@ -6,6 +6,7 @@
 mod debit;
 pub mod entity;
 mod error;
+mod pool;
 
 use debit::insert_ledger;
 #[cfg(feature = "testing")]

@@ -355,10 +355,13 @@ pub fn read_log(
     })
 }
 
-/// The socket address that follows `marker` in a log line.
+/// The socket address that follows `marker` in a log line (text or JSON).
 pub fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
     let (_, rest) = line.split_once(marker)?;
-    rest.split_whitespace().next()?.parse().ok()
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']')))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 /// An HTTP response, split.
@@ -393,6 +396,18 @@ impl Response {
 
 /// A minimal HTTP/1.1 GET: one request, `Connection: close`, read to the end.
 pub fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> Response {
+    let auth = bearer.map(|k| format!("Bearer {k}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    http_request(addr, "GET", path, &headers)
+}
+
+/// One HTTP/1.1 request with `headers`, `Connection: close`, read to the end.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Response {
     let mut stream =
         TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect to REST edge");
     stream
@@ -401,10 +416,13 @@ pub fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> Response 
     stream
         .set_write_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let auth = bearer.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Accept: application/json\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Accept: application/json\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = Vec::new();

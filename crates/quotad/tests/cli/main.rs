@@ -15,6 +15,7 @@ mod helpers;
 mod errors;
 mod help;
 mod migrate;
+mod ops;
 mod serve;
 mod shutdown;
 mod token;

@@ -1,0 +1,362 @@
+//! What an operator sees: Prometheus metrics on `--metrics-addr`, request
+//! ids followed across `quotad edge` and `quotad grpc`, JSON logs.
+
+use crate::helpers::*;
+use quota::pb;
+use quota::pb::quota_service_client::QuotaServiceClient;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// The address announced as `metrics listening on http://ADDR/metrics`.
+fn metrics_addr(server: &Server) -> SocketAddr {
+    let log = server.log.lock().unwrap().clone();
+    log.lines()
+        .find_map(|l| address_after(l, "metrics listening on http://"))
+        .unwrap_or_else(|| panic!("no metrics address announced:\n{log}"))
+}
+
+/// One scrape: the text, and each sample by `name{labels}`.
+fn scrape(addr: SocketAddr) -> (String, HashMap<String, f64>) {
+    let response = http_request(addr, "GET", "/metrics", &[]);
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(
+        response
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain")),
+        "{response:?}"
+    );
+    let samples = response
+        .body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect();
+    (response.body, samples)
+}
+
+/// How much each series moved between two scrapes (absent counts as 0).
+fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, series: &str) -> f64 {
+    after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
+}
+
+fn http_series(route: &str, method: &str, status: u16) -> String {
+    format!(r#"quota_http_requests_total{{route="{route}",method="{method}",status="{status}"}}"#)
+}
+
+fn grpc_series(method: &str, code: &str) -> String {
+    format!(
+        r#"quota_grpc_requests_total{{method="/quota.v1.QuotaService/{method}",code="{code}"}}"#
+    )
+}
+
+/// `Consume` of `quota` units of `key` under `request_id`, with the admin secret.
+fn consume(grpc_url: &str, key: &str, quota: i64, request_id: &str) -> tonic::Code {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = QuotaServiceClient::connect(grpc_url.to_owned())
+            .await
+            .unwrap();
+        let mut request = tonic::Request::new(pb::ConsumeRequest {
+            token: key.to_owned(),
+            quota,
+            request_id: request_id.to_owned(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
+        match client.consume(request).await {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        }
+    })
+}
+
+#[test]
+fn metrics_count_requests_by_route_method_and_status() {
+    let dir = TempDir::new();
+    let mut cmd = quotad();
+    cmd.args(["serve", "--database-url", &dir.sqlite_url("quota.db")])
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .env("QUOTA_METRICS_ADDR", "127.0.0.1:0");
+    let server = Server::spawn(
+        cmd,
+        dir.path(),
+        Serves {
+            grpc: true,
+            http: true,
+        },
+    );
+    let metrics = metrics_addr(&server);
+    let http = server.http.unwrap();
+    let (key, _) = create_key(&server, "5");
+
+    let (_, before) = scrape(metrics);
+    const SUB: &str = "/v1/dashboard/billing/subscription";
+    const BARE: &str = "/dashboard/billing/subscription";
+    const USAGE: &str = "/v1/dashboard/billing/usage";
+    let auth = format!("Bearer {key}");
+    let with_key = [("Authorization", auth.as_str())];
+    for _ in 0..3 {
+        assert_eq!(http_request(http, "GET", SUB, &with_key).status, 200);
+    }
+    assert_eq!(http_request(http, "GET", BARE, &with_key).status, 200);
+    for _ in 0..2 {
+        assert_eq!(http_request(http, "GET", SUB, &[]).status, 401);
+    }
+    let bad_date = format!("{USAGE}?start_date=yesterday");
+    assert_eq!(http_request(http, "GET", &bad_date, &with_key).status, 400);
+    assert_eq!(http_request(http, "DELETE", SUB, &with_key).status, 405);
+    for path in [
+        "/nope",
+        "/v2/dashboard/billing/subscription",
+        "/sk-guessed/x?y=1",
+    ] {
+        assert_eq!(http_request(http, "GET", path, &with_key).status, 404);
+    }
+    assert_eq!(http_request(http, "GET", "/healthz", &[]).status, 200);
+    // Debits: one debited, its repeat, one the key cannot afford, one unknown key.
+    assert_eq!(
+        consume(&server.grpc_url, &key, 1234, "m-1"),
+        tonic::Code::Ok
+    );
+    assert_eq!(
+        consume(&server.grpc_url, &key, 1234, "m-1"),
+        tonic::Code::Ok
+    );
+    assert_eq!(
+        consume(&server.grpc_url, &key, 1_000_000_000, "m-2"),
+        tonic::Code::ResourceExhausted
+    );
+    let unknown = format!("sk-{}", "x".repeat(48));
+    assert_eq!(
+        consume(&server.grpc_url, &unknown, 1, "m-3"),
+        tonic::Code::NotFound
+    );
+
+    let (text, after) = scrape(metrics);
+    let moved = |series: &str| delta(&before, &after, series);
+    assert_eq!(moved(&http_series(SUB, "GET", 200)), 3.0, "{text}");
+    assert_eq!(moved(&http_series(BARE, "GET", 200)), 1.0, "{text}");
+    assert_eq!(moved(&http_series(SUB, "GET", 401)), 2.0, "{text}");
+    assert_eq!(moved(&http_series(USAGE, "GET", 400)), 1.0, "{text}");
+    assert_eq!(moved(&http_series(SUB, "DELETE", 405)), 1.0, "{text}");
+    assert_eq!(moved(&http_series("unknown", "GET", 404)), 3.0, "{text}");
+    assert_eq!(moved(&http_series("/healthz", "GET", 200)), 1.0, "{text}");
+    let sub_count = format!(r#"quota_http_request_duration_seconds_count{{route="{SUB}"}}"#);
+    assert_eq!(moved(&sub_count), 6.0, "3 + 2 + 1 (the 405), {text}");
+    assert_eq!(moved(&grpc_series("GetSubscription", "OK")), 4.0, "{text}");
+    assert_eq!(
+        moved(&grpc_series("GetSubscription", "UNAUTHENTICATED")),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        moved(&grpc_series("GetUsage", "INVALID_ARGUMENT")),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(moved(&grpc_series("Consume", "OK")), 2.0, "{text}");
+    assert_eq!(
+        moved(&grpc_series("Consume", "RESOURCE_EXHAUSTED")),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(moved(&grpc_series("Consume", "NOT_FOUND")), 1.0, "{text}");
+    let grpc_count =
+        r#"quota_grpc_request_duration_seconds_count{method="/quota.v1.QuotaService/Consume"}"#;
+    assert_eq!(moved(grpc_count), 4.0, "{text}");
+    for (outcome, n) in [
+        ("debited", 1.0),
+        ("repeat", 1.0),
+        ("insufficient", 1.0),
+        ("refused", 1.0),
+    ] {
+        let series = format!(r#"quota_debits_total{{outcome="{outcome}"}}"#);
+        assert_eq!(moved(&series), n, "{outcome}: {text}");
+    }
+    assert_eq!(moved("quota_debited_units_total"), 1234.0, "{text}");
+    // Both duration metrics are histograms.
+    assert!(
+        text.contains("# TYPE quota_http_request_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE quota_grpc_request_duration_seconds histogram"),
+        "{text}"
+    );
+    // The pool of the SQLite file: its writer and its readers.
+    assert_eq!(
+        after[r#"quota_db_connections{pool="write",state="max"}"#], 1.0,
+        "{text}"
+    );
+    assert!(
+        after.contains_key(r#"quota_db_connections{pool="read",state="in_use"}"#),
+        "{text}"
+    );
+    // Unknown paths share one value; no path and no key is ever a label.
+    assert!(!text.contains("/nope") && !text.contains("/v2/"), "{text}");
+    assert!(!text.contains(&key) && !text.contains("sk-"), "{text}");
+    // Anything but /metrics is a 404 on the metrics listener.
+    assert_eq!(http_request(metrics, "GET", "/", &[]).status, 404);
+}
+
+#[test]
+fn metrics_are_off_unless_an_address_is_given() {
+    let dir = TempDir::new();
+    let mut cmd = quotad();
+    cmd.args(["serve", "--database-url", &dir.sqlite_url("quota.db")])
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .env("QUOTA_METRICS_ADDR", "");
+    let server = Server::spawn(
+        cmd,
+        dir.path(),
+        Serves {
+            grpc: true,
+            http: true,
+        },
+    );
+    let (status, log) = server.stop_with("TERM");
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("metrics listening"), "{log}");
+}
+
+/// Waits (bounded) until `server`'s log has a line containing all of `parts`.
+fn wait_for_line(server: &Server, parts: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = server.log.lock().unwrap().clone();
+        if let Some(line) = log.lines().find(|l| parts.iter().all(|p| l.contains(p))) {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line with {parts:?} in:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every line of `log` is one JSON object with a level and a message.
+fn every_line_is_json(log: &str, what: &str) -> Vec<Value> {
+    assert!(!log.trim().is_empty(), "{what} logged nothing");
+    log.lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{what}: not a JSON line ({e}): {line:?}"));
+            assert!(
+                v["level"].is_string() && v["fields"]["message"].is_string(),
+                "{line}"
+            );
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn a_request_id_is_followed_across_edge_and_service_in_json_logs() {
+    let dir = TempDir::new();
+    let mut grpc = quotad();
+    grpc.args(["grpc", "--database-url", &dir.sqlite_url("quota.db")])
+        .args(["--grpc-addr", "127.0.0.1:0"])
+        .env("QUOTA_LOG_FORMAT", "json");
+    let service = Server::spawn(
+        grpc,
+        dir.path(),
+        Serves {
+            grpc: true,
+            http: false,
+        },
+    );
+    let (key, _) = create_key(&service, "5");
+    let mut edge = quotad();
+    edge.args(["edge", "--upstream", &service.grpc_url]).args([
+        "--http-addr",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+    ]);
+    let edge = Server::spawn(
+        edge,
+        dir.path(),
+        Serves {
+            grpc: false,
+            http: true,
+        },
+    );
+
+    let id = format!("trace-{}", std::process::id());
+    let auth = format!("Bearer {key}");
+    let response = http_request(
+        edge.http.unwrap(),
+        "GET",
+        "/v1/dashboard/billing/subscription",
+        &[("Authorization", &auth), ("X-Request-Id", &id)],
+    );
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.header("x-request-id"), Some(id.as_str()));
+    // A made id comes back too, and differs per request.
+    let made = http_request(edge.http.unwrap(), "GET", "/healthz", &[]);
+    let made = made.header("x-request-id").unwrap().to_owned();
+    assert_eq!(made.len(), 36, "{made}");
+
+    let quoted = format!(r#""request_id":"{id}""#);
+    wait_for_line(
+        &edge,
+        &[&quoted, r#""route":"/v1/dashboard/billing/subscription""#],
+    );
+    wait_for_line(
+        &service,
+        &[
+            &quoted,
+            r#""method":"/quota.v1.QuotaService/GetSubscription""#,
+        ],
+    );
+
+    let (status, edge_log) = edge.stop_with("TERM");
+    assert!(status.success(), "{edge_log}");
+    let (status, service_log) = service.stop_with("TERM");
+    assert!(status.success(), "{service_log}");
+    for (log, what) in [(&edge_log, "quotad edge"), (&service_log, "quotad grpc")] {
+        let lines = every_line_is_json(log, what);
+        // The request's lines carry its id as a span field.
+        let with_id: Vec<&Value> = lines
+            .iter()
+            .filter(|v| v["span"]["request_id"] == id.as_str())
+            .collect();
+        assert!(!with_id.is_empty(), "{what}: no line carries {id}:\n{log}");
+        assert!(!log.contains(&key), "{what} logged a key:\n{log}");
+    }
+}
+
+#[test]
+fn a_failure_at_start_is_one_json_line_too() {
+    let dir = TempDir::new();
+    let mut cmd = quotad();
+    cmd.args(["grpc", "--grpc-addr", "127.0.0.1:0"])
+        .args([
+            "--database-url",
+            &format!("postgres://nobody@127.0.0.1:{}/x", closed_port()),
+        ])
+        .env("QUOTA_LOG_FORMAT", "json")
+        .current_dir(dir.path());
+    let out = run(cmd, COMMAND_TIMEOUT);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let lines = every_line_is_json(&stderr_of(&out), "quotad grpc");
+    let last = lines.last().unwrap();
+    assert_eq!(last["level"], "ERROR");
+    assert!(
+        last["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("quotad: "),
+        "{last}"
+    );
+}
