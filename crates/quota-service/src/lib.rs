@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod domain;
 pub mod grpc;
+pub mod health;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -50,31 +50,47 @@ impl TestDb {
     /// A SQLite database in a file of its own, so that several stores (as
     /// replicas would) or a child process can share it.
     pub async fn sqlite() -> TestDb {
+        let db = TestDb::sqlite_unmigrated();
+        db.store().await.migrate().await.expect("migrate sqlite");
+        db
+    }
+
+    /// Where a SQLite database file of its own would be, not yet created:
+    /// for tests of migrations and of the first start.
+    pub fn sqlite_unmigrated() -> TestDb {
         let dir = TempDir::new();
         let url = format!("sqlite://{}/quota.db", dir.0.display());
-        let db = TestDb {
+        TestDb {
             url,
             drop_on_exit: None,
             memory: None,
             _dir: Some(dir),
-        };
-        db.store().await.migrate().await.expect("migrate sqlite");
-        db
+        }
     }
 
     /// A fresh PostgreSQL database, or `None` (with a line saying the test
     /// was skipped) when `QUOTA_TEST_POSTGRES_URL` is not set.
     pub async fn postgres() -> Option<TestDb> {
-        TestDb::on_server(POSTGRES_URL_VAR, "PostgreSQL").await
+        TestDb::on_server(POSTGRES_URL_VAR, "PostgreSQL", true).await
+    }
+
+    /// Like [`TestDb::postgres`], with no table yet: for tests of migrations.
+    pub async fn postgres_unmigrated() -> Option<TestDb> {
+        TestDb::on_server(POSTGRES_URL_VAR, "PostgreSQL", false).await
     }
 
     /// A fresh MySQL/MariaDB database, or `None` (with a line saying the test
     /// was skipped) when `QUOTA_TEST_MYSQL_URL` is not set.
     pub async fn mysql() -> Option<TestDb> {
-        TestDb::on_server(MYSQL_URL_VAR, "MySQL").await
+        TestDb::on_server(MYSQL_URL_VAR, "MySQL", true).await
     }
 
-    async fn on_server(var: &str, kind: &str) -> Option<TestDb> {
+    /// Like [`TestDb::mysql`], with no table yet: for tests of migrations.
+    pub async fn mysql_unmigrated() -> Option<TestDb> {
+        TestDb::on_server(MYSQL_URL_VAR, "MySQL", false).await
+    }
+
+    async fn on_server(var: &str, kind: &str, migrate: bool) -> Option<TestDb> {
         let Ok(server) = std::env::var(var) else {
             // Straight to stderr, past the test harness's capture, so the skip is seen.
             use std::io::Write;
@@ -101,11 +117,13 @@ impl TestDb {
             memory: None,
             _dir: None,
         };
-        db.store()
-            .await
-            .migrate()
-            .await
-            .expect("migrate the test database");
+        if migrate {
+            db.store()
+                .await
+                .migrate()
+                .await
+                .expect("migrate the test database");
+        }
         Some(db)
     }
 

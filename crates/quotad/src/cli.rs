@@ -1,7 +1,8 @@
 //! The command line. Every flag also reads an environment variable.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use quota_service::domain::DEFAULT_QUOTA_PER_USD;
+use std::time::Duration;
 
 /// quota: how much may each API key spend, and how much has it spent.
 ///
@@ -51,6 +52,8 @@ pub enum Command {
         #[command(flatten)]
         db: DatabaseArgs,
         #[command(flatten)]
+        migrate: MigrateArgs,
+        #[command(flatten)]
         service: ServiceArgs,
         #[command(flatten)]
         grpc: GrpcAddr,
@@ -63,6 +66,8 @@ pub enum Command {
     Grpc {
         #[command(flatten)]
         db: DatabaseArgs,
+        #[command(flatten)]
+        migrate: MigrateArgs,
         #[command(flatten)]
         service: ServiceArgs,
         #[command(flatten)]
@@ -80,10 +85,31 @@ pub enum Command {
         #[command(flatten)]
         metrics: MetricsAddr,
     },
-    /// Apply pending database migrations and exit.
+    /// Apply pending database migrations and exit (under the migration lock:
+    /// with other processes migrating, one applies, the others wait).
     Migrate {
         #[command(flatten)]
         db: DatabaseArgs,
+        #[command(flatten)]
+        lock: LockWait,
+        /// List applied and pending migrations, change nothing; exit 1 if any is pending.
+        #[arg(long)]
+        status: bool,
+    },
+    /// Ask whether a server is ready: exit 0 if it is, 1 (and one line) if not.
+    /// For container health checks.
+    #[command(group(ArgGroup::new("target").required(true).multiple(false)))]
+    Health {
+        /// A gRPC server (http://HOST:PORT or HOST:PORT): ready when its
+        /// grpc.health.v1.Health reports SERVING.
+        #[arg(long, value_name = "URL", group = "target")]
+        grpc: Option<String>,
+        /// An HTTP URL (the edge's /readyz): ready when it answers 2xx.
+        #[arg(long, value_name = "URL", group = "target")]
+        http: Option<String>,
+        /// Give up after this long (500ms, 3s, 1m; a bare number is seconds).
+        #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+        timeout: Duration,
     },
     /// Manage API keys through the admin gRPC API of a running service.
     Token {
@@ -106,6 +132,68 @@ pub struct DatabaseArgs {
         default_value = "sqlite://quota.db"
     )]
     pub database_url: String,
+}
+
+/// How a server treats migrations at start.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// auto: apply pending migrations at start, under the migration lock;
+    /// off: refuse to start on a database whose migrations are behind (run
+    /// `quotad migrate` first).
+    #[arg(
+        long,
+        env = "QUOTA_MIGRATE",
+        value_enum,
+        value_name = "MODE",
+        default_value_t = MigrateMode::Auto
+    )]
+    pub migrate: MigrateMode,
+    #[command(flatten)]
+    pub lock: LockWait,
+}
+
+/// `--migrate`: whether a server applies migrations itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MigrateMode {
+    /// Apply what is pending at start.
+    Auto,
+    /// Apply nothing; refuse a database that is behind.
+    Off,
+}
+
+/// How long to wait for another process's migrations.
+#[derive(Debug, Args)]
+pub struct LockWait {
+    /// How long to wait for the migration lock while another process
+    /// migrates (500ms, 60s, 2m; a bare number is seconds); then give up.
+    #[arg(
+        long,
+        env = "QUOTA_MIGRATE_LOCK_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "60s",
+        value_parser = parse_duration
+    )]
+    pub migrate_lock_timeout: Duration,
+}
+
+/// `500ms`, `2s`, `1m`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (500ms, 3s, 1m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: the unit must be ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a duration"))
 }
 
 /// Settings of the gRPC service.
@@ -282,6 +370,25 @@ mod tests {
                 .is_err()
         );
         assert!(Cli::try_parse_from(["quotad", "token", "create", "--quota-usd", "5"]).is_ok());
+    }
+
+    #[test]
+    fn durations_take_a_unit_or_seconds() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn migrate_is_auto_or_off() {
+        assert!(Cli::try_parse_from(["quotad", "grpc", "--migrate", "off"]).is_ok());
+        assert!(Cli::try_parse_from(["quotad", "grpc", "--migrate=auto"]).is_ok());
+        assert!(Cli::try_parse_from(["quotad", "grpc", "--migrate", "sometimes"]).is_err());
+        assert!(Cli::try_parse_from(["quotad", "health"]).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! over; a failure is one line on stderr and a non-zero exit.
 
 mod cli;
+mod health;
 mod run;
 mod telemetry;
 mod token;
@@ -25,7 +26,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             telemetry::fatal(log_format, &format!("quotad: {e:#}"));
             ExitCode::FAILURE

@@ -1,43 +1,46 @@
-//! Wiring: open the store, bind the listeners, serve until a signal.
+//! Wiring: bind the ports, open and migrate the store, listen, serve until a signal.
 
-use crate::cli::{Cli, Command, DatabaseArgs, ServiceArgs};
+use crate::cli::{Cli, Command, DatabaseArgs, LockWait, MigrateArgs, MigrateMode, ServiceArgs};
 use crate::telemetry;
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use quota_edge::Upstream;
 use quota_service::auth::AdminCredential;
 use quota_service::domain::QuotaPerUsd;
 use quota_service::store::redact_url;
 use quota_service::{QuotaApi, ServiceConfig, Store};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Carries out one command.
-pub async fn run(cli: Cli) -> Result<()> {
+/// Carries out one command; the exit code when it ends without an error.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve {
             db,
+            migrate,
             service,
             grpc,
             http,
             metrics,
         } => {
-            // Ports first: a bad or busy address is one line before any database
-            // is touched. Connections that arrive while the database opens wait
-            // in the backlog; the servers are announced once they can answer.
+            // Ports are bound first, so a bad or busy address is one line before
+            // any database is touched, but they listen only once the database is
+            // open and migrated: until then a connection is refused, never
+            // accepted and left unanswered.
             let stop = shutdown_signal()?;
-            let grpc = bind(&grpc.grpc_addr, "gRPC").await?;
-            let http = bind(&http.http_addr, "REST").await?;
+            let grpc = bind(&grpc.grpc_addr, "gRPC")?;
+            let http = bind(&http.http_addr, "REST")?;
             let metrics = telemetry::bind_metrics(&metrics).await?;
-            let (api, store) = open_api(&db, &service).await?;
+            let (api, store) = open_api(&db, &migrate, &service).await?;
             telemetry::serve_metrics(
                 metrics,
                 move || store.record_pool_metrics(),
                 stopped(stop.clone()),
             )?;
-            announce(&grpc, "gRPC")?;
-            announce(&http, "REST")?;
+            let grpc = grpc.listen()?;
+            let http = http.listen()?;
             let upstream = Upstream::lazy(&format!("http://{}", reachable(grpc.local_addr()?)))?;
             let grpc = tokio::spawn(quota_service::serve(grpc, api, stopped(stop.clone())));
             let edge = tokio::spawn(quota_edge::serve(
@@ -52,20 +55,21 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Grpc {
             db,
+            migrate,
             service,
             grpc,
             metrics,
         } => {
             let stop = shutdown_signal()?;
-            let grpc = bind(&grpc.grpc_addr, "gRPC").await?;
+            let grpc = bind(&grpc.grpc_addr, "gRPC")?;
             let metrics = telemetry::bind_metrics(&metrics).await?;
-            let (api, store) = open_api(&db, &service).await?;
+            let (api, store) = open_api(&db, &migrate, &service).await?;
             telemetry::serve_metrics(
                 metrics,
                 move || store.record_pool_metrics(),
                 stopped(stop.clone()),
             )?;
-            announce(&grpc, "gRPC")?;
+            let grpc = grpc.listen()?;
             let server = quota_service::serve(grpc, api, stopped(stop.clone()));
             if let Some(served) = drained(stop, server).await {
                 served.map_err(|e| anyhow!("gRPC server failed: {e}"))?;
@@ -78,43 +82,128 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => {
             let upstream = Upstream::lazy(&upstream).map_err(|e| anyhow!("--upstream {e}"))?;
             let stop = shutdown_signal()?;
-            let http = bind(&http.http_addr, "REST").await?;
+            let http = bind(&http.http_addr, "REST")?;
             let metrics = telemetry::bind_metrics(&metrics).await?;
             telemetry::serve_metrics(metrics, || {}, stopped(stop.clone()))?;
-            announce(&http, "REST")?;
+            let http = http.listen()?;
             let server = quota_edge::serve(http, quota_edge::app(upstream), stopped(stop.clone()));
             if let Some(served) = drained(stop, server).await {
                 served.context("REST edge failed")?;
             }
         }
-        Command::Migrate { db } => {
-            open_store(&db).await?;
-            tracing::info!("migrations applied");
-            return Ok(());
+        Command::Migrate { db, lock, status } => {
+            return if status {
+                migration_status(&db).await
+            } else {
+                open_store(&db, &lock, MigrateMode::Auto).await?;
+                Ok(ExitCode::SUCCESS)
+            };
         }
-        Command::Token { admin, command } => return crate::token::run(admin, command).await,
+        Command::Health {
+            grpc,
+            http,
+            timeout,
+        } => return crate::health::run(grpc, http, timeout).await,
+        Command::Token { admin, command } => {
+            crate::token::run(admin, command).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
     }
     tracing::info!("stopped");
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
-async fn open_store(db: &DatabaseArgs) -> Result<Store> {
+async fn connect(db: &DatabaseArgs) -> Result<Store> {
+    Store::connect(&db.database_url).await.map_err(|e| {
+        anyhow!(
+            "cannot open database {}: {}",
+            redact_url(&db.database_url),
+            detail(&e)
+        )
+    })
+}
+
+/// Opens the store and brings its schema up to date (`auto`), or checks that
+/// it is (`off`).
+async fn open_store(db: &DatabaseArgs, lock: &LockWait, mode: MigrateMode) -> Result<Store> {
     let shown = redact_url(&db.database_url);
-    let store = Store::connect(&db.database_url)
-        .await
-        .map_err(|e| anyhow!("cannot open database {shown}: {}", detail(&e)))?;
-    store
-        .migrate()
-        .await
-        .map_err(|e| anyhow!("cannot migrate database {shown}: {}", detail(&e)))?;
+    let store = connect(db).await?;
+    let migrating = |e| anyhow!("cannot migrate database {shown}: {e}");
+    let status = match mode {
+        MigrateMode::Auto => {
+            let applied = store
+                .migrate_within(lock.migrate_lock_timeout)
+                .await
+                .map_err(migrating)?;
+            let status = store.migration_status().await.map_err(migrating)?;
+            tracing::info!(
+                "migrations applied: {} now, {} in all",
+                applied.len(),
+                status.applied.len()
+            );
+            status
+        }
+        MigrateMode::Off => {
+            let status = store.migration_status().await.map_err(migrating)?;
+            if !status.pending.is_empty() {
+                bail!(
+                    "database {shown} is behind: {} migration(s) pending ({}); run `quotad migrate` first (or start with --migrate=auto)",
+                    status.pending.len(),
+                    status.pending.join(", ")
+                );
+            }
+            status
+        }
+    };
+    if !status.unknown.is_empty() {
+        // Migrations are additive: a newer version's schema still serves this one.
+        tracing::warn!(
+            newer = %status.unknown.join(", "),
+            "the database has migrations of a newer version; serving on"
+        );
+    }
     tracing::info!(database = %shown, "database ready");
     Ok(store)
 }
 
-/// The services over a freshly opened store, and the store (for its pool metrics).
-async fn open_api(db: &DatabaseArgs, service: &ServiceArgs) -> Result<(QuotaApi, Store)> {
+/// `quotad migrate --status`: one line per migration on stdout; exit 1 when
+/// any is pending.
+async fn migration_status(db: &DatabaseArgs) -> Result<ExitCode> {
+    let store = connect(db).await?;
+    let status = store.migration_status().await.map_err(|e| {
+        anyhow!(
+            "cannot read the migrations of {}: {e}",
+            redact_url(&db.database_url)
+        )
+    })?;
+    for name in &status.applied {
+        println!("applied  {name}");
+    }
+    for name in &status.pending {
+        println!("pending  {name}");
+    }
+    for name in &status.unknown {
+        println!("newer    {name} (applied by a newer version)");
+    }
+    println!(
+        "{} applied, {} pending",
+        status.applied.len(),
+        status.pending.len()
+    );
+    Ok(if status.pending.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn open_api(
+    db: &DatabaseArgs,
+    migrate: &MigrateArgs,
+    service: &ServiceArgs,
+) -> Result<(QuotaApi, Store)> {
     let per_usd = QuotaPerUsd::new(service.quota_per_usd).map_err(|e| anyhow!("{e}"))?;
-    let store = open_store(db).await?;
+    let store = open_store(db, &migrate.lock, migrate.migrate).await?;
     if service.admin.secret().is_none() {
         tracing::warn!("QUOTA_ADMIN_TOKEN is not set: admin methods and Consume refuse every call");
     }
@@ -135,21 +224,67 @@ fn detail(err: &quota_service::QuotaError) -> String {
     }
 }
 
-/// Binds `addr` (`HOST:PORT`; every address a name resolves to is tried).
-async fn bind(addr: &str, what: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for {what} on {addr:?}"))
+/// A port bound but not yet listening: a connection to it is refused.
+struct Bound {
+    socket: socket2::Socket,
+    what: &'static str,
+    addr: String,
 }
 
-/// Says where a server listens, once it is ready to answer.
-fn announce(listener: &TcpListener, what: &str) -> Result<()> {
-    let local = listener.local_addr()?;
-    match what {
-        "REST" => tracing::info!("REST listening on http://{local}"),
-        _ => tracing::info!("{what} listening on {local}"),
+/// Binds `addr` (`HOST:PORT`; every address a name resolves to is tried),
+/// without listening, so a busy or bad address fails at once.
+fn bind(addr: &str, what: &'static str) -> Result<Bound> {
+    let fail = |e: &dyn std::fmt::Display| anyhow!("cannot listen for {what} on {addr:?}: {e}");
+    let mut last = None;
+    for candidate in addr.to_socket_addrs().map_err(|e| fail(&e))? {
+        match bind_one(candidate) {
+            Ok(socket) => {
+                let local = socket
+                    .local_addr()?
+                    .as_socket()
+                    .ok_or_else(|| anyhow!("{what}: bound to a non-IP address"))?;
+                tracing::debug!("{what} bound to {local}; listening once the database is ready");
+                return Ok(Bound {
+                    socket,
+                    what,
+                    addr: addr.to_owned(),
+                });
+            }
+            Err(e) => last = Some(e),
+        }
     }
-    Ok(())
+    Err(match last {
+        Some(e) => fail(&e),
+        None => fail(&"the name resolves to no address"),
+    })
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As tokio and std do: a restart may bind while old connections linger in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+impl Bound {
+    /// Starts accepting connections, and says where.
+    fn listen(self) -> Result<TcpListener> {
+        let Bound { socket, what, addr } = self;
+        socket
+            .listen(1024)
+            .with_context(|| format!("cannot listen for {what} on {addr:?}"))?;
+        let listener = TcpListener::from_std(socket.into())?;
+        let local = listener.local_addr()?;
+        match what {
+            "REST" => tracing::info!("REST listening on http://{local}"),
+            _ => tracing::info!("{what} listening on {local}"),
+        }
+        Ok(listener)
+    }
 }
 
 /// An address a local client can dial: a wildcard bind is reached on loopback.

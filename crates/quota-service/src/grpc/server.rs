@@ -24,9 +24,8 @@ pub async fn serve(
     api: QuotaApi,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<QuotaServiceServer<QuotaApi>>().await;
-    health.set_serving::<TokenAdminServer<QuotaApi>>().await;
+    // Kept until the server stops: it keeps the health service true to the database.
+    let (health_service, _watch) = crate::health::watch_database(api.store.clone()).await;
     // Both reflection versions describe every served service, each other included.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
