@@ -111,6 +111,14 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Check every token's counters against its ledger; safe while the service runs.
+    ///
+    /// Prints one line per disagreement and a summary. Exit status: 0 when
+    /// all agree, 1 when some disagree, 2 when the database cannot be read.
+    Verify {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
     /// Manage API keys through the admin gRPC API of a running service.
     Token {
         #[command(flatten)]

@@ -7,6 +7,7 @@ mod health;
 mod run;
 mod telemetry;
 mod token;
+mod verify;
 
 use clap::Parser;
 use std::process::ExitCode;

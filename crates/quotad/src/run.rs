@@ -104,6 +104,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             http,
             timeout,
         } => return crate::health::run(grpc, http, timeout).await,
+        Command::Verify { db } => return Ok(crate::verify::run(&db).await),
         Command::Token { admin, command } => {
             crate::token::run(admin, command).await?;
             return Ok(ExitCode::SUCCESS);

@@ -8,6 +8,7 @@ pub mod entity;
 mod error;
 mod migrate;
 mod pool;
+pub mod verify;
 
 use debit::insert_ledger;
 #[cfg(feature = "testing")]
@@ -113,6 +114,11 @@ impl Store {
     /// busy SQLite writer does not make a healthy database look down).
     pub async fn ping(&self) -> Result<(), QuotaError> {
         Ok(self.read.ping().await?)
+    }
+
+    /// Every token's counters checked against its ledger (see [`verify`]).
+    pub async fn verify(&self) -> Result<verify::Verification, verify::Unreadable> {
+        verify::verify(&self.read).await
     }
 
     /// The connection, for tests and the benchmark that need to reach the tables.

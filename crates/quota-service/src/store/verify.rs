@@ -1,0 +1,242 @@
+//! `quotad verify`: every token's counters recomputed from its ledger.
+//!
+//! The row's counters are a fast copy of the ledger: the limit
+//! (`remaining + used`) is the sum of the grants and `used` the sum of the
+//! debits. This module reads both, in one read-only snapshot, and reports
+//! every token where they disagree. It only reads, so it is safe beside a
+//! running service: a token's row and its sums come from one snapshot
+//! (PostgreSQL and MySQL: a `REPEATABLE READ` read-only transaction; SQLite:
+//! a read transaction, which is a snapshot in WAL mode), so a debit that
+//! commits meanwhile is seen either whole or not at all.
+
+use super::entity::{KIND_DEBIT, KIND_GRANT};
+use super::{placeholder, redact_url};
+use sea_orm::{
+    AccessMode, ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
+    IsolationLevel, Statement, TransactionTrait,
+};
+use std::fmt;
+use std::time::Duration;
+
+/// Tokens read per statement: memory stays bounded however many there are.
+const PAGE: i64 = 500;
+
+/// A token's counters: as its row keeps them, or as its ledger says.
+///
+/// Adding a counter (say, units held by live holds) is one field here, one
+/// column in [`counters_sql`] and one comparison in [`TokenCheck::disagreements`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counters {
+    /// Units ever granted: the row's `remaining + used`, or the ledger's grants.
+    pub limit: i128,
+    /// Units spent: the row's `used`, or the ledger's debits.
+    pub used: i128,
+}
+
+/// One token, its row beside its ledger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenCheck {
+    /// The token's id.
+    pub id: i64,
+    /// `sk-AbCd…`, to recognise it by.
+    pub display_prefix: String,
+    /// The counters on the token's row.
+    pub row: Counters,
+    /// The counters the ledger adds up to.
+    pub ledger: Counters,
+}
+
+impl TokenCheck {
+    /// One line per counter on which the row and the ledger disagree.
+    pub fn disagreements(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let who = format!("token {} ({})", self.id, self.display_prefix);
+        if self.row.limit != self.ledger.limit {
+            lines.push(format!(
+                "{who}: limit (remaining + used) is {} but its grants add up to {}",
+                self.row.limit, self.ledger.limit
+            ));
+        }
+        if self.row.used != self.ledger.used {
+            lines.push(format!(
+                "{who}: used is {} but its debits add up to {}",
+                self.row.used, self.ledger.used
+            ));
+        }
+        lines
+    }
+}
+
+/// What a whole check found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verification {
+    /// Tokens checked.
+    pub tokens: u64,
+    /// The tokens whose row and ledger disagree, by id.
+    pub disagreeing: Vec<TokenCheck>,
+}
+
+impl Verification {
+    /// True when every token's row agrees with its ledger.
+    pub fn agrees(&self) -> bool {
+        self.disagreeing.is_empty()
+    }
+}
+
+/// The database could not be read; the message is safe to show (no password).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreadable(pub String);
+
+impl fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreadable {}
+
+impl From<sea_orm::DbErr> for Unreadable {
+    fn from(err: sea_orm::DbErr) -> Self {
+        Unreadable(err.to_string())
+    }
+}
+
+/// Opens the database at `url` without creating or migrating anything (a
+/// SQLite file that does not exist is an error, not a new empty database)
+/// and checks every token.
+pub async fn verify_url(url: &str) -> Result<Verification, Unreadable> {
+    let shown = redact_url(url);
+    let hide = |e: sea_orm::DbErr| Unreadable(e.to_string().replace(url, &shown));
+    let mut opts = ConnectOptions::new(url);
+    opts.sqlx_logging(false)
+        .max_connections(1)
+        .connect_timeout(Duration::from_secs(3))
+        .acquire_timeout(Duration::from_secs(3));
+    if url.starts_with("sqlite:") {
+        opts.map_sqlx_sqlite_opts(|o| {
+            o.create_if_missing(false)
+                .busy_timeout(Duration::from_secs(10))
+        });
+    }
+    let db = Database::connect(opts).await.map_err(hide)?;
+    let checked = verify(&db)
+        .await
+        .map_err(|e| Unreadable(e.0.replace(url, &shown)));
+    let _ = db.close().await;
+    checked
+}
+
+/// Checks every token of `db`, in one read-only snapshot.
+pub async fn verify(db: &DatabaseConnection) -> Result<Verification, Unreadable> {
+    let backend = db.get_database_backend();
+    let txn = match backend {
+        // SQLite has one isolation level, and a read transaction is a snapshot.
+        DatabaseBackend::Sqlite => db.begin().await?,
+        _ => {
+            db.begin_with_config(
+                Some(IsolationLevel::RepeatableRead),
+                Some(AccessMode::ReadOnly),
+            )
+            .await?
+        }
+    };
+    let sql = counters_sql(backend);
+    let mut found = Verification::default();
+    let mut after = 0i64;
+    loop {
+        let rows = txn
+            .query_all_raw(Statement::from_sql_and_values(
+                backend,
+                sql.clone(),
+                [after.into(), PAGE.into()],
+            ))
+            .await?;
+        for row in &rows {
+            let check = TokenCheck {
+                id: row.try_get("", "id")?,
+                display_prefix: row.try_get("", "display_prefix")?,
+                row: Counters {
+                    limit: i128::from(row.try_get::<i64>("", "remaining")?)
+                        + i128::from(row.try_get::<i64>("", "used")?),
+                    used: row.try_get::<i64>("", "used")?.into(),
+                },
+                ledger: Counters {
+                    limit: row.try_get::<i64>("", "granted")?.into(),
+                    used: row.try_get::<i64>("", "debited")?.into(),
+                },
+            };
+            found.tokens += 1;
+            after = check.id;
+            if check.row != check.ledger {
+                found.disagreeing.push(check);
+            }
+        }
+        if rows.len() < PAGE as usize {
+            break;
+        }
+    }
+    txn.commit().await?;
+    Ok(found)
+}
+
+/// One page of tokens with ids above the first parameter, each row with the
+/// sums of its ledger, in one statement.
+fn counters_sql(backend: DatabaseBackend) -> String {
+    let bigint = match backend {
+        DatabaseBackend::Postgres => "BIGINT",
+        DatabaseBackend::MySql => "SIGNED",
+        _ => "INTEGER",
+    };
+    let sum = |kind: i16| {
+        format!(
+            "(SELECT CAST(COALESCE(SUM(l.units), 0) AS {bigint}) FROM quota_ledger l \
+             WHERE l.token_id = t.id AND l.kind = {kind})"
+        )
+    };
+    format!(
+        "SELECT t.id, t.display_prefix, t.remaining, t.used, {} AS granted, {} AS debited \
+         FROM quota_tokens t WHERE t.id > {} ORDER BY t.id LIMIT {}",
+        sum(KIND_GRANT),
+        sum(KIND_DEBIT),
+        placeholder(backend, 1),
+        placeholder(backend, 2),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(row: (i128, i128), ledger: (i128, i128)) -> TokenCheck {
+        TokenCheck {
+            id: 7,
+            display_prefix: "sk-AbCd…".into(),
+            row: Counters {
+                limit: row.0,
+                used: row.1,
+            },
+            ledger: Counters {
+                limit: ledger.0,
+                used: ledger.1,
+            },
+        }
+    }
+
+    #[test]
+    fn agreement_says_nothing() {
+        assert!(check((10, 4), (10, 4)).disagreements().is_empty());
+    }
+
+    #[test]
+    fn each_counter_that_disagrees_is_one_line() {
+        let lines = check((11, 5), (10, 4)).disagreements();
+        assert_eq!(
+            lines,
+            [
+                "token 7 (sk-AbCd…): limit (remaining + used) is 11 but its grants add up to 10",
+                "token 7 (sk-AbCd…): used is 5 but its debits add up to 4",
+            ]
+        );
+        assert_eq!(check((10, 5), (10, 4)).disagreements().len(), 1);
+    }
+}

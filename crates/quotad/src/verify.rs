@@ -1,0 +1,43 @@
+//! `quotad verify`: the counters of every token against its ledger.
+
+use crate::cli::DatabaseArgs;
+use quota_service::store::redact_url;
+use quota_service::store::verify::verify_url;
+use std::process::ExitCode;
+
+/// Some token's counters disagree with its ledger.
+const DISAGREE: u8 = 1;
+/// The database could not be read.
+const UNREADABLE: u8 = 2;
+
+/// Prints one line per disagreement on stdout, then a summary; exits 0 when
+/// everything agrees, 1 when something disagrees, 2 (with one line on
+/// stderr) when the database cannot be read. Nothing is created or migrated.
+pub async fn run(db: &DatabaseArgs) -> ExitCode {
+    let found = match verify_url(&db.database_url).await {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!(
+                "quotad verify: cannot read the database {}: {e}",
+                redact_url(&db.database_url)
+            );
+            return ExitCode::from(UNREADABLE);
+        }
+    };
+    for check in &found.disagreeing {
+        for line in check.disagreements() {
+            println!("{line}");
+        }
+    }
+    let bad = found.disagreeing.len();
+    println!(
+        "{} tokens checked: {} agree with their ledger, {bad} disagree",
+        found.tokens,
+        found.tokens - bad as u64
+    );
+    if found.agrees() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(DISAGREE)
+    }
+}
