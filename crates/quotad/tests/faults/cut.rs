@@ -1,0 +1,77 @@
+//! The database goes away and comes back: 503 within 3 s while it is away,
+//! and the same process serves again within 5 s of its return.
+
+use crate::helpers::{Server, consume, subscription};
+use crate::proxy::{Proxy, server_of};
+use quota::pb::quota_service_client::QuotaServiceClient;
+use quota_service::testing::TestDb;
+use std::time::{Duration, Instant};
+
+/// The contract's bounds.
+const UNAVAILABLE_WITHIN: Duration = Duration::from_secs(3);
+const RECOVERED_WITHIN: Duration = Duration::from_secs(5);
+
+async fn the_database_is_cut_and_restored(db: TestDb) {
+    let proxy = Proxy::start(server_of(&db.url).await).await;
+    let mut server = Server::start(&proxy.url_for(&db.url)).await;
+    let (key, _) = server.create_token(5 * 500_000).await;
+    let mut grpc = QuotaServiceClient::new(server.channel().await);
+    assert_eq!(subscription(server.http, &key).await.status, 200);
+    consume(&mut grpc, &key, "before").await.unwrap();
+
+    proxy.cut();
+    let cut = Instant::now();
+    let answer = subscription(server.http, &key).await;
+    let took = cut.elapsed();
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(answer.body.contains("service_unavailable"), "{answer:?}");
+    assert!(took < UNAVAILABLE_WITHIN, "503 after {took:?}");
+    let started = Instant::now();
+    let status = consume(&mut grpc, &key, "while-cut").await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(took < UNAVAILABLE_WITHIN, "UNAVAILABLE after {took:?}");
+
+    proxy.restore();
+    let restored = Instant::now();
+    loop {
+        let answer = subscription(server.http, &key).await;
+        if answer.status == 200 {
+            break;
+        }
+        assert_eq!(answer.status, 503, "{answer:?}");
+        assert!(
+            restored.elapsed() < RECOVERED_WITHIN,
+            "still {} {:?} after the database came back; stderr:\n{}",
+            answer.status,
+            restored.elapsed(),
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recovered = restored.elapsed();
+    assert!(
+        recovered < RECOVERED_WITHIN,
+        "recovered after {recovered:?}"
+    );
+    let debit = consume(&mut grpc, &key, "after").await.unwrap();
+    assert!(!debit.repeat);
+    assert_eq!(debit.used, 2, "the debit refused while cut left nothing");
+
+    server.signal("TERM");
+    assert_eq!(server.wait(Duration::from_secs(25)).code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cut_and_restored() {
+    if let Some(db) = TestDb::postgres().await {
+        the_database_is_cut_and_restored(db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_cut_and_restored() {
+    if let Some(db) = TestDb::mysql().await {
+        the_database_is_cut_and_restored(db).await;
+    }
+}

@@ -1,0 +1,22 @@
+//! Faults the service survives, as processes of the built `quotad`:
+//!
+//! - the database cut and restored through a TCP proxy: 503 within 3 s,
+//!   recovery within 5 s of its return, with no restart ([`cut`]);
+//! - SIGTERM under load from 16 keep-alive clients: every request received
+//!   gets its whole answer, exit 0 ([`sigterm`]);
+//! - SIGKILL during a storm of debits: after a restart every acknowledged
+//!   `request_id` is a repeat and `quotad verify` exits 0 ([`sigkill`]);
+//! - `quotad verify` itself: clean while debits run, a counter changed
+//!   behind its back found, exit 2 on a database it cannot read ([`verify`]).
+//!
+//! PostgreSQL and MySQL/MariaDB cases run when `QUOTA_TEST_POSTGRES_URL` and
+//! `QUOTA_TEST_MYSQL_URL` are set, on a fresh database each.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cut;
+mod helpers;
+mod proxy;
+mod sigkill;
+mod sigterm;
+mod verify;
