@@ -42,12 +42,21 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let grpc = grpc.listen()?;
             let http = http.listen()?;
             let upstream = Upstream::lazy(&format!("http://{}", reachable(grpc.local_addr()?)))?;
-            let grpc = tokio::spawn(quota_service::serve(grpc, api, stopped(stop.clone())));
-            let edge = tokio::spawn(quota_edge::serve(
-                http,
-                quota_edge::app(upstream),
-                stopped(stop.clone()),
-            ));
+            // The gRPC server stops once the edge has drained: a REST request
+            // already received may still need it for its answer.
+            let (edge_done, edge_drained) = tokio::sync::oneshot::channel::<()>();
+            let edge = tokio::spawn({
+                let edge =
+                    quota_edge::serve(http, quota_edge::app(upstream), stopped(stop.clone()));
+                async move {
+                    let served = edge.await;
+                    let _ = edge_done.send(());
+                    served
+                }
+            });
+            let grpc = tokio::spawn(quota_service::serve(grpc, api, async move {
+                let _ = edge_drained.await;
+            }));
             if let Some((grpc, edge)) = drained(stop, async { tokio::join!(grpc, edge) }).await {
                 grpc?.map_err(|e| anyhow!("gRPC server failed: {e}"))?;
                 edge?.context("REST edge failed")?;
