@@ -259,6 +259,26 @@ pub struct AdminArgs {
     pub server: String,
     #[command(flatten)]
     pub admin: AdminToken,
+    /// What `create`, `list`, `show`, `grant`, `enable` and `disable` print:
+    /// `text` for people, `json` (one line) for programs.
+    #[arg(
+        long,
+        env = "QUOTA_OUTPUT",
+        value_enum,
+        default_value_t = Output::Text,
+        global = true
+    )]
+    pub output: Output,
+}
+
+/// The output of `token` commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Lines for people; `create` prints the key alone.
+    Text,
+    /// One JSON value: a token object, an array of them (`list`), or
+    /// `{"key": ..., "token": {...}}` (`create`).
+    Json,
 }
 
 /// The admin secret: what a server accepts, what `token` commands send.

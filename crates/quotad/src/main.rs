@@ -4,6 +4,7 @@
 
 mod cli;
 mod health;
+mod output;
 mod run;
 mod telemetry;
 mod token;

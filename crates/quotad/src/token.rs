@@ -1,6 +1,7 @@
 //! `quotad token ...`: the admin API from the command line.
 
-use crate::cli::{AdminArgs, TokenCommand};
+use crate::cli::{AdminArgs, Output, TokenCommand};
+use crate::output::{CreatedJson, TokenJson, json_line};
 use anyhow::{Context, Result, anyhow, bail};
 use quota::pb;
 use quota::pb::token_admin_client::TokenAdminClient;
@@ -39,6 +40,7 @@ pub async fn run(admin: AdminArgs, command: TokenCommand) -> Result<()> {
     let client = Admin {
         client: TokenAdminClient::new(channel),
         authorization,
+        output: admin.output,
     };
     client.run(command).await
 }
@@ -47,6 +49,8 @@ struct Admin {
     client: TokenAdminClient<Channel>,
     /// `Bearer <secret>`, sent with every call.
     authorization: MetadataValue<Ascii>,
+    /// Text or JSON on stdout.
+    output: Output,
 }
 
 impl Admin {
@@ -89,6 +93,14 @@ impl Admin {
                 let created = self
                     .call(request, |mut c, r| async move { c.create_token(r).await })
                     .await?;
+                if self.output == Output::Json {
+                    let json = CreatedJson {
+                        key: &created.key,
+                        token: created.token.as_ref().map(TokenJson::from),
+                    };
+                    println!("{}", json_line(&json));
+                    return Ok(());
+                }
                 println!("{}", created.key);
                 if let Some(token) = created.token {
                     eprintln!(
@@ -108,13 +120,10 @@ impl Admin {
                 let token = self
                     .call(request, |mut c, r| async move { c.grant_quota(r).await })
                     .await?;
-                println!("{}", show(&token));
+                self.print(&token);
             }
             TokenCommand::List => {
-                println!(
-                    "{:>6}  {:<10}  {:<8}  {:>9}  {:>15}  {:>15}  {:>10}  NAME",
-                    "ID", "PREFIX", "STATUS", "UNLIMITED", "REMAINING", "USED", "EXPIRES"
-                );
+                let mut all = Vec::new();
                 let mut page_token = String::new();
                 loop {
                     let request = pb::ListTokensRequest {
@@ -124,27 +133,40 @@ impl Admin {
                     let page = self
                         .call(request, |mut c, r| async move { c.list_tokens(r).await })
                         .await?;
-                    for t in &page.tokens {
-                        println!(
-                            "{:>6}  {:<10}  {:<8}  {:>9}  {:>15}  {:>15}  {:>10}  {}",
-                            t.id,
-                            t.display_prefix,
-                            if t.enabled { "enabled" } else { "disabled" },
-                            if t.unlimited { "yes" } else { "no" },
-                            t.remaining,
-                            t.used,
-                            if t.expires_at == 0 {
-                                "never".to_owned()
-                            } else {
-                                t.expires_at.to_string()
-                            },
-                            t.name
-                        );
-                    }
+                    all.extend(page.tokens);
                     if page.next_page_token.is_empty() {
                         break;
                     }
                     page_token = page.next_page_token;
+                }
+                match self.output {
+                    Output::Json => {
+                        let tokens: Vec<TokenJson> = all.iter().map(TokenJson::from).collect();
+                        println!("{}", json_line(&tokens));
+                    }
+                    Output::Text => {
+                        println!(
+                            "{:>6}  {:<10}  {:<8}  {:>9}  {:>15}  {:>15}  {:>10}  NAME",
+                            "ID", "PREFIX", "STATUS", "UNLIMITED", "REMAINING", "USED", "EXPIRES"
+                        );
+                        for t in &all {
+                            println!(
+                                "{:>6}  {:<10}  {:<8}  {:>9}  {:>15}  {:>15}  {:>10}  {}",
+                                t.id,
+                                t.display_prefix,
+                                if t.enabled { "enabled" } else { "disabled" },
+                                if t.unlimited { "yes" } else { "no" },
+                                t.remaining,
+                                t.used,
+                                if t.expires_at == 0 {
+                                    "never".to_owned()
+                                } else {
+                                    t.expires_at.to_string()
+                                },
+                                t.name
+                            );
+                        }
+                    }
                 }
             }
             TokenCommand::Show { token } => {
@@ -154,7 +176,7 @@ impl Admin {
                 let token = self
                     .call(request, |mut c, r| async move { c.get_token(r).await })
                     .await?;
-                println!("{}", show(&token));
+                self.print(&token);
             }
             TokenCommand::Disable { token } => self.set_enabled(&token, false).await?,
             TokenCommand::Enable { token } => self.set_enabled(&token, true).await?,
@@ -179,8 +201,16 @@ impl Admin {
         let token = self
             .call(request, |mut c, r| async move { c.update_token(r).await })
             .await?;
-        println!("{}", show(&token));
+        self.print(&token);
         Ok(())
+    }
+
+    /// One token on stdout, as `--output` says.
+    fn print(&self, token: &pb::Token) {
+        match self.output {
+            Output::Text => println!("{}", show(token)),
+            Output::Json => println!("{}", json_line(&TokenJson::from(token))),
+        }
     }
 }
 

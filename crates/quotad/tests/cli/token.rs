@@ -85,3 +85,57 @@ fn token_commands_say_when_the_service_cannot_be_reached() {
     assert!(line.contains(&server), "{line}");
     assert!(out.stdout.is_empty(), "{}", describe(&out));
 }
+
+#[test]
+fn token_commands_print_json_for_programs() {
+    let dir = TempDir::new();
+    let server = Server::start(&dir.sqlite_url("quota.db"), dir.path());
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut with_output = args.to_vec();
+        with_output.extend(["--output", "json"]);
+        let stdout = server.token_ok(&with_output);
+        assert_eq!(stdout.lines().count(), 1, "one line: {stdout}");
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+    };
+    let created = json(&["create", "--name", "bot", "--quota-usd", "5"]);
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("sk-") && key.len() == 51, "{created}");
+    let token = &created["token"];
+    let id = token["id"].as_i64().unwrap();
+    assert_eq!(token["name"], "bot");
+    assert_eq!(token["status"], "enabled");
+    assert_eq!(token["unlimited"], false);
+    assert_eq!(token["remaining"], 2_500_000);
+    assert_eq!(token["used"], 0);
+    assert_eq!(token["limit"], 2_500_000);
+    assert_eq!(token["expires_at"], serde_json::Value::Null);
+    assert_eq!(token["prefix"].as_str().unwrap(), format!("{}…", &key[..7]));
+    // Nowhere but in create's answer is the key.
+    let shown = json(&["show", &id.to_string()]);
+    assert_eq!(&shown, token, "show prints what create did");
+    assert!(!shown.to_string().contains(&key));
+    let unlimited = json(&[
+        "create",
+        "--unlimited",
+        "--expires-at",
+        "2030-01-01T00:00:00Z",
+    ]);
+    assert_eq!(unlimited["token"]["unlimited"], true);
+    assert_eq!(unlimited["token"]["expires_at"], 1_893_456_000);
+    let listed = json(&["list"]);
+    let ids: Vec<i64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [id, unlimited["token"]["id"].as_i64().unwrap()]);
+    assert_eq!(listed[0], shown);
+    let granted = json(&["grant", &id.to_string(), "--quota", "7"]);
+    assert_eq!(granted["limit"], 2_500_007);
+    let disabled = json(&["disable", &key]);
+    assert_eq!(disabled["status"], "disabled");
+    // The default stays text: the key alone.
+    let (plain, _) = create_key(&server, "1");
+    assert!(plain.starts_with("sk-"));
+}
