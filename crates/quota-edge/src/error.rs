@@ -69,6 +69,13 @@ fn http_mapping(code: Code) -> HttpMapping {
             "failed_precondition",
             true,
         ),
+        Code::OutOfRange => (
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "out_of_range",
+            true,
+        ),
+        Code::AlreadyExists => (StatusCode::CONFLICT, INVALID_REQUEST, "conflict", true),
         Code::ResourceExhausted => (
             StatusCode::TOO_MANY_REQUESTS,
             "insufficient_quota",
@@ -248,6 +255,9 @@ mod tests {
             (Code::PermissionDenied, 403),
             (Code::NotFound, 404),
             (Code::InvalidArgument, 400),
+            (Code::FailedPrecondition, 400),
+            (Code::OutOfRange, 400),
+            (Code::AlreadyExists, 409),
             (Code::ResourceExhausted, 429),
             (Code::Unavailable, 503),
             (Code::DeadlineExceeded, 504),

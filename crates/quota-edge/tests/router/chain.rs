@@ -8,16 +8,21 @@ use quota_service::store::NewToken;
 use quota_service::testing::{TestDb, TestServer, test_config};
 
 /// The edge in front of a real gRPC server on a real database.
-struct Chain {
-    router: axum::Router,
-    store: quota_service::Store,
+pub struct Chain {
+    pub router: axum::Router,
+    pub store: quota_service::Store,
     _server: TestServer,
     _db: TestDb,
 }
 
-async fn chain(db: TestDb) -> Chain {
+pub async fn chain(db: TestDb) -> Chain {
+    chain_with(db, test_config()).await
+}
+
+/// The chain with a service configured by `config`.
+pub async fn chain_with(db: TestDb, config: quota_service::ServiceConfig) -> Chain {
     let store = db.store().await;
-    let server = TestServer::spawn(store.clone(), test_config()).await;
+    let server = TestServer::spawn(store.clone(), config).await;
     let router = app(Upstream::lazy(&server.url()).unwrap());
     Chain {
         router,

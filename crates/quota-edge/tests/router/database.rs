@@ -8,10 +8,12 @@ use quota_service::store::NewToken;
 use quota_service::testing::{TestDb, TestServer, test_config};
 use tokio::net::TcpListener;
 
-/// A TCP proxy on 127.0.0.1:0 to `target`; dropping it closes the port and
-/// every connection through it, as a database that goes away would.
+/// A TCP proxy on 127.0.0.1:0 to `target`. [`Proxy::cut`] closes every
+/// connection through it and every later one at once, as a database that
+/// goes away would; the port stays held, so nothing else answers on it.
 struct Proxy {
     port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -19,17 +21,30 @@ impl Proxy {
     async fn to(target: std::net::SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let (cut, is_cut) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut links = tokio::task::JoinSet::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
+                if *is_cut.borrow() {
+                    continue; // dropped: closed at once
+                }
+                let mut is_cut = is_cut.clone();
                 links.spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = is_cut.wait_for(|cut| *cut) => {}
+                        }
                     }
                 });
             }
         });
-        Proxy { port, task }
+        Proxy { port, cut, task }
+    }
+
+    /// From now on, every connection through the proxy is closed.
+    fn cut(&self) {
+        let _ = self.cut.send(true);
     }
 }
 
@@ -91,7 +106,7 @@ async fn a_database_that_goes_away_is_503_not_a_timeout() {
     let response = send(&router, "GET", SUBSCRIPTION, &[("authorization", &bearer)]).await;
     assert_eq!(response.status(), StatusCode::OK);
 
-    drop(proxy);
+    proxy.cut();
     let started = std::time::Instant::now();
     let response = send(&router, "GET", SUBSCRIPTION, &[("authorization", &bearer)]).await;
     assert_error(
@@ -101,8 +116,9 @@ async fn a_database_that_goes_away_is_503_not_a_timeout() {
         "service_unavailable",
     )
     .await;
+    // The contract says within 3 s; the margin is for a loaded machine.
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(9),
+        started.elapsed() <= std::time::Duration::from_millis(3_500),
         "{:?}",
         started.elapsed()
     );

@@ -78,12 +78,27 @@ pub async fn failing_upstream(code: Code, message: &'static str) -> axum::Router
     .unwrap())
 }
 
-/// A router whose upstream is never reached (a closed port).
-pub async fn unreachable_upstream() -> axum::Router {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
-    app(Upstream::lazy(&url).unwrap())
+/// A port on 127.0.0.1 that refuses connections for as long as this lives:
+/// the socket is bound, so no one else can take the port, and never listens.
+pub struct ClosedPort(tokio::net::TcpSocket);
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        ClosedPort(socket)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.0.local_addr().unwrap())
+    }
+}
+
+/// A router whose upstream is never reached (a closed port, held by the
+/// second value).
+pub async fn unreachable_upstream() -> (axum::Router, ClosedPort) {
+    let closed = ClosedPort::new();
+    (app(Upstream::lazy(&closed.url()).unwrap()), closed)
 }
 
 pub async fn send(

@@ -7,3 +7,4 @@ mod database;
 mod helpers;
 mod routing;
 mod upstream;
+mod usage;

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 
 #[tokio::test]
 async fn unknown_path_is_404_unknown_url() {
-    let router = unreachable_upstream().await;
+    let (router, _closed) = unreachable_upstream().await;
     for path in [
         "/",
         "/v1/dashboard/billing/nope",
@@ -25,7 +25,7 @@ async fn unknown_path_is_404_unknown_url() {
 
 #[tokio::test]
 async fn wrong_method_is_405_method_not_allowed() {
-    let router = unreachable_upstream().await;
+    let (router, _closed) = unreachable_upstream().await;
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
         for path in [SUBSCRIPTION, "/dashboard/billing/usage"] {
             let response = send(&router, method, path, &[]).await;
@@ -43,7 +43,7 @@ async fn wrong_method_is_405_method_not_allowed() {
 
 #[tokio::test]
 async fn preflight_answers_before_auth_on_every_route() {
-    let router = unreachable_upstream().await;
+    let (router, _closed) = unreachable_upstream().await;
     for path in [
         SUBSCRIPTION,
         "/dashboard/billing/subscription",

@@ -54,7 +54,7 @@ async fn a_silent_upstream_is_504_after_the_deadline() {
 
 #[tokio::test]
 async fn unreachable_upstream_is_503() {
-    let router = unreachable_upstream().await;
+    let (router, _closed) = unreachable_upstream().await;
     let response = send(
         &router,
         "GET",
@@ -97,6 +97,24 @@ async fn upstream_statuses_map_like_grpc_gateway_without_leaking_detail() {
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             "invalid_request",
+        ),
+        (
+            Code::FailedPrecondition,
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "failed_precondition",
+        ),
+        (
+            Code::OutOfRange,
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "out_of_range",
+        ),
+        (
+            Code::AlreadyExists,
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "conflict",
         ),
         (
             Code::ResourceExhausted,
@@ -151,7 +169,7 @@ async fn upstream_statuses_map_like_grpc_gateway_without_leaking_detail() {
 
 #[tokio::test]
 async fn non_ascii_authorization_is_401() {
-    let router = unreachable_upstream().await;
+    let (router, _closed) = unreachable_upstream().await;
     let request = Request::builder()
         .uri(SUBSCRIPTION)
         .header(
