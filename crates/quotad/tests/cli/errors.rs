@@ -6,7 +6,8 @@ use std::time::Duration;
 #[test]
 fn serve_fails_in_one_line_when_the_database_is_unreachable() {
     let dir = TempDir::new();
-    let url = format!("postgres://nobody:hunter2@127.0.0.1:{}/x", closed_port());
+    let closed = ClosedPort::new();
+    let url = format!("postgres://nobody:hunter2@127.0.0.1:{}/x", closed.port());
     let mut cmd = quotad();
     cmd.args(["serve", "--database-url", &url])
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])

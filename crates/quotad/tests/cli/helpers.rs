@@ -3,7 +3,7 @@
 //! read from their log, a minimal HTTP/1.1 client and the assertions on it.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +23,13 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// The exact body for a $`usd` token that never expires.
 pub fn subscription_body(usd: i64) -> String {
+    subscription_until(usd, 0)
+}
+
+/// The exact body for a $`usd` token that expires at `access_until`.
+pub fn subscription_until(usd: i64, access_until: i64) -> String {
     format!(
-        r#"{{"object":"billing_subscription","has_payment_method":true,"soft_limit_usd":{usd},"hard_limit_usd":{usd},"system_hard_limit_usd":{usd},"access_until":0}}"#
+        r#"{{"object":"billing_subscription","has_payment_method":true,"soft_limit_usd":{usd},"hard_limit_usd":{usd},"system_hard_limit_usd":{usd},"access_until":{access_until}}}"#
     )
 }
 
@@ -184,13 +189,20 @@ pub fn failed_with_one_line(out: &Output) -> String {
     errors[0].to_owned()
 }
 
-/// A port on 127.0.0.1 that nothing listens on (it was free a moment ago).
-pub fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A port on 127.0.0.1 that refuses connections for as long as this lives:
+/// its socket is bound, so nothing else can take the port, and never listens.
+pub struct ClosedPort(tokio::net::TcpSocket);
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        ClosedPort(socket)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0.local_addr().unwrap().port()
+    }
 }
 
 /// A running `quotad serve`, killed when dropped.
@@ -277,11 +289,17 @@ impl Server {
 
     /// Sends `signal` and returns the exit status and the whole log, failing
     /// the test if the server does not exit within [`STOP_TIMEOUT`].
-    pub fn stop_with(mut self, signal: &str) -> (ExitStatus, String) {
+    pub fn stop_with(self, signal: &str) -> (ExitStatus, String) {
         self.signal(signal);
+        self.exited()
+    }
+
+    /// Waits for the exit after a signal already sent; returns the exit
+    /// status and the whole log, failing the test after [`STOP_TIMEOUT`].
+    pub fn exited(mut self) -> (ExitStatus, String) {
         let Some(status) = self.child.wait_timeout(STOP_TIMEOUT) else {
             panic!(
-                "quotad serve still running {STOP_TIMEOUT:?} after SIG{signal}; stderr:\n{}",
+                "quotad still running {STOP_TIMEOUT:?} after the signal; stderr:\n{}",
                 self.log.lock().unwrap()
             );
         };
@@ -504,21 +522,61 @@ pub fn assert_refused(server: &Server, key: &str) {
 /// `quotad token create --quota-usd USD`: checks that stdout is the key and
 /// nothing else; returns the key and the id reported on stderr.
 pub fn create_key(server: &Server, usd: &str) -> (String, i64) {
-    let out = server.token(&["create", "--quota-usd", usd]);
-    succeeded(&out);
-    let stdout = stdout_of(&out);
+    created_key(&server.token(&["create", "--quota-usd", usd]))
+}
+
+/// The key on stdout (and nothing else) and the id on stderr of a
+/// successful `quotad token create`.
+pub fn created_key(out: &Output) -> (String, i64) {
+    succeeded(out);
+    let stdout = stdout_of(out);
     let key = stdout.trim_end_matches('\n');
     assert!(
         key.starts_with("sk-") && key.len() == 51 && !key.contains(char::is_whitespace),
         "stdout is not just a key\n{}",
-        describe(&out)
+        describe(out)
     );
     assert_eq!(stdout, format!("{key}\n"), "stdout holds only the key");
-    let stderr = stderr_of(&out);
+    let stderr = stderr_of(out);
     let id = stderr
         .split_once("created token ")
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("no id on stderr\n{}", describe(&out)));
+        .unwrap_or_else(|| panic!("no id on stderr\n{}", describe(out)));
     (key.to_owned(), id)
+}
+
+/// One `Consume` call to the gRPC service at `grpc_url`, with the admin
+/// credential, on a runtime of its own.
+pub fn consume(
+    grpc_url: &str,
+    key: &str,
+    quota: i64,
+    request_id: &str,
+) -> Result<quota::pb::ConsumeResponse, tonic::Status> {
+    use quota::pb::quota_service_client::QuotaServiceClient;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(grpc_url.to_owned())
+            .unwrap()
+            .timeout(COMMAND_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut request = tonic::Request::new(quota::pb::ConsumeRequest {
+            token: key.to_owned(),
+            quota,
+            request_id: request_id.to_owned(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
+        Ok(QuotaServiceClient::new(channel)
+            .consume(request)
+            .await?
+            .into_inner())
+    })
 }

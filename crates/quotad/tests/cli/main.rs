@@ -12,6 +12,7 @@
 
 mod helpers;
 
+mod env;
 mod errors;
 mod help;
 mod migrate;

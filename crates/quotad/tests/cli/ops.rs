@@ -339,11 +339,12 @@ fn a_request_id_is_followed_across_edge_and_service_in_json_logs() {
 #[test]
 fn a_failure_at_start_is_one_json_line_too() {
     let dir = TempDir::new();
+    let closed = ClosedPort::new();
     let mut cmd = quotad();
     cmd.args(["grpc", "--grpc-addr", "127.0.0.1:0"])
         .args([
             "--database-url",
-            &format!("postgres://nobody@127.0.0.1:{}/x", closed_port()),
+            &format!("postgres://nobody@127.0.0.1:{}/x", closed.port()),
         ])
         .env("QUOTA_LOG_FORMAT", "json")
         .current_dir(dir.path());

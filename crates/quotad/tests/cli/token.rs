@@ -65,10 +65,11 @@ fn serve_on_sqlite_and_manage_a_key_from_the_command_line() {
 
 #[test]
 fn token_commands_need_the_admin_token() {
+    let closed = ClosedPort::new();
     let mut cmd = quotad();
     cmd.env_remove("QUOTA_ADMIN_TOKEN")
         .args(["token", "list", "--server"])
-        .arg(format!("http://127.0.0.1:{}", closed_port()));
+        .arg(format!("http://127.0.0.1:{}", closed.port()));
     let out = run(cmd, COMMAND_TIMEOUT);
     let line = failed_with_one_line(&out);
     assert!(line.contains("QUOTA_ADMIN_TOKEN"), "{line}");
@@ -76,7 +77,8 @@ fn token_commands_need_the_admin_token() {
 
 #[test]
 fn token_commands_say_when_the_service_cannot_be_reached() {
-    let server = format!("http://127.0.0.1:{}", closed_port());
+    let closed = ClosedPort::new();
+    let server = format!("http://127.0.0.1:{}", closed.port());
     let mut cmd = quotad();
     cmd.args(["token", "create", "--quota-usd", "5", "--server", &server]);
     let out = run(cmd, COMMAND_TIMEOUT);
@@ -138,4 +140,109 @@ fn token_commands_print_json_for_programs() {
     // The default stays text: the key alone.
     let (plain, _) = create_key(&server, "1");
     assert!(plain.starts_with("sk-"));
+}
+
+/// The `show` output of a token, as a list of its `name: value` lines.
+fn shown_lines(server: &Server, id: i64) -> Vec<String> {
+    server
+        .token_ok(&["show", &id.to_string()])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn assert_shows(server: &Server, id: i64, expected: &[&str]) {
+    let lines = shown_lines(server, id);
+    for line in expected {
+        assert!(
+            lines.iter().any(|l| l == line),
+            "{line:?} not in {lines:#?}"
+        );
+    }
+}
+
+#[test]
+fn create_by_units_unlimited_and_expiring_and_grant_by_units() {
+    let dir = TempDir::new();
+    let server = Server::start(&dir.sqlite_url("quota.db"), dir.path());
+
+    // --quota UNITS: 1234567 units are $2 (rounded down).
+    let out = server.token(&["create", "--quota", "1234567", "--name", "by-units"]);
+    let (key, id) = created_key(&out);
+    assert!(
+        stderr_of(&out).contains(&format!("created token {id} (")),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        stderr_of(&out).contains("): 1234567 units, never expires"),
+        "{}",
+        describe(&out)
+    );
+    assert_shows(
+        &server,
+        id,
+        &[
+            "name: by-units",
+            "status: enabled",
+            "unlimited: false",
+            "remaining: 1234567",
+            "used: 0",
+            "expires_at: 0",
+        ],
+    );
+    assert_subscription(&server, &key, 2);
+
+    // grant --quota UNITS, by id: the limit grows by exactly the grant.
+    let granted = server.token_ok(&["grant", &id.to_string(), "--quota", "765433"]);
+    assert!(has_line(&granted, "remaining: 2000000"), "{granted}");
+    assert!(has_line(&granted, "used: 0"), "{granted}");
+    assert_subscription(&server, &key, 4);
+
+    // --unlimited.
+    let (unlimited, unlimited_id) = created_key(&server.token(&["create", "--unlimited"]));
+    assert_shows(
+        &server,
+        unlimited_id,
+        &["unlimited: true", "remaining: 0", "used: 0"],
+    );
+    assert_subscription(&server, &unlimited, 100_000_000);
+
+    // --expires-at as RFC 3339 and as unix seconds: access_until says when.
+    for (at, unix) in [
+        ("2099-01-01T00:00:00Z", 4_070_908_800),
+        ("2099-01-01T01:00:00+01:00", 4_070_908_800),
+        ("4102444800", 4_102_444_800),
+    ] {
+        let (expiring, expiring_id) =
+            created_key(&server.token(&["create", "--quota-usd", "1", "--expires-at", at]));
+        assert_shows(&server, expiring_id, &[&format!("expires_at: {unix}")]);
+        for path in [
+            "/v1/dashboard/billing/subscription",
+            "/dashboard/billing/subscription",
+        ] {
+            let response = server.get(path, &expiring);
+            assert_eq!(response.status, 200, "{at}: {response:?}");
+            assert_eq!(response.body, subscription_until(1, unix), "{at}");
+        }
+    }
+
+    // An expiry in the past: the key is refused as expired.
+    let (expired, _) =
+        created_key(&server.token(&["create", "--quota-usd", "1", "--expires-at", "1000"]));
+    assert_refused(&server, &expired);
+    let response = server.get("/v1/dashboard/billing/subscription", &expired);
+    assert!(
+        response.body.contains("API key has expired"),
+        "{response:?}"
+    );
+
+    // An expiry that is neither: one line, nothing created.
+    let out = server.token(&["create", "--quota", "1", "--expires-at", "next year"]);
+    let line = failed_with_one_line(&out);
+    assert!(line.contains("--expires-at \"next year\""), "{line}");
+    assert!(out.stdout.is_empty(), "{}", describe(&out));
+
+    let (status, log) = server.stop_with("TERM");
+    assert!(status.success(), "{status}\n{log}");
 }
