@@ -2,8 +2,11 @@
 //!
 //! PostgreSQL tests run when `QUOTA_TEST_POSTGRES_URL` names a server, and
 //! MySQL/MariaDB tests when `QUOTA_TEST_MYSQL_URL` does (any database on it:
-//! a fresh one is created per test and dropped afterwards); without them
-//! those tests print that they were skipped.
+//! a fresh one is created per test and dropped afterwards). Without them
+//! those tests print one `skipped: ...` line each, which `scripts/test`
+//! counts; with `QUOTA_TEST_REQUIRE_DATABASES=1` (as CI runs) they fail
+//! instead. A variable that is set but names a server that cannot be
+//! reached always fails the test.
 // Test support: a failure to set up is meant to fail the test, loudly.
 #![allow(clippy::expect_used)]
 
@@ -18,6 +21,14 @@ use tokio::sync::oneshot;
 pub const POSTGRES_URL_VAR: &str = "QUOTA_TEST_POSTGRES_URL";
 /// The variable that names the MySQL/MariaDB server for tests.
 pub const MYSQL_URL_VAR: &str = "QUOTA_TEST_MYSQL_URL";
+/// The variable that, set to `1`, makes a database test whose server is not
+/// configured fail instead of being skipped.
+pub const REQUIRE_DATABASES_VAR: &str = "QUOTA_TEST_REQUIRE_DATABASES";
+
+/// Whether [`REQUIRE_DATABASES_VAR`] is set to anything but empty or `0`.
+pub fn databases_required() -> bool {
+    std::env::var(REQUIRE_DATABASES_VAR).is_ok_and(|v| !v.is_empty() && v != "0")
+}
 
 /// A database of one test's own, migrated by the real migrator.
 #[derive(Debug)]
@@ -91,13 +102,8 @@ impl TestDb {
     }
 
     async fn on_server(var: &str, kind: &str, migrate: bool) -> Option<TestDb> {
-        let Ok(server) = std::env::var(var) else {
-            // Straight to stderr, past the test harness's capture, so the skip is seen.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipped: {var} is not set, so this {kind} test did not run"
-            );
+        let Some(server) = std::env::var(var).ok().filter(|s| !s.is_empty()) else {
+            skip(var, kind);
             return None;
         };
         let name = format!("quota_test_{}", &random_hex()[..16]);
@@ -253,6 +259,23 @@ macro_rules! on_every_database {
             }
         }
     };
+}
+
+/// Reports a database test that cannot run: a failure when databases are
+/// required, else one `skipped: TEST: VAR is not set, ...` line.
+fn skip(var: &str, kind: &str) {
+    assert!(
+        !databases_required(),
+        "{var} is not set, and {REQUIRE_DATABASES_VAR}=1 forbids skipping this {kind} test"
+    );
+    // The test harness names each test's thread after the test.
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    // One write, straight to stderr, past the harness's capture: whole lines
+    // for `scripts/test` to count, even with tests running in parallel.
+    let line = format!("skipped: {test}: {var} is not set, so this {kind} test did not run\n");
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// A temporary folder removed on drop.

@@ -134,15 +134,16 @@ impl Clients {
         self.clients[slot] = None;
     }
 
-    /// Sends one debit until a replica answers for it: `Ok(repeat)` when it
-    /// is acknowledged, `Err(())` when it is refused for want of quota.
+    /// Sends one debit until a replica answers for it: `Ok((repeat,
+    /// remaining))` when it is acknowledged, `Err(())` when it is refused for
+    /// want of quota.
     async fn debit(
         &mut self,
         first_slot: usize,
         key: &str,
         id: &str,
         retries: &AtomicUsize,
-    ) -> Result<bool, ()> {
+    ) -> Result<(bool, i64), ()> {
         let started = Instant::now();
         let mut slot = first_slot;
         loop {
@@ -157,8 +158,7 @@ impl Clients {
             match answer {
                 Ok(response) => {
                     let r = response.into_inner();
-                    assert!(r.remaining >= 0, "{id}: {r:?}");
-                    return Ok(r.repeat);
+                    return Ok((r.repeat, r.remaining));
                 }
                 Err(status) if status.code() == Code::ResourceExhausted => return Err(()),
                 Err(status) if retryable(&status) => {
@@ -178,6 +178,8 @@ impl Clients {
 struct Seen {
     acked: Vec<BTreeSet<String>>,
     refused: Vec<BTreeSet<String>>,
+    /// The balance each first (not repeated) debit left, per token.
+    remaining: Vec<Vec<i64>>,
     /// Acknowledged as a repeat: a debit whose first answer was lost.
     repeats: usize,
 }
@@ -212,13 +214,18 @@ async fn race(
     let mut seen = Seen {
         acked: vec![BTreeSet::new(); TOKENS],
         refused: vec![BTreeSet::new(); TOKENS],
+        remaining: vec![Vec::new(); TOKENS],
         repeats: 0,
     };
     while let Some(done) = tasks.join_next().await {
         for (token, id, outcome) in done.unwrap() {
             match outcome {
-                Ok(repeat) => {
-                    seen.repeats += usize::from(repeat);
+                Ok((repeat, remaining)) => {
+                    if repeat {
+                        seen.repeats += 1;
+                    } else {
+                        seen.remaining[token].push(remaining);
+                    }
                     assert!(seen.acked[token].insert(id));
                 }
                 Err(()) => assert!(seen.refused[token].insert(id)),
@@ -298,15 +305,27 @@ fn replicas_on(db: TestDb, name: &str) {
     replicas.insert(0, restarted);
     let raced = started.elapsed();
 
-    for t in 0..TOKENS {
+    for (t, token) in tokens.iter().enumerate() {
         let (acked, refused) = (&seen.acked[t], &seen.refused[t]);
         assert_eq!(acked.len() + refused.len(), CALLERS * PER_CALLER / TOKENS);
         assert!(acked.is_disjoint(refused));
         // Never more than the quota, and all of it, since demand exceeded it.
         assert_eq!(acked.len() as i64, AFFORDABLE, "token {t}");
+        // Each first debit left a balance of its own, one debit lower than
+        // another's: quota - k debits for distinct k (all of them unless an
+        // answer was lost to the kill).
+        let mut left = seen.remaining[t].clone();
+        left.sort_unstable();
+        left.dedup();
+        assert_eq!(left.len(), seen.remaining[t].len(), "token {t}: {left:?}");
+        let possible: BTreeSet<i64> = (0..AFFORDABLE).map(|k| k * UNITS).collect();
+        assert!(
+            left.iter().all(|r| possible.contains(r)),
+            "token {t}: {left:?}"
+        );
 
         let balance = rt
-            .block_on(store.token(&TokenLocator::Id(tokens[t].id)))
+            .block_on(store.token(&TokenLocator::Id(token.id)))
             .unwrap()
             .balance;
         assert_eq!(
@@ -316,7 +335,7 @@ fn replicas_on(db: TestDb, name: &str) {
         );
 
         // The ledger: exactly the acknowledged ids, and the counters' sums.
-        let debits = rt.block_on(ledger_of(&store, tokens[t].id, KIND_DEBIT));
+        let debits = rt.block_on(ledger_of(&store, token.id, KIND_DEBIT));
         let ids: BTreeSet<String> = debits
             .iter()
             .map(|row| row.request_id.clone().unwrap())
@@ -324,7 +343,7 @@ fn replicas_on(db: TestDb, name: &str) {
         assert_eq!(ids.len(), debits.len(), "token {t}: an id debited twice");
         assert_eq!(&ids, acked, "token {t}: ledger and acknowledgements differ");
         assert_eq!(debits.iter().map(|r| r.units).sum::<i64>(), balance.used);
-        let grants = rt.block_on(ledger_of(&store, tokens[t].id, KIND_GRANT));
+        let grants = rt.block_on(ledger_of(&store, token.id, KIND_GRANT));
         assert_eq!(
             grants.iter().map(|r| r.units).sum::<i64>(),
             balance.remaining + balance.used
@@ -346,7 +365,11 @@ fn replicas_on(db: TestDb, name: &str) {
                     let repeat = clients
                         .debit((caller + i) % REPLICAS, &keys[*t], id, &unused)
                         .await;
-                    assert_eq!(repeat, Ok(true), "token {t}: {id} is not a repeat");
+                    assert_eq!(
+                        repeat,
+                        Ok((true, 0)),
+                        "token {t}: {id} is not a repeat of a sold-out token"
+                    );
                 }
                 share.len()
             });
