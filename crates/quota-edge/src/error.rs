@@ -30,6 +30,23 @@ pub enum EdgeError {
     MethodNotAllowed,
     /// `/readyz`: the gRPC service does not answer, or reports NOT_SERVING.
     NotReady(String),
+    /// The URI is over [`crate::limits::MAX_URI_BYTES`] (414).
+    UriTooLong,
+    /// The headers are over [`crate::limits::MAX_HEADER_BYTES`] (431).
+    HeadersTooLarge,
+    /// The body is over [`crate::limits::MAX_BODY_BYTES`] (413).
+    PayloadTooLarge,
+    /// The body could not be read (400).
+    UnreadableBody,
+    /// Every permit of `--max-concurrency` is taken (503, `Retry-After: 1`).
+    Overloaded,
+    /// Too many failed authentications from this address (429).
+    Throttled {
+        /// Seconds until the address may try an unproven key again.
+        retry_after: u64,
+    },
+    /// A failure of the edge itself (500); the detail is logged, not sent.
+    Internal(String),
 }
 
 /// How one gRPC status code reads over HTTP: the status, OpenAI's error
@@ -203,6 +220,70 @@ impl IntoResponse for EdgeError {
                     None,
                 )
             }
+            EdgeError::UriTooLong => (
+                StatusCode::URI_TOO_LONG,
+                INVALID_REQUEST,
+                "uri_too_long",
+                format!(
+                    "the request URI is longer than {} bytes",
+                    crate::limits::MAX_URI_BYTES
+                ),
+                None,
+            ),
+            EdgeError::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                INVALID_REQUEST,
+                "headers_too_large",
+                format!(
+                    "the request headers are larger than {} bytes in all",
+                    crate::limits::MAX_HEADER_BYTES
+                ),
+                None,
+            ),
+            EdgeError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                INVALID_REQUEST,
+                "payload_too_large",
+                format!(
+                    "the request body is larger than {} bytes",
+                    crate::limits::MAX_BODY_BYTES
+                ),
+                None,
+            ),
+            EdgeError::UnreadableBody => (
+                StatusCode::BAD_REQUEST,
+                INVALID_REQUEST,
+                "invalid_request",
+                "the request body could not be read".to_owned(),
+                None,
+            ),
+            EdgeError::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                SERVER_ERROR,
+                "service_unavailable",
+                "the server is busy; try again later".to_owned(),
+                None,
+            ),
+            EdgeError::Throttled { retry_after } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                // OpenAI's type for request-rate limits.
+                "requests",
+                "rate_limit_exceeded",
+                format!(
+                    "too many failed authentications from this address; try again in {retry_after} s"
+                ),
+                None,
+            ),
+            EdgeError::Internal(detail) => {
+                internal = Some(detail.clone());
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    SERVER_ERROR,
+                    "internal_error",
+                    "internal error".to_owned(),
+                    None,
+                )
+            }
         };
         let body = ErrorBody {
             error: ErrorDetail {
@@ -225,6 +306,15 @@ impl IntoResponse for EdgeError {
                 header::ALLOW,
                 HeaderValue::from_static("GET, HEAD, OPTIONS"),
             );
+        }
+        match &self {
+            EdgeError::Overloaded => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            EdgeError::Throttled { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
         }
         response
     }

@@ -3,25 +3,17 @@
 //! The edge holds no data of its own and never touches the database.
 
 mod error;
+pub mod limits;
 mod openapi;
 mod ops;
 mod routes;
+mod server;
 mod telemetry;
+pub mod throttle;
+pub mod tls;
 
 pub use error::EdgeError;
-pub use routes::{Upstream, app};
-
-use std::future::Future;
-use tokio::net::TcpListener;
-
-/// Serves `app` on `listener` until `shutdown` resolves, then finishes the
-/// requests in flight.
-pub async fn serve(
-    listener: TcpListener,
-    app: axum::Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
+pub use routes::{EdgeConfig, Upstream, app, app_with};
+pub use server::{serve, serve_with};
+pub use throttle::ThrottleConfig;
+pub use tls::{ClientTls, InvalidUrl, ServerTls, TlsError};

@@ -1,8 +1,13 @@
 //! The router: billing routes (with and without `/v1`), errors, CORS.
 
 use crate::error::EdgeError;
+use crate::limits::{self, MAX_AUTHORIZATION_BYTES};
+use crate::throttle::{self, Throttle, ThrottleConfig};
+use crate::tls::{ClientTls, InvalidUrl, endpoint};
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, Uri, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
@@ -10,9 +15,13 @@ use quota::pb;
 use quota::pb::quota_service_client::QuotaServiceClient;
 use quota_telemetry::request_id;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
 use tower_http::cors::{Any, CorsLayer};
 use utoipa::{IntoParams, ToSchema};
 
@@ -30,33 +39,18 @@ pub struct Upstream {
     timeout: Duration,
 }
 
-/// An `--upstream` the edge cannot call.
-#[derive(Debug)]
-pub struct InvalidUpstream(String);
-
-impl std::fmt::Display for InvalidUpstream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:?} is not an upstream URL: expected http://HOST:PORT",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for InvalidUpstream {}
-
 impl Upstream {
-    /// A channel to `url` (`http://host:port`), connected on first use and
-    /// reconnected as needed. Fails for anything but a plain `http` URL with
-    /// a host, so that a typo stops the edge at start, not at every request.
-    pub fn lazy(url: &str) -> Result<Upstream, InvalidUpstream> {
-        let invalid = || InvalidUpstream(url.to_owned());
-        let uri: http::Uri = url.parse().map_err(|_| invalid())?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
-            return Err(invalid());
-        }
-        let channel = Endpoint::from(uri)
+    /// A channel to `url` (`http://host:port`, or `https://host:port`
+    /// trusting the web's roots), connected on first use and reconnected as
+    /// needed. Fails for anything else, so that a typo stops the edge at
+    /// start, not at every request.
+    pub fn lazy(url: &str) -> Result<Upstream, InvalidUrl> {
+        Upstream::lazy_with(url, &ClientTls::default())
+    }
+
+    /// [`Upstream::lazy`], trusting `tls` for an `https://` URL.
+    pub fn lazy_with(url: &str, tls: &ClientTls) -> Result<Upstream, InvalidUrl> {
+        let channel = endpoint(url, tls)?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
@@ -100,16 +94,33 @@ impl Upstream {
     }
 }
 
-/// The edge's router. CORS wraps everything, so preflights are answered
-/// before any auth and every response, errors included, carries the headers;
-/// the telemetry layers ([`crate::telemetry::layers`]) wrap CORS.
+/// What the edge is configured with besides its upstream.
+#[derive(Clone, Debug)]
+pub struct EdgeConfig {
+    /// Requests in flight at once (`--max-concurrency`); past it, 503.
+    pub max_concurrency: usize,
+    /// The key-guessing throttle.
+    pub throttle: ThrottleConfig,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            max_concurrency: limits::DEFAULT_MAX_CONCURRENCY,
+            throttle: ThrottleConfig::default(),
+        }
+    }
+}
+
+/// The edge's router with the default [`EdgeConfig`].
 pub fn app(upstream: Upstream) -> Router {
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-        .expose_headers([header::WWW_AUTHENTICATE, request_id::HEADER])
-        .max_age(Duration::from_secs(86_400));
+    app_with(upstream, EdgeConfig::default())
+}
+
+/// The edge's router: the billing routes behind the key-guessing throttle,
+/// everything behind [`layers`].
+pub fn app_with(upstream: Upstream, config: EdgeConfig) -> Router {
+    let throttle = Arc::new(Throttle::new(config.throttle.clone()));
     let router = Router::new()
         .route(
             "/v1/dashboard/billing/subscription",
@@ -121,11 +132,45 @@ pub fn app(upstream: Upstream) -> Router {
         )
         .route("/v1/dashboard/billing/usage", only_get(get(usage)))
         .route("/dashboard/billing/usage", only_get(get(usage)))
+        .route_layer(middleware::from_fn_with_state(throttle, throttle::throttle))
         .route("/healthz", only_get(get(crate::ops::healthz)))
         .route("/readyz", only_get(get(crate::ops::readyz)))
         .route("/openapi.json", only_get(get(crate::openapi::openapi_json)))
         .fallback(unknown_url)
-        .with_state(upstream)
+        .with_state(upstream);
+    layers(router, &config)
+}
+
+/// The layers around every route and the fallback, outermost first:
+/// 1. telemetry ([`crate::telemetry::layers`]): the request id, the span and
+///    access log, the metrics, so that every answer below is counted;
+/// 2. CORS, so preflights are answered before anything else and every
+///    response, refusals included, carries the headers;
+/// 3. load shedding past `max_concurrency` requests in flight (503 at once);
+/// 4. bounds on the URI (414), the headers (431) and the body (413).
+///
+/// The billing routes alone are behind the key-guessing throttle (a route
+/// layer, innermost).
+fn layers(router: Router, config: &EdgeConfig) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([
+            header::WWW_AUTHENTICATE,
+            header::RETRY_AFTER,
+            request_id::HEADER,
+        ])
+        .max_age(Duration::from_secs(86_400));
+    let shed = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(limits::overloaded))
+        .layer(LoadShedLayer::new())
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+            limits::concurrency(config.max_concurrency),
+        ));
+    let router = router
+        .layer(middleware::from_fn(limits::bounds))
+        .layer(shed)
         .layer(cors);
     crate::telemetry::layers(router)
 }
@@ -323,6 +368,9 @@ fn with_caller<T>(message: T, headers: &HeaderMap) -> Result<tonic::Request<T>, 
     let mut request = tonic::Request::new(message);
     forward_request_id(&mut request, headers);
     if let Some(value) = headers.get(header::AUTHORIZATION) {
+        if value.len() > MAX_AUTHORIZATION_BYTES {
+            return Err(EdgeError::MalformedAuthorization);
+        }
         let value = value
             .to_str()
             .ok()

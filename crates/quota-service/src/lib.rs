@@ -16,5 +16,5 @@ pub mod store;
 pub mod testing;
 
 pub use domain::QuotaError;
-pub use grpc::{QuotaApi, ServiceConfig, serve};
+pub use grpc::{QuotaApi, ServerOptions, ServiceConfig, serve, serve_with};
 pub use store::Store;

@@ -8,10 +8,10 @@ use tonic::Code;
 use tower::ServiceExt;
 
 #[test]
-fn upstream_must_be_a_plain_http_url() {
+fn upstream_must_be_an_http_or_https_url() {
     for bad in [
         "127.0.0.1:50051",
-        "https://127.0.0.1:50051",
+        "ftp://127.0.0.1:50051",
         "http://",
         "not a url",
         "",
@@ -24,6 +24,7 @@ fn upstream_must_be_a_plain_http_url() {
         .unwrap();
     let _guard = runtime.enter();
     assert!(Upstream::lazy("http://127.0.0.1:50051").is_ok());
+    assert!(Upstream::lazy("https://127.0.0.1:50051").is_ok());
     assert!(Upstream::lazy("http://quota-grpc:50051").is_ok());
 }
 

@@ -12,7 +12,10 @@ mod status;
 mod token_admin;
 
 pub use quota_service::subscription;
-pub use server::{serve, token_admin_server};
+pub use server::{
+    DEFAULT_MAX_CONCURRENCY, MAX_MESSAGE_BYTES, ServerOptions, serve, serve_with,
+    token_admin_server,
+};
 pub(crate) use status::to_status;
 
 use crate::auth::AdminCredential;

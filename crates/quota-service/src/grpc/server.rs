@@ -4,9 +4,41 @@ use super::QuotaApi;
 use quota::pb::quota_service_server::QuotaServiceServer;
 use quota::pb::token_admin_server::TokenAdminServer;
 use std::future::Future;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Identity, ServerTlsConfig};
+use tower::BoxError;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::util::MapResultLayer;
+
+/// The largest message the services decode: tonic refuses a larger one
+/// before decoding it (OUT_OF_RANGE), never INTERNAL.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Calls in flight per server when [`ServerOptions`] does not say.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
+
+/// How the gRPC server runs, besides what it serves.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Calls in flight at once (`--max-concurrency`), all connections
+    /// together; past it a call is refused at once with UNAVAILABLE.
+    pub max_concurrency: usize,
+    /// Serve over TLS with this certificate and key (`--tls-cert`, `--tls-key`).
+    pub tls: Option<Identity>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            tls: None,
+        }
+    }
+}
 
 /// `TokenAdmin` behind the admin interceptor: the only way it is served, so
 /// no admin method is reachable without the admin credential.
@@ -14,7 +46,10 @@ pub fn token_admin_server(
     api: QuotaApi,
 ) -> InterceptedService<TokenAdminServer<QuotaApi>, crate::auth::AdminCredential> {
     let admin = api.config.admin.clone();
-    TokenAdminServer::with_interceptor(api, admin)
+    InterceptedService::new(
+        TokenAdminServer::new(api).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        admin,
+    )
 }
 
 /// Serves both services, reflection (v1 and v1alpha) and health on
@@ -22,6 +57,16 @@ pub fn token_admin_server(
 pub async fn serve(
     listener: TcpListener,
     api: QuotaApi,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    serve_with(listener, api, ServerOptions::default(), shutdown).await
+}
+
+/// [`serve`] with `options`.
+pub async fn serve_with(
+    listener: TcpListener,
+    api: QuotaApi,
+    options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // Kept until the server stops: it keeps the health service true to the database.
@@ -36,17 +81,49 @@ pub async fn serve(
                 tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
             )
     };
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(identity) = options.tls {
+        server = server.tls_config(ServerTlsConfig::new().identity(identity))?;
+    }
+    server
         // Callers usually send their own deadline (grpc-timeout); this bounds the rest.
         .timeout(std::time::Duration::from_secs(30))
-        // Request id, a span per call, one log line and the metrics per call.
+        // Request id, a span per call, one log line and the metrics per call,
+        // refusals for load included.
         .layer(quota_telemetry::grpc::server_layers())
-        .add_service(health_service)
+        // At most `max_concurrency` calls in flight over every connection
+        // together; past it a call is refused at once, never queued.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(MapResultLayer::new(busy))
+                .layer(LoadShedLayer::new())
+                .layer(GlobalConcurrencyLimitLayer::with_semaphore(Arc::new(
+                    tokio::sync::Semaphore::new(options.max_concurrency.max(1)),
+                ))),
+        )
+        .add_service(health_service.max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(QuotaServiceServer::new(api.clone()))
+        .add_service(
+            QuotaServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .add_service(token_admin_server(api))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
+}
+
+/// The answer to a call shed past `--max-concurrency`: UNAVAILABLE (busy,
+/// retry), as a gRPC response the layers outside can count. tonic would
+/// read the shedding error as RESOURCE_EXHAUSTED, which here means a spent
+/// quota.
+fn busy(
+    result: Result<tonic::codegen::http::Response<tonic::body::Body>, BoxError>,
+) -> Result<tonic::codegen::http::Response<tonic::body::Body>, BoxError> {
+    match result {
+        Err(e) if e.is::<tower::load_shed::error::Overloaded>() => {
+            Ok(Status::unavailable("the server is busy; try again").into_http())
+        }
+        other => other,
+    }
 }

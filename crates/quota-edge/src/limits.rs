@@ -1,0 +1,128 @@
+//! Bounds on what a request may carry and on how many are served at once.
+//!
+//! Oversized input is refused with the status HTTP has for it, in the edge's
+//! JSON shape: 414 for a long URI, 431 for large headers, 413 for a large
+//! body. Past [`HTTP_BUFFER_BYTES`] hyper itself refuses the head with a bare
+//! 431 before the router sees it. Past the concurrency limit a request is
+//! answered at once with 503 and `Retry-After: 1`, never queued.
+
+use crate::error::EdgeError;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, Uri, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tower::BoxError;
+
+/// The most a URI may hold (414 beyond).
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// The most all request headers together may hold, counted as HTTP/1.1
+/// writes them (`name: value\r\n`); 431 beyond.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// The most a request body may hold (413 beyond). No route takes a body,
+/// but one sent anyway is read, within this bound, and dropped.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The longest `Authorization` value the edge forwards: a key is 51
+/// characters, so anything far longer is refused as malformed (401) at the
+/// edge, before any call to the gRPC service.
+pub const MAX_AUTHORIZATION_BYTES: usize = 1024;
+/// The HTTP server's read buffer for a request head (HTTP/1.1) and its header
+/// list limit (HTTP/2): large enough that every head up to the bounds above,
+/// and well past them, reaches [`bounds`] and gets a JSON answer.
+pub const HTTP_BUFFER_BYTES: usize = 64 * 1024;
+/// Requests in flight per process when `--max-concurrency` is not given.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
+
+/// Refuses a URI, headers or body over their bounds. The body is read here,
+/// up to [`MAX_BODY_BYTES`], so that a body no handler reads (a GET with a
+/// chunked body) is bounded too; tower-http's `RequestBodyLimitLayer` bounds
+/// only what a handler reads and answers in plain text, so the same
+/// `http_body_util::Limited` it uses is applied here directly.
+pub(crate) async fn bounds(request: Request, next: Next) -> Response {
+    if uri_bytes(request.uri()) > MAX_URI_BYTES {
+        return EdgeError::UriTooLong.into_response();
+    }
+    if header_bytes(request.headers()) > MAX_HEADER_BYTES {
+        return EdgeError::HeadersTooLarge.into_response();
+    }
+    if content_length(request.headers()).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return EdgeError::PayloadTooLarge.into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Body::from(collected.to_bytes()),
+        Err(e) if is_length_limit(&e) => return EdgeError::PayloadTooLarge.into_response(),
+        Err(e) => {
+            tracing::debug!(error = %e, "request body could not be read");
+            return EdgeError::UnreadableBody.into_response();
+        }
+    };
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// `Limited` reports its bound as a boxed [`LengthLimitError`]; any other
+/// error is the connection's.
+fn is_length_limit(error: &BoxError) -> bool {
+    error.is::<LengthLimitError>()
+}
+
+fn uri_bytes(uri: &Uri) -> usize {
+    uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len())
+}
+
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The one semaphore of a process's requests in flight: every clone of the
+/// router, every connection and every route takes its permits from it.
+pub(crate) fn concurrency(max: usize) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(max.max(1)))
+}
+
+/// The answer to a request shed for lack of a permit: 503 and `Retry-After: 1`.
+pub(crate) async fn overloaded(error: BoxError) -> EdgeError {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        EdgeError::Overloaded
+    } else {
+        EdgeError::Internal(format!("a middleware failed: {error}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_bytes_count_names_values_and_separators() {
+        let mut headers = HeaderMap::new();
+        headers.insert("a", "bc".parse().unwrap());
+        assert_eq!(header_bytes(&headers), 1 + 2 + 4);
+    }
+
+    #[test]
+    fn uri_bytes_count_every_part() {
+        let uri: Uri = "http://h:1/p?q=1".parse().unwrap();
+        assert_eq!(uri_bytes(&uri), "http://h:1/p?q=1".len());
+        let uri: Uri = "/p?q=1".parse().unwrap();
+        assert_eq!(uri_bytes(&uri), "/p?q=1".len());
+    }
+}

@@ -1,0 +1,294 @@
+//! The key-guessing throttle: an address with too many failed
+//! authentications (401) within a window gets 429 for every key the edge has
+//! not seen succeed lately, answered without a call to the gRPC service.
+//!
+//! Both tables are bounded caches (moka): failure windows per client
+//! address, and SHA-256 digests (never keys) of keys that recently
+//! succeeded. Millions of passing addresses cost at most their capacity.
+
+use crate::error::EdgeError;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ipnet::IpNet;
+use moka::ops::compute::Op;
+use moka::sync::Cache;
+use sha2::{Digest, Sha256};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Failed authentications per address and window when not configured.
+pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u32 = 60;
+/// How many addresses the throttle remembers at most.
+const ADDRESS_CAPACITY: u64 = 100_000;
+/// How many recently succeeded key digests the throttle remembers at most.
+const KEY_CAPACITY: u64 = 100_000;
+
+/// How the throttle counts.
+#[derive(Clone, Debug)]
+pub struct ThrottleConfig {
+    /// More failed authentications than this within one window throttle the
+    /// address (`--auth-failures-per-minute`); 0 throttles after the first.
+    pub max_failures: u32,
+    /// The window: a minute, shorter in tests.
+    pub window: Duration,
+    /// How long a key seen succeeding passes a throttled address
+    /// (`QUOTA_CACHE_TTL`); zero: no key passes.
+    pub success_ttl: Duration,
+    /// Peers whose `X-Forwarded-For` names the client (`--trusted-proxy`).
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            max_failures: DEFAULT_AUTH_FAILURES_PER_MINUTE,
+            window: Duration::from_secs(60),
+            success_ttl: Duration::from_secs(1),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// A fixed window of failures of one address.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    start: Instant,
+    failures: u32,
+}
+
+/// The throttle's state, shared by every request of the edge.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    config: ThrottleConfig,
+    failures: Cache<IpAddr, Window>,
+    succeeded: Option<Cache<[u8; 32], ()>>,
+}
+
+impl Throttle {
+    pub(crate) fn new(config: ThrottleConfig) -> Throttle {
+        let failures = Cache::builder()
+            .max_capacity(ADDRESS_CAPACITY)
+            .time_to_idle(config.window.max(Duration::from_millis(1)))
+            .build();
+        let succeeded = (!config.success_ttl.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(KEY_CAPACITY)
+                .time_to_live(config.success_ttl)
+                .build()
+        });
+        Throttle {
+            config,
+            failures,
+            succeeded,
+        }
+    }
+
+    /// How long `client` stays throttled, if it is.
+    fn throttled(&self, client: IpAddr, now: Instant) -> Option<Duration> {
+        let window = self.failures.get(&client)?;
+        let elapsed = now.saturating_duration_since(window.start);
+        (window.failures > self.config.max_failures && elapsed < self.config.window)
+            .then(|| self.config.window - elapsed)
+    }
+
+    fn record_failure(&self, client: IpAddr, now: Instant) {
+        let window = self.config.window;
+        self.failures.entry(client).and_compute_with(|entry| {
+            let next = match entry.map(|e| e.into_value()) {
+                Some(w) if now.saturating_duration_since(w.start) < window => Window {
+                    failures: w.failures.saturating_add(1),
+                    ..w
+                },
+                _ => Window {
+                    start: now,
+                    failures: 1,
+                },
+            };
+            Op::Put(next)
+        });
+    }
+
+    fn record_success(&self, key: [u8; 32]) {
+        if let Some(succeeded) = &self.succeeded {
+            succeeded.insert(key, ());
+        }
+    }
+
+    fn succeeded_lately(&self, key: &[u8; 32]) -> bool {
+        self.succeeded.as_ref().is_some_and(|s| s.contains_key(key))
+    }
+
+    /// The address a request is counted against: the peer, or, when the peer
+    /// is a trusted proxy, the rightmost `X-Forwarded-For` hop that is not.
+    /// IPv6 clients are counted per /64, the block one host usually holds.
+    fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let trusted = |ip: &IpAddr| self.config.trusted_proxies.iter().any(|n| n.contains(ip));
+        let mut client = peer.to_canonical();
+        if trusted(&client) {
+            'hops: for value in headers.get_all("x-forwarded-for").iter().rev() {
+                let Ok(value) = value.to_str() else { break };
+                for hop in value.rsplit(',') {
+                    let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                        break 'hops;
+                    };
+                    client = ip.to_canonical();
+                    if !trusted(&client) {
+                        break 'hops;
+                    }
+                }
+            }
+        }
+        match client {
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(bits))
+            }
+            v4 => v4,
+        }
+    }
+}
+
+/// The SHA-256 digest of the request's bearer credential, if it has one.
+fn key_digest(headers: &HeaderMap) -> Option<[u8; 32]> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credential) = value.trim().split_once(' ')?;
+    let credential = credential.trim_start();
+    if !scheme.eq_ignore_ascii_case("bearer") || credential.is_empty() {
+        return None;
+    }
+    Some(Sha256::digest(credential.as_bytes()).into())
+}
+
+/// The throttle as a middleware of the authenticated routes.
+pub(crate) async fn throttle(
+    State(throttle): State<Arc<Throttle>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let client = peer.map(|peer| throttle.client(peer, request.headers()));
+    let key = key_digest(request.headers());
+    if let Some(wait) = client.and_then(|c| throttle.throttled(c, Instant::now()))
+        && !key.is_some_and(|k| throttle.succeeded_lately(&k))
+    {
+        let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        quota_telemetry::metrics::throttle_refused();
+        return EdgeError::Throttled {
+            retry_after: retry_after.max(1),
+        }
+        .into_response();
+    }
+    let response = next.run(request).await;
+    match response.status() {
+        StatusCode::UNAUTHORIZED => {
+            if let Some(client) = client {
+                throttle.record_failure(client, Instant::now());
+            }
+        }
+        status if status.is_success() => {
+            if let Some(key) = key {
+                throttle.record_success(key);
+            }
+        }
+        _ => {}
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn throttle(max_failures: u32, trusted: &[&str]) -> Throttle {
+        Throttle::new(ThrottleConfig {
+            max_failures,
+            window: Duration::from_secs(60),
+            success_ttl: Duration::from_secs(1),
+            trusted_proxies: trusted.iter().map(|n| n.parse().unwrap()).collect(),
+        })
+    }
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append("x-forwarded-for", v.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn throttles_past_the_limit_within_the_window_only() {
+        let t = throttle(2, &[]);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let start = Instant::now();
+        for _ in 0..2 {
+            t.record_failure(ip, start);
+        }
+        assert!(t.throttled(ip, start).is_none(), "two failures are allowed");
+        t.record_failure(ip, start);
+        let wait = t.throttled(ip, start + Duration::from_secs(10)).unwrap();
+        assert_eq!(wait, Duration::from_secs(50));
+        assert!(t.throttled(ip, start + Duration::from_secs(60)).is_none());
+        t.record_failure(ip, start + Duration::from_secs(61));
+        assert!(t.throttled(ip, start + Duration::from_secs(61)).is_none());
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_the_peer_is_a_trusted_proxy() {
+        let t = throttle(1, &["10.0.0.0/8"]);
+        let headers = forwarded(&["203.0.113.9, 10.1.1.1"]);
+        let outsider: IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(t.client(outsider, &headers), outsider);
+        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(
+            t.client(proxy, &headers),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        // The rightmost untrusted hop: what a client writes further left is not believed.
+        let headers = forwarded(&["1.1.1.1", "203.0.113.9"]);
+        assert_eq!(
+            t.client(proxy, &headers),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(t.client(proxy, &HeaderMap::new()), proxy);
+        assert_eq!(t.client(proxy, &forwarded(&["junk"])), proxy);
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_64() {
+        let t = throttle(1, &[]);
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        assert_eq!(
+            t.client(a, &HeaderMap::new()),
+            t.client(b, &HeaderMap::new())
+        );
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(
+            t.client(mapped, &HeaderMap::new()),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn keys_are_remembered_by_digest_and_not_at_all_with_ttl_zero() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, "bearer sk-abc".parse().unwrap());
+        let key = key_digest(&headers).unwrap();
+        let t = throttle(1, &[]);
+        t.record_success(key);
+        assert!(t.succeeded_lately(&key));
+        let off = Throttle::new(ThrottleConfig {
+            success_ttl: Duration::ZERO,
+            ..ThrottleConfig::default()
+        });
+        off.record_success(key);
+        assert!(!off.succeeded_lately(&key));
+    }
+}

@@ -1,0 +1,144 @@
+//! The gRPC server's bounds: an oversized message is refused by tonic at
+//! the door, past `max_concurrency` a call is refused at once with
+//! UNAVAILABLE, and the server serves on afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use quota::pb;
+use quota::pb::quota_service_client::QuotaServiceClient;
+use quota::pb::token_admin_client::TokenAdminClient;
+use quota_service::store::NewToken;
+use quota_service::testing::{TEST_ADMIN_TOKEN, TestDb, test_config};
+use quota_service::{QuotaApi, ServerOptions, Store, serve_with};
+use sea_orm::TransactionTrait;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+/// A server with `options` on port 0, stopped when the sender drops.
+async fn spawn(store: Store, options: ServerOptions) -> (SocketAddr, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let api = QuotaApi::new(store, test_config());
+    tokio::spawn(serve_with(listener, api, options, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn with_bearer<T>(message: T, credential: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {credential}").parse().unwrap(),
+    );
+    request
+}
+
+async fn subscription(channel: &Channel, key: &str) -> Result<pb::Subscription, tonic::Status> {
+    QuotaServiceClient::new(channel.clone())
+        .get_subscription(with_bearer(pb::GetSubscriptionRequest {}, key))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn a_message_over_64_kib_is_refused_before_decoding() {
+    let db = TestDb::sqlite_memory().await;
+    let store = db.store().await;
+    let (_, key) = store
+        .create_token(
+            NewToken {
+                quota: 1,
+                ..NewToken::default()
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    let (addr, _stop) = spawn(store, ServerOptions::default()).await;
+    let channel = channel(addr).await;
+    let huge = pb::CreateTokenRequest {
+        name: "n".repeat(100 * 1024),
+        quota: 1,
+        ..Default::default()
+    };
+    let refused = TokenAdminClient::new(channel.clone())
+        .create_token(with_bearer(huge, TEST_ADMIN_TOKEN))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{refused:?}"
+    );
+    let consume = pb::ConsumeRequest {
+        token: key.expose().to_owned(),
+        quota: 1,
+        request_id: "r".repeat(70 * 1024),
+    };
+    let refused = QuotaServiceClient::new(channel.clone())
+        .consume(with_bearer(consume, TEST_ADMIN_TOKEN))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{refused:?}"
+    );
+    // Still serving, on the same connection.
+    assert_eq!(
+        subscription(&channel, key.expose())
+            .await
+            .unwrap()
+            .hard_limit_usd,
+        0
+    );
+}
+
+#[tokio::test]
+async fn past_max_concurrency_a_call_is_refused_at_once_with_unavailable() {
+    let db = TestDb::sqlite_memory().await;
+    let store = db.store().await;
+    let (_, key) = store
+        .create_token(
+            NewToken {
+                quota: 1,
+                ..NewToken::default()
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    let options = ServerOptions {
+        max_concurrency: 1,
+        ..ServerOptions::default()
+    };
+    let (addr, _stop) = spawn(store.clone(), options).await;
+    let channel = channel(addr).await;
+    // The in-memory database has one connection: while this transaction
+    // holds it, a call that reaches the store waits, keeping its permit.
+    let held = store.connection().begin().await.unwrap();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let (channel, key) = (channel.clone(), key.expose().to_owned());
+        calls.spawn(async move { subscription(&channel, &key).await });
+    }
+    // One of the two holds the only permit; the other is refused at once.
+    let first = calls.join_next().await.unwrap().unwrap();
+    let refused = first.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("busy"), "{refused:?}");
+    drop(held);
+    let second = calls.join_next().await.unwrap().unwrap();
+    assert!(second.is_ok(), "{second:?}");
+    assert!(subscription(&channel, key.expose()).await.is_ok());
+}
