@@ -1,7 +1,10 @@
 //! The command line. Every flag also reads an environment variable.
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 use quota_service::domain::DEFAULT_QUOTA_PER_USD;
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// quota: how much may each API key spend, and how much has it spent.
@@ -61,6 +64,10 @@ pub enum Command {
         http: HttpAddr,
         #[command(flatten)]
         metrics: MetricsAddr,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        throttle: ThrottleArgs,
     },
     /// Run the gRPC service alone (migrates first).
     Grpc {
@@ -74,16 +81,24 @@ pub enum Command {
         grpc: GrpcAddr,
         #[command(flatten)]
         metrics: MetricsAddr,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Run the REST edge alone, in front of a gRPC service.
     Edge {
-        /// The gRPC service to call, e.g. http://127.0.0.1:50051.
+        /// The gRPC service to call, e.g. http://127.0.0.1:50051 (https:// for TLS).
         #[arg(long, env = "QUOTA_UPSTREAM", value_name = "URL")]
         upstream: String,
+        #[command(flatten)]
+        ca: CaCert,
         #[command(flatten)]
         http: HttpAddr,
         #[command(flatten)]
         metrics: MetricsAddr,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        throttle: ThrottleArgs,
     },
     /// Apply pending database migrations and exit (under the migration lock:
     /// with other processes migrating, one applies, the others wait).
@@ -258,6 +273,8 @@ pub struct AdminArgs {
     )]
     pub server: String,
     #[command(flatten)]
+    pub ca: CaCert,
+    #[command(flatten)]
     pub admin: AdminToken,
     /// What `create`, `list`, `show`, `grant`, `enable` and `disable` print:
     /// `text` for people, `json` (one line) for programs.
@@ -281,6 +298,104 @@ pub enum Output {
     Json,
 }
 
+/// Whom a client of an `https://` gRPC service trusts.
+#[derive(Debug, Args)]
+pub struct CaCert {
+    /// PEM file of the CA that signed the service's certificate (a private
+    /// CA); without it an https:// service must have a publicly trusted one.
+    #[arg(long, env = "QUOTA_CA_CERT", value_name = "FILE", global = true)]
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// Bounds and TLS of a server (`serve`, `grpc`, `edge`).
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Requests in flight at once per server, all connections together;
+    /// past it a request is answered at once with 503 (REST) or UNAVAILABLE (gRPC).
+    #[arg(
+        long,
+        env = "QUOTA_MAX_CONCURRENCY",
+        value_name = "N",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_concurrency: u32,
+    /// PEM certificate chain (leaf first): serve gRPC and REST over TLS. Needs --tls-key.
+    #[arg(
+        long,
+        env = "QUOTA_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "QUOTA_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The edge's key-guessing throttle.
+#[derive(Debug, Args)]
+pub struct ThrottleArgs {
+    /// Failed authentications (401) one client address may have within a
+    /// minute; past it, keys not seen succeeding get 429 from that address.
+    #[arg(
+        long,
+        env = "QUOTA_AUTH_FAILURES_PER_MINUTE",
+        value_name = "N",
+        default_value_t = quota_edge::throttle::DEFAULT_AUTH_FAILURES_PER_MINUTE
+    )]
+    pub auth_failures_per_minute: u32,
+    /// A proxy (CIDR or address) whose X-Forwarded-For names the client.
+    /// Repeatable; the variable takes a comma-separated list.
+    #[arg(
+        long = "trusted-proxy",
+        env = "QUOTA_TRUSTED_PROXIES",
+        value_name = "CIDR",
+        value_delimiter = ',',
+        value_parser = parse_cidr
+    )]
+    pub trusted_proxies: Vec<IpNet>,
+    /// How long a key seen succeeding still passes a throttled address:
+    /// seconds (`1`, `0.25`) or milliseconds (`300ms`); 0: none passes.
+    #[arg(
+        long,
+        env = "QUOTA_CACHE_TTL",
+        value_name = "SECONDS",
+        default_value = "1",
+        value_parser = parse_ttl
+    )]
+    pub cache_ttl: Duration,
+}
+
+/// A CIDR block, or one address (a /32 or /128).
+fn parse_cidr(value: &str) -> Result<IpNet, String> {
+    let value = value.trim();
+    value
+        .parse::<IpNet>()
+        .or_else(|_| value.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{value:?} is not a CIDR block (10.0.0.0/8) or an address"))
+}
+
+/// A TTL: seconds (`1`, `0.25`, `2s`) or milliseconds (`300ms`), at most a day.
+fn parse_ttl(value: &str) -> Result<Duration, String> {
+    let (number, scale) = match value.trim() {
+        v if v.ends_with("ms") => (&v[..v.len() - 2], 0.001),
+        v if v.ends_with('s') => (&v[..v.len() - 1], 1.0),
+        v => (v, 1.0),
+    };
+    match number.trim().parse::<f64>() {
+        Ok(n) if (0.0..=86_400.0).contains(&(n * scale)) => Ok(Duration::from_secs_f64(n * scale)),
+        _ => Err(format!(
+            "{value:?} is not a TTL: give seconds (1, 0.25) or milliseconds (300ms), at most a day"
+        )),
+    }
+}
+
 /// The admin secret: what a server accepts, what `token` commands send.
 #[derive(Debug, Args)]
 pub struct AdminToken {
@@ -294,13 +409,43 @@ pub struct AdminToken {
         global = true
     )]
     admin_token: Option<String>,
+    /// A file holding the admin credential (a Docker or Kubernetes secret);
+    /// one trailing newline is not part of it. Not with --admin-token.
+    #[arg(
+        long,
+        env = "QUOTA_ADMIN_TOKEN_FILE",
+        value_name = "FILE",
+        global = true
+    )]
+    admin_token_file: Option<PathBuf>,
 }
 
 impl AdminToken {
-    /// The secret, or `None` when it is unset or empty.
-    pub fn secret(&self) -> Option<&str> {
-        self.admin_token.as_deref().filter(|s| !s.is_empty())
+    /// The secret, from --admin-token or the file, or `None` when unset or
+    /// empty. Both given is an error: neither silently wins.
+    pub fn secret(&self) -> anyhow::Result<Option<String>> {
+        let secret = match (&self.admin_token, &self.admin_token_file) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "QUOTA_ADMIN_TOKEN and QUOTA_ADMIN_TOKEN_FILE (--admin-token, --admin-token-file) are both set: give one"
+            ),
+            (Some(secret), None) => secret.clone(),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read QUOTA_ADMIN_TOKEN_FILE {}: {e}", path.display())
+                })?;
+                without_trailing_newline(&text).to_owned()
+            }
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(secret).filter(|s| !s.is_empty()))
     }
+}
+
+/// `text` without one trailing `\n` or `\r\n`: editors and `echo` add one.
+fn without_trailing_newline(text: &str) -> &str {
+    text.strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(text)
 }
 
 /// The `token` subcommands. KEY|ID is a key (sk-...) or a numeric id.
@@ -384,6 +529,60 @@ pub struct GrantQuota {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn one_trailing_newline_is_not_part_of_the_secret() {
+        assert_eq!(without_trailing_newline("s3cret\n"), "s3cret");
+        assert_eq!(without_trailing_newline("s3cret\r\n"), "s3cret");
+        assert_eq!(without_trailing_newline("s3cret\n\n"), "s3cret\n");
+        assert_eq!(without_trailing_newline("s3cret"), "s3cret");
+    }
+
+    #[test]
+    fn trusted_proxies_are_blocks_or_addresses() {
+        assert_eq!(
+            parse_cidr("10.0.0.0/8").unwrap(),
+            "10.0.0.0/8".parse::<IpNet>().unwrap()
+        );
+        assert_eq!(
+            parse_cidr("192.0.2.1").unwrap(),
+            "192.0.2.1/32".parse::<IpNet>().unwrap()
+        );
+        assert!(parse_cidr("proxy.local").is_err());
+        let cli = Cli::try_parse_from([
+            "quotad",
+            "edge",
+            "--upstream",
+            "http://x:1",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy",
+            "::1",
+        ])
+        .unwrap();
+        let Command::Edge { throttle, .. } = cli.command else {
+            panic!("not edge")
+        };
+        assert_eq!(throttle.trusted_proxies.len(), 2);
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        assert!(Cli::try_parse_from(["quotad", "grpc", "--tls-cert", "c.pem"]).is_err());
+        assert!(Cli::try_parse_from(["quotad", "grpc", "--tls-key", "k.pem"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "quotad",
+                "grpc",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem"
+            ])
+            .is_ok()
+        );
+        assert!(Cli::try_parse_from(["quotad", "serve", "--max-concurrency", "0"]).is_err());
+    }
 
     #[test]
     fn command_line_is_consistent() {

@@ -7,6 +7,7 @@ mod health;
 mod output;
 mod run;
 mod telemetry;
+mod tls;
 mod token;
 mod verify;
 

@@ -1,9 +1,13 @@
 //! Wiring: bind the ports, open and migrate the store, listen, serve until a signal.
 
-use crate::cli::{Cli, Command, DatabaseArgs, LockWait, MigrateArgs, MigrateMode, ServiceArgs};
+use crate::cli::{
+    Cli, Command, DatabaseArgs, LockWait, MigrateArgs, MigrateMode, ServerArgs, ServiceArgs,
+    ThrottleArgs,
+};
 use crate::telemetry;
 use anyhow::{Context, Result, anyhow, bail};
-use quota_edge::Upstream;
+use quota_edge::{EdgeConfig, ThrottleConfig, Upstream};
+use quota_service::ServerOptions;
 use quota_service::auth::AdminCredential;
 use quota_service::domain::QuotaPerUsd;
 use quota_service::store::redact_url;
@@ -13,6 +17,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::transport::Identity;
 
 /// Carries out one command; the exit code when it ends without an error.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
@@ -24,7 +29,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             grpc,
             http,
             metrics,
+            server,
+            throttle,
         } => {
+            let tls = crate::tls::server(&server)?;
             // Ports are bound first, so a bad or busy address is one line before
             // any database is touched, but they listen only once the database is
             // open and migrated: until then a connection is refused, never
@@ -32,6 +40,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let stop = shutdown_signal()?;
             let grpc = bind(&grpc.grpc_addr, "gRPC")?;
             let http = bind(&http.http_addr, "REST")?;
+            // Over TLS, the edge reaches its own service on a private
+            // loopback port, in plain text: the certificate names the host
+            // clients dial, not 127.0.0.1.
+            let private = match tls {
+                Some(_) => Some(bind("127.0.0.1:0", "the edge's private gRPC link")?),
+                None => None,
+            };
             let metrics = telemetry::bind_metrics(&metrics).await?;
             let (api, store) = open_api(&db, &migrate, &service).await?;
             telemetry::serve_metrics(
@@ -39,27 +54,55 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 move || store.record_pool_metrics(),
                 stopped(stop.clone()),
             )?;
-            let grpc = grpc.listen()?;
-            let http = http.listen()?;
-            let upstream = Upstream::lazy(&format!("http://{}", reachable(grpc.local_addr()?)))?;
-            // The gRPC server stops once the edge has drained: a REST request
-            // already received may still need it for its answer.
-            let (edge_done, edge_drained) = tokio::sync::oneshot::channel::<()>();
+            let grpc = grpc.listen(tls.is_some())?;
+            let http = http.listen(tls.is_some())?;
+            let private = private.map(|p| p.listen(false)).transpose()?;
+            let link = private.as_ref().unwrap_or(&grpc).local_addr()?;
+            let upstream = Upstream::lazy(&format!("http://{}", reachable(link)))?;
+            let (rest_tls, grpc_tls) = tls.map(|t| (t.rest, t.grpc)).unzip();
+            // The gRPC servers stop once the edge has drained: a REST request
+            // already received may still need them for its answer.
+            let (edge_done, edge_drained) = watch::channel(false);
             let edge = tokio::spawn({
-                let edge =
-                    quota_edge::serve(http, quota_edge::app(upstream), stopped(stop.clone()));
+                let edge = quota_edge::serve_with(
+                    http,
+                    quota_edge::app_with(upstream, edge_config(&server, &throttle)),
+                    rest_tls,
+                    stopped(stop.clone()),
+                );
                 async move {
                     let served = edge.await;
-                    let _ = edge_done.send(());
+                    let _ = edge_done.send(true);
                     served
                 }
             });
-            let grpc = tokio::spawn(quota_service::serve(grpc, api, async move {
-                let _ = edge_drained.await;
-            }));
-            if let Some((grpc, edge)) = drained(stop, async { tokio::join!(grpc, edge) }).await {
+            let private = private.map(|private| {
+                tokio::spawn(quota_service::serve_with(
+                    private,
+                    api.clone(),
+                    grpc_options(&server, None),
+                    stopped(edge_drained.clone()),
+                ))
+            });
+            let grpc = tokio::spawn(quota_service::serve_with(
+                grpc,
+                api,
+                grpc_options(&server, grpc_tls),
+                stopped(edge_drained),
+            ));
+            let all = async {
+                let private = match private {
+                    Some(private) => Some(private.await),
+                    None => None,
+                };
+                (tokio::join!(grpc, edge), private)
+            };
+            if let Some(((grpc, edge), private)) = drained(stop, all).await {
                 grpc?.map_err(|e| anyhow!("gRPC server failed: {e}"))?;
                 edge?.context("REST edge failed")?;
+                if let Some(private) = private {
+                    private?.map_err(|e| anyhow!("gRPC server failed: {e}"))?;
+                }
             }
         }
         Command::Grpc {
@@ -68,7 +111,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             service,
             grpc,
             metrics,
+            server,
         } => {
+            let tls = crate::tls::server(&server)?;
             let stop = shutdown_signal()?;
             let grpc = bind(&grpc.grpc_addr, "gRPC")?;
             let metrics = telemetry::bind_metrics(&metrics).await?;
@@ -78,25 +123,34 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 move || store.record_pool_metrics(),
                 stopped(stop.clone()),
             )?;
-            let grpc = grpc.listen()?;
-            let server = quota_service::serve(grpc, api, stopped(stop.clone()));
-            if let Some(served) = drained(stop, server).await {
+            let grpc = grpc.listen(tls.is_some())?;
+            let options = grpc_options(&server, tls.map(|t| t.grpc));
+            let served = quota_service::serve_with(grpc, api, options, stopped(stop.clone()));
+            if let Some(served) = drained(stop, served).await {
                 served.map_err(|e| anyhow!("gRPC server failed: {e}"))?;
             }
         }
         Command::Edge {
             upstream,
+            ca,
             http,
             metrics,
+            server,
+            throttle,
         } => {
-            let upstream = Upstream::lazy(&upstream).map_err(|e| anyhow!("--upstream {e}"))?;
+            let client_tls = crate::tls::client(ca.ca_cert.as_deref())?;
+            let upstream = Upstream::lazy_with(&upstream, &client_tls)
+                .map_err(|e| anyhow!("--upstream {e}"))?;
+            let tls = crate::tls::server(&server)?;
             let stop = shutdown_signal()?;
             let http = bind(&http.http_addr, "REST")?;
             let metrics = telemetry::bind_metrics(&metrics).await?;
             telemetry::serve_metrics(metrics, || {}, stopped(stop.clone()))?;
-            let http = http.listen()?;
-            let server = quota_edge::serve(http, quota_edge::app(upstream), stopped(stop.clone()));
-            if let Some(served) = drained(stop, server).await {
+            let http = http.listen(tls.is_some())?;
+            let app = quota_edge::app_with(upstream, edge_config(&server, &throttle));
+            let served =
+                quota_edge::serve_with(http, app, tls.map(|t| t.rest), stopped(stop.clone()));
+            if let Some(served) = drained(stop, served).await {
                 served.context("REST edge failed")?;
             }
         }
@@ -213,13 +267,14 @@ async fn open_api(
     service: &ServiceArgs,
 ) -> Result<(QuotaApi, Store)> {
     let per_usd = QuotaPerUsd::new(service.quota_per_usd).map_err(|e| anyhow!("{e}"))?;
+    let secret = service.admin.secret()?;
     let store = open_store(db, &migrate.lock, migrate.migrate).await?;
-    if service.admin.secret().is_none() {
+    if secret.is_none() {
         tracing::warn!("QUOTA_ADMIN_TOKEN is not set: admin methods and Consume refuse every call");
     }
     let config = ServiceConfig {
         per_usd,
-        admin: AdminCredential::new(service.admin.secret()),
+        admin: AdminCredential::new(secret.as_deref()),
     };
     Ok((QuotaApi::new(store.clone(), config), store))
 }
@@ -282,18 +337,41 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
 
 impl Bound {
     /// Starts accepting connections, and says where.
-    fn listen(self) -> Result<TcpListener> {
+    fn listen(self, tls: bool) -> Result<TcpListener> {
         let Bound { socket, what, addr } = self;
         socket
             .listen(1024)
             .with_context(|| format!("cannot listen for {what} on {addr:?}"))?;
         let listener = TcpListener::from_std(socket.into())?;
         let local = listener.local_addr()?;
+        let scheme = if tls { "https" } else { "http" };
         match what {
-            "REST" => tracing::info!("REST listening on http://{local}"),
+            "REST" => tracing::info!("REST listening on {scheme}://{local}"),
+            _ if tls => tracing::info!("{what} listening on {local} (TLS)"),
             _ => tracing::info!("{what} listening on {local}"),
         }
         Ok(listener)
+    }
+}
+
+/// The gRPC server's bounds and TLS.
+fn grpc_options(server: &ServerArgs, tls: Option<Identity>) -> ServerOptions {
+    ServerOptions {
+        max_concurrency: server.max_concurrency as usize,
+        tls,
+    }
+}
+
+/// The edge's bounds and throttle.
+fn edge_config(server: &ServerArgs, throttle: &ThrottleArgs) -> EdgeConfig {
+    EdgeConfig {
+        max_concurrency: server.max_concurrency as usize,
+        throttle: ThrottleConfig {
+            max_failures: throttle.auth_failures_per_minute,
+            window: Duration::from_secs(60),
+            success_ttl: throttle.cache_ttl,
+            trusted_proxies: throttle.trusted_proxies.clone(),
+        },
     }
 }
 

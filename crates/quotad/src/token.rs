@@ -2,7 +2,7 @@
 
 use crate::cli::{AdminArgs, Output, TokenCommand};
 use crate::output::{CreatedJson, TokenJson, json_line};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use quota::pb;
 use quota::pb::token_admin_client::TokenAdminClient;
 use quota_service::domain::Balance;
@@ -13,21 +13,18 @@ use tonic::{Request, Status};
 
 /// Carries out one `token` command against the admin API.
 pub async fn run(admin: AdminArgs, command: TokenCommand) -> Result<()> {
-    let Some(secret) = admin.admin.secret() else {
+    let Some(secret) = admin.admin.secret()? else {
         bail!(
-            "QUOTA_ADMIN_TOKEN is not set: pass --admin-token or set it to the secret the service runs with"
+            "QUOTA_ADMIN_TOKEN is not set: pass --admin-token (or QUOTA_ADMIN_TOKEN_FILE) with the secret the service runs with"
         );
     };
     let authorization = format!("Bearer {secret}")
         .parse()
         .map_err(|_| anyhow!("QUOTA_ADMIN_TOKEN holds characters that cannot be sent"))?;
-    let channel = Channel::from_shared(admin.server.clone())
-        .with_context(|| {
-            format!(
-                "--server {:?} is not a valid URL (expected http://HOST:PORT)",
-                admin.server
-            )
-        })?
+    let tls = crate::tls::client(admin.ca.ca_cert.as_deref())?;
+    let channel = quota_edge::tls::endpoint(&admin.server, &tls)
+        .map_err(|e| anyhow!("--server {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(10))
         .connect()
         .await
         .map_err(|e| {
