@@ -52,13 +52,14 @@ fn consume(key: &str, quota: i64, request_id: String) -> tonic::Request<ConsumeR
 }
 
 /// Debits of `units` from `CALLERS` tasks over both replicas, `DEBITS` in all;
-/// returns (first debits, repeats, refusals).
+/// returns (first debits, repeats, refusals) and the balance each first debit
+/// left, sorted.
 async fn hammer(
     r: &Replicas,
     key: &str,
     units: i64,
     request_id: impl Fn(usize) -> String,
-) -> (usize, usize, usize) {
+) -> ((usize, usize, usize), Vec<i64>) {
     let mut tasks = Vec::new();
     for caller in 0..CALLERS {
         let mut client = r.clients[caller % 2].clone();
@@ -66,14 +67,15 @@ async fn hammer(
         let key = key.to_owned();
         tasks.push(tokio::spawn(async move {
             let (mut first, mut repeats, mut refused) = (0, 0, 0);
+            let mut left = Vec::new();
             for id in ids {
                 match client.consume(consume(&key, units, id)).await {
                     Ok(response) => {
-                        assert!(response.get_ref().remaining >= 0);
                         if response.get_ref().repeat {
                             repeats += 1;
                         } else {
                             first += 1;
+                            left.push(response.get_ref().remaining);
                         }
                     }
                     Err(status) => {
@@ -82,15 +84,18 @@ async fn hammer(
                     }
                 }
             }
-            (first, repeats, refused)
+            ((first, repeats, refused), left)
         }));
     }
     let mut totals = (0, 0, 0);
+    let mut all_left = Vec::new();
     for task in tasks {
-        let (first, repeats, refused) = task.await.unwrap();
+        let ((first, repeats, refused), left) = task.await.unwrap();
         totals = (totals.0 + first, totals.1 + repeats, totals.2 + refused);
+        all_left.extend(left);
     }
-    totals
+    all_left.sort_unstable();
+    (totals, all_left)
 }
 
 async fn balance(store: &Store, token_id: i64) -> Balance {
@@ -120,8 +125,10 @@ async fn never_overspent(db: TestDb) {
     };
     let (token, key) = r.store.create_token(new, unix_now()).await.unwrap();
 
-    let outcomes = hammer(&r, key.expose(), 7, |i| format!("req-{i}")).await;
+    let (outcomes, left) = hammer(&r, key.expose(), 7, |i| format!("req-{i}")).await;
     assert_eq!(outcomes, (400, 0, DEBITS - 400));
+    // Each debit left a balance of its own, one debit below another's.
+    assert_eq!(left, (0..400).map(|k| 3 + 7 * k).collect::<Vec<i64>>());
 
     let after = balance(&r.store, token.id).await;
     assert_eq!(after.remaining, 3);
@@ -141,11 +148,15 @@ async fn duplicates_debit_once(db: TestDb) {
     let (token, key) = r.store.create_token(new, unix_now()).await.unwrap();
 
     // Every caller on both replicas sends the same ten request ids at once.
-    let outcomes = hammer(&r, key.expose(), 100, |i| format!("dup-{}", i % 10)).await;
+    let (outcomes, left) = hammer(&r, key.expose(), 100, |i| format!("dup-{}", i % 10)).await;
     assert_eq!(
         outcomes,
         (10, DEBITS - 10, 0),
         "one first debit per id, the rest repeats"
+    );
+    assert_eq!(
+        left,
+        (0..10).map(|k| 999_000 + 100 * k).collect::<Vec<i64>>()
     );
 
     let after = balance(&r.store, token.id).await;

@@ -80,13 +80,16 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn spending_leaves_the_limit_unchanged_and_grants_accumulate() {
-        let fresh = balance(2_500_000, 0);
-        let spent = balance(1_000_000, 1_500_000);
-        assert_eq!(fresh.limit_units(), spent.limit_units());
+    fn the_limit_is_remaining_plus_used_and_a_debit_keeps_it() {
+        // $5 fresh; the same $5 once $3 of it is spent.
+        assert_eq!(balance(2_500_000, 0).limit_units(), 2_500_000);
+        let spent = balance(2_500_000, 0).after_debit(QuotaUnits::positive(1_500_000).unwrap());
+        assert_eq!(spent, balance(1_000_000, 1_500_000));
+        assert_eq!(spent.limit_units(), 2_500_000);
         assert_eq!(spent.limit_usd(PER_USD), 5);
-        let granted = balance(spent.remaining + 500_000, spent.used);
-        assert_eq!(granted.limit_usd(PER_USD), 6);
+        // A $1 grant (the store adds it to remaining): $6.
+        assert_eq!(balance(1_500_000, 1_500_000).limit_units(), 3_000_000);
+        assert_eq!(balance(1_500_000, 1_500_000).limit_usd(PER_USD), 6);
     }
 
     #[test]

@@ -5,7 +5,7 @@ pub use quota::pb::quota_service_client::QuotaServiceClient;
 pub use quota::pb::token_admin_client::TokenAdminClient;
 pub use quota::pb::token_ref::Ref;
 pub use quota_service::ServiceConfig;
-pub use quota_service::domain::{day_start, unix_now};
+pub use quota_service::domain::unix_now;
 pub use quota_service::on_every_database;
 pub use quota_service::store::NewToken;
 pub use quota_service::testing::{TEST_ADMIN_TOKEN, TestDb, TestServer, test_config};

@@ -2,11 +2,18 @@
 
 use crate::helpers::*;
 
+/// 2027-01-15T08:00:00Z: the debits' time, fixed so that no run straddles
+/// a UTC midnight.
+const AT: i64 = 1_800_000_000;
+/// 2027-01-15T00:00:00Z.
+const DAY0: i64 = 1_799_971_200;
+
 on_every_database!(
-    usage_reports_todays_spend_in_cents,
-    usage_reports_todays_spend_in_cents
+    usage_reports_a_days_spend_in_cents,
+    usage_reports_a_days_spend_in_cents
 );
-async fn usage_reports_todays_spend_in_cents(db: TestDb) {
+async fn usage_reports_a_days_spend_in_cents(db: TestDb) {
+    let store = db.store().await;
     let api = Api::start(db).await;
     let (_, key) = api
         .create(pb::CreateTokenRequest {
@@ -20,11 +27,14 @@ async fn usage_reports_todays_spend_in_cents(db: TestDb) {
     assert_eq!((empty.total_units, empty.total_usage), (0, 0.0));
     assert!(empty.daily_costs.is_empty());
 
-    let before = unix_now();
-    api.consume(&key, 300_000, "a").await.unwrap();
-    api.consume(&key, 200_000, "b").await.unwrap();
-    api.consume(&key, 200_000, "b").await.unwrap(); // a repeat: not spend
-    let after = unix_now();
+    // Debits at a fixed time, through the store, which takes the time as an argument.
+    let digest = quota_service::domain::TokenKey::parse(&key)
+        .unwrap()
+        .digest();
+    for (units, id) in [(300_000, "a"), (200_000, "b"), (200_000, "b")] {
+        let units = quota_service::domain::QuotaUnits::positive(units).unwrap();
+        store.consume(&digest, units, Some(id), AT).await.unwrap(); // "b" again: a repeat, not spend
+    }
 
     let usage = api.usage(&key, "", "").await.unwrap();
     assert_eq!(usage.object, "list");
@@ -32,8 +42,7 @@ async fn usage_reports_todays_spend_in_cents(db: TestDb) {
     assert_eq!(usage.total_usage, 100.0);
     assert_eq!(usage.daily_costs.len(), 1);
     let today = &usage.daily_costs[0];
-    assert_eq!(today.timestamp, day_start(today.timestamp));
-    assert!(today.timestamp >= day_start(before) && today.timestamp <= day_start(after));
+    assert_eq!(today.timestamp, DAY0);
     assert_eq!(
         today.line_items,
         [pb::LineItem {
@@ -49,8 +58,9 @@ async fn usage_reports_todays_spend_in_cents(db: TestDb) {
             .format("%Y-%m-%d")
             .to_string()
     };
-    let today_date = day(today.timestamp);
-    let tomorrow = day(today.timestamp + 86_400);
+    let today_date = day(DAY0);
+    assert_eq!(today_date, "2027-01-15");
+    let tomorrow = day(DAY0 + 86_400);
     let in_window = api.usage(&key, &today_date, &tomorrow).await.unwrap();
     assert_eq!(in_window.total_units, 500_000);
     assert_eq!(in_window.daily_costs, usage.daily_costs);
