@@ -5,6 +5,7 @@
 mod balance;
 mod error;
 mod key;
+mod request;
 mod token;
 mod units;
 mod usage;
@@ -12,6 +13,7 @@ mod usage;
 pub use balance::{Balance, UNLIMITED_USD};
 pub use error::QuotaError;
 pub use key::{KeyDigest, TokenKey};
+pub use request::{MAX_REQUEST_ID_LEN, PageToken, RequestId};
 pub use token::{Debit, Token, TokenLocator};
 pub use units::{DEFAULT_QUOTA_PER_USD, QuotaPerUsd, QuotaUnits};
 pub use usage::{DaySpend, UsageWindow, day_start};

@@ -19,7 +19,7 @@ pub use server::{
 pub(crate) use status::to_status;
 
 use crate::auth::AdminCredential;
-use crate::domain::{QuotaError, QuotaPerUsd, QuotaUnits, TokenKey};
+use crate::domain::{QuotaError, QuotaPerUsd, QuotaUnits, RequestId, TokenKey};
 use crate::store::Store;
 use std::sync::Arc;
 use tonic::metadata::MetadataMap;
@@ -39,9 +39,6 @@ pub struct QuotaApi {
     store: Store,
     config: Arc<ServiceConfig>,
 }
-
-/// The longest `request_id` the ledger keeps.
-const MAX_REQUEST_ID_LEN: usize = 255;
 
 impl QuotaApi {
     /// The services over `store`.
@@ -82,10 +79,5 @@ fn addressed_key(key: &str, field: &str) -> Result<TokenKey, QuotaError> {
 
 /// An optional `request_id`: empty means none; longer than the ledger keeps is refused.
 fn request_id(id: &str) -> Result<Option<&str>, QuotaError> {
-    if id.len() > MAX_REQUEST_ID_LEN {
-        return Err(QuotaError::InvalidArgument(format!(
-            "request_id is longer than {MAX_REQUEST_ID_LEN} bytes"
-        )));
-    }
-    Ok(Some(id).filter(|id| !id.is_empty()))
+    Ok(RequestId::parse(id)?.map(RequestId::as_str))
 }

@@ -5,7 +5,7 @@
 
 use super::QuotaApi;
 use super::status::answer;
-use crate::domain::{QuotaError, Token, TokenKey, TokenLocator, unix_now};
+use crate::domain::{PageToken, QuotaError, Token, TokenKey, TokenLocator, unix_now};
 use crate::store::{NewToken, TokenChanges};
 use quota::pb;
 use quota::pb::token_admin_server::TokenAdmin;
@@ -100,16 +100,13 @@ impl QuotaApi {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
         };
-        let after: i64 = if req.page_token.is_empty() {
-            0
-        } else {
-            req.page_token.parse().map_err(|_| {
-                QuotaError::InvalidArgument("page_token is not one this server gave".into())
-            })?
-        };
-        let tokens = self.store.list_tokens(after, u64::from(size)).await?;
+        let after = PageToken::parse(&req.page_token)?;
+        let tokens = self
+            .store
+            .list_tokens(after.after_id(), u64::from(size))
+            .await?;
         let next_page_token = match tokens.last() {
-            Some(last) if tokens.len() == size as usize => last.id.to_string(),
+            Some(last) if tokens.len() == size as usize => PageToken::after(last.id).encode(),
             _ => String::new(),
         };
         Ok(pb::ListTokensResponse {
