@@ -1,0 +1,97 @@
+//! Unit tests of the command line.
+
+use super::*;
+use clap::CommandFactory;
+
+#[test]
+fn one_trailing_newline_is_not_part_of_the_secret() {
+    assert_eq!(without_trailing_newline("s3cret\n"), "s3cret");
+    assert_eq!(without_trailing_newline("s3cret\r\n"), "s3cret");
+    assert_eq!(without_trailing_newline("s3cret\n\n"), "s3cret\n");
+    assert_eq!(without_trailing_newline("s3cret"), "s3cret");
+}
+
+#[test]
+fn trusted_proxies_are_blocks_or_addresses() {
+    assert_eq!(
+        parse_cidr("10.0.0.0/8").unwrap(),
+        "10.0.0.0/8".parse::<IpNet>().unwrap()
+    );
+    assert_eq!(
+        parse_cidr("192.0.2.1").unwrap(),
+        "192.0.2.1/32".parse::<IpNet>().unwrap()
+    );
+    assert!(parse_cidr("proxy.local").is_err());
+    let cli = Cli::try_parse_from([
+        "quotad",
+        "edge",
+        "--upstream",
+        "http://x:1",
+        "--trusted-proxy",
+        "10.0.0.0/8",
+        "--trusted-proxy",
+        "::1",
+    ])
+    .unwrap();
+    let Command::Edge { throttle, .. } = cli.command else {
+        panic!("not edge")
+    };
+    assert_eq!(throttle.trusted_proxies.len(), 2);
+}
+
+#[test]
+fn tls_needs_both_files() {
+    assert!(Cli::try_parse_from(["quotad", "grpc", "--tls-cert", "c.pem"]).is_err());
+    assert!(Cli::try_parse_from(["quotad", "grpc", "--tls-key", "k.pem"]).is_err());
+    assert!(
+        Cli::try_parse_from([
+            "quotad",
+            "grpc",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem"
+        ])
+        .is_ok()
+    );
+    assert!(Cli::try_parse_from(["quotad", "serve", "--max-concurrency", "0"]).is_err());
+}
+
+#[test]
+fn command_line_is_consistent() {
+    Cli::command().debug_assert();
+}
+
+#[test]
+fn create_needs_exactly_one_quota() {
+    assert!(Cli::try_parse_from(["quotad", "token", "create"]).is_err());
+    assert!(
+        Cli::try_parse_from(["quotad", "token", "create", "--quota", "1", "--unlimited"]).is_err()
+    );
+    assert!(Cli::try_parse_from(["quotad", "token", "create", "--quota-usd", "5"]).is_ok());
+}
+
+#[test]
+fn durations_take_a_unit_or_seconds() {
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+    assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
+    assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+    assert!(parse_duration("soon").is_err());
+    assert!(parse_duration("-1s").is_err());
+    assert!(parse_duration("3h").is_err());
+}
+
+#[test]
+fn migrate_is_auto_or_off() {
+    assert!(Cli::try_parse_from(["quotad", "grpc", "--migrate", "off"]).is_ok());
+    assert!(Cli::try_parse_from(["quotad", "grpc", "--migrate=auto"]).is_ok());
+    assert!(Cli::try_parse_from(["quotad", "grpc", "--migrate", "sometimes"]).is_err());
+    assert!(Cli::try_parse_from(["quotad", "health"]).is_err());
+}
+
+#[test]
+fn quota_must_be_a_number() {
+    assert!(Cli::try_parse_from(["quotad", "token", "grant", "1", "--quota", "lots"]).is_err());
+    assert!(Cli::try_parse_from(["quotad", "serve", "--quota-per-usd", "x"]).is_err());
+}
