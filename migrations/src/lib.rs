@@ -27,6 +27,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_create_tokens_and_ledger;
+mod m20261129_000002_add_holds;
 
 /// Every migration of the quota store, in order.
 pub struct Migrator;
@@ -34,8 +35,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(
-            m20261129_000001_create_tokens_and_ledger::Migration,
-        )]
+        vec![
+            Box::new(m20261129_000001_create_tokens_and_ledger::Migration),
+            Box::new(m20261129_000002_add_holds::Migration),
+        ]
     }
 }

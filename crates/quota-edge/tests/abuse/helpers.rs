@@ -76,6 +76,24 @@ impl QuotaService for Fake {
     ) -> Result<tonic::Response<pb::ConsumeResponse>, Status> {
         Err(Status::unimplemented("not here"))
     }
+    async fn reserve(
+        &self,
+        _: tonic::Request<pb::ReserveRequest>,
+    ) -> Result<tonic::Response<pb::ReserveResponse>, Status> {
+        Err(Status::unimplemented("not here"))
+    }
+    async fn settle(
+        &self,
+        _: tonic::Request<pb::SettleRequest>,
+    ) -> Result<tonic::Response<pb::SettleResponse>, Status> {
+        Err(Status::unimplemented("not here"))
+    }
+    async fn release(
+        &self,
+        _: tonic::Request<pb::ReleaseRequest>,
+    ) -> Result<tonic::Response<pb::ReleaseResponse>, Status> {
+        Err(Status::unimplemented("not here"))
+    }
 }
 
 /// An edge serving on 127.0.0.1, port 0, until dropped.

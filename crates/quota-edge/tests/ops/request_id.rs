@@ -47,6 +47,24 @@ impl QuotaService for Recording {
     ) -> Result<tonic::Response<pb::ConsumeResponse>, Status> {
         Err(self.note(&r))
     }
+    async fn reserve(
+        &self,
+        r: tonic::Request<pb::ReserveRequest>,
+    ) -> Result<tonic::Response<pb::ReserveResponse>, Status> {
+        Err(self.note(&r))
+    }
+    async fn settle(
+        &self,
+        r: tonic::Request<pb::SettleRequest>,
+    ) -> Result<tonic::Response<pb::SettleResponse>, Status> {
+        Err(self.note(&r))
+    }
+    async fn release(
+        &self,
+        r: tonic::Request<pb::ReleaseRequest>,
+    ) -> Result<tonic::Response<pb::ReleaseResponse>, Status> {
+        Err(self.note(&r))
+    }
 }
 
 async fn recording_upstream() -> (axum::Router, Recording) {

@@ -50,6 +50,24 @@ impl QuotaService for Failing {
     ) -> Result<tonic::Response<pb::ConsumeResponse>, Status> {
         self.answer().await
     }
+    async fn reserve(
+        &self,
+        _: tonic::Request<pb::ReserveRequest>,
+    ) -> Result<tonic::Response<pb::ReserveResponse>, Status> {
+        self.answer().await
+    }
+    async fn settle(
+        &self,
+        _: tonic::Request<pb::SettleRequest>,
+    ) -> Result<tonic::Response<pb::SettleResponse>, Status> {
+        self.answer().await
+    }
+    async fn release(
+        &self,
+        _: tonic::Request<pb::ReleaseRequest>,
+    ) -> Result<tonic::Response<pb::ReleaseResponse>, Status> {
+        self.answer().await
+    }
 }
 
 /// The URL of a `Failing` upstream on port 0; it stops with the test's runtime.

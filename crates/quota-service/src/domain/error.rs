@@ -69,6 +69,22 @@ pub enum QuotaError {
         /// Units asked for.
         requested: i64,
     },
+    /// The request id already names something else of this token: a Consume
+    /// debit (for a hold call) or a hold (for Consume).
+    #[error("request_id already names {0} of this token")]
+    RequestIdInUse(&'static str),
+    /// No hold of this token has the request id.
+    #[error("no hold of this token has this request_id")]
+    HoldNotFound,
+    /// The hold expired before this call.
+    #[error("the hold has expired")]
+    HoldExpired,
+    /// The hold was released.
+    #[error("the hold was released")]
+    HoldReleased,
+    /// The hold was settled.
+    #[error("the hold was settled")]
+    HoldSettled,
     /// The database cannot be reached.
     #[error("service unavailable: the database cannot be reached")]
     Unavailable(String),

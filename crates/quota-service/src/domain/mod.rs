@@ -4,6 +4,7 @@
 
 mod balance;
 mod error;
+mod hold;
 mod key;
 mod request;
 mod token;
@@ -12,6 +13,7 @@ mod usage;
 
 pub use balance::{Balance, UNLIMITED_USD};
 pub use error::QuotaError;
+pub use hold::{Hold, HoldOutcome, HoldState, HoldTtl, overdraft, release, reserve, settle};
 pub use key::{KeyDigest, TokenKey};
 pub use request::{MAX_REQUEST_ID_LEN, PageToken, RequestId};
 pub use token::{Debit, Token, TokenLocator};

@@ -13,6 +13,8 @@ pub struct Token {
     pub name: String,
     /// The counters.
     pub balance: Balance,
+    /// Units of its live holds (counted until they expire; see [`Token::spendable`]).
+    pub held: i64,
     /// Expiry in unix seconds, if any.
     pub expires_at: Option<i64>,
     /// False when disabled.
@@ -35,7 +37,9 @@ impl Token {
     }
 
     /// Why this token cannot pay `units` at `now`, or `None` when it can:
-    /// enabled, unexpired, unlimited or with `remaining >= units`, and no
+    /// enabled, unexpired, unlimited or with a spendable balance
+    /// ([`Token::spendable`]: `remaining` less its unexpired holds) of at
+    /// least `units`, and no
     /// counter overflows. Every debit path applies this one rule; the
     /// conditional UPDATE of a single debit states it in SQL.
     pub fn debit_refusal(&self, units: QuotaUnits, now: i64) -> Option<QuotaError> {
@@ -44,9 +48,9 @@ impl Token {
             Some(QuotaError::TokenDisabled)
         } else if self.is_expired(now) {
             Some(QuotaError::TokenExpired)
-        } else if !self.balance.unlimited && self.balance.remaining < n {
+        } else if !self.balance.unlimited && self.spendable() < n {
             Some(QuotaError::QuotaExhausted {
-                remaining: self.balance.remaining,
+                remaining: self.spendable(),
                 requested: n,
             })
         } else if self.balance.used > i64::MAX - n {
@@ -122,6 +126,7 @@ mod tests {
             display_prefix: "sk-abcd…".into(),
             name: String::new(),
             balance,
+            held: 0,
             expires_at: None,
             enabled: true,
             created_at: 0,

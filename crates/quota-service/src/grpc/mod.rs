@@ -6,6 +6,7 @@
 //! authentication is in [`crate::auth`]: an interceptor on `TokenAdmin`,
 //! [`QuotaApi::require_admin`] for the admin methods of `QuotaService`.
 
+mod holds;
 mod quota_service;
 mod server;
 mod status;

@@ -23,6 +23,7 @@ pub fn subscription(token: &Token, per_usd: QuotaPerUsd) -> pb::Subscription {
         remaining_units: token.balance.remaining,
         used_units: token.balance.used,
         unlimited: token.balance.unlimited,
+        held_units: token.held,
     }
 }
 
@@ -48,7 +49,8 @@ impl QuotaApi {
         &self,
         request: Request<pb::GetSubscriptionRequest>,
     ) -> Result<pb::Subscription, QuotaError> {
-        let token = self.caller(&request).await?;
+        let mut token = self.caller(&request).await?;
+        token.held = self.held_now(&token).await?;
         Ok(subscription(&token, self.config.per_usd))
     }
 
@@ -146,5 +148,26 @@ impl QuotaService for QuotaApi {
         request: Request<pb::ConsumeRequest>,
     ) -> Result<Response<pb::ConsumeResponse>, Status> {
         answer("Consume", self.debit(request)).await
+    }
+
+    async fn reserve(
+        &self,
+        request: Request<pb::ReserveRequest>,
+    ) -> Result<Response<pb::ReserveResponse>, Status> {
+        answer("Reserve", self.hold(request)).await
+    }
+
+    async fn settle(
+        &self,
+        request: Request<pb::SettleRequest>,
+    ) -> Result<Response<pb::SettleResponse>, Status> {
+        answer("Settle", self.settle_hold(request)).await
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        answer("Release", self.release_hold(request)).await
     }
 }

@@ -20,8 +20,11 @@ fn code(err: &QuotaError) -> Code {
         | InvalidAdminCredential => Code::Unauthenticated,
         NotAdmin | AdminDisabled => Code::PermissionDenied,
         InvalidArgument(_) | InvalidDate { .. } => Code::InvalidArgument,
-        TokenNotFound => Code::NotFound,
-        TokenDisabled | TokenExpired => Code::FailedPrecondition,
+        TokenNotFound | HoldNotFound => Code::NotFound,
+        TokenDisabled | TokenExpired | HoldExpired | HoldReleased | HoldSettled => {
+            Code::FailedPrecondition
+        }
+        RequestIdInUse(_) => Code::AlreadyExists,
         QuotaExhausted { .. } => Code::ResourceExhausted,
         Unavailable(_) | Busy(_) => Code::Unavailable,
         Internal(_) => Code::Internal,

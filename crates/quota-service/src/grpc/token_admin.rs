@@ -64,6 +64,7 @@ fn token_message(token: Token) -> pb::Token {
         enabled: token.enabled,
         created_at: token.created_at,
         updated_at: token.updated_at,
+        held: token.held,
     }
 }
 
@@ -101,10 +102,13 @@ impl QuotaApi {
             n => n.min(MAX_PAGE_SIZE),
         };
         let after = PageToken::parse(&req.page_token)?;
-        let tokens = self
+        let mut tokens = self
             .store
             .list_tokens(after.after_id(), u64::from(size))
             .await?;
+        for token in &mut tokens {
+            token.held = self.held_now(token).await?;
+        }
         let next_page_token = match tokens.last() {
             Some(last) if tokens.len() == size as usize => PageToken::after(last.id).encode(),
             _ => String::new(),
@@ -118,8 +122,9 @@ impl QuotaApi {
     async fn grant(&self, req: pb::GrantQuotaRequest) -> Result<pb::Token, QuotaError> {
         let at = locator(req.token)?;
         let units = self.units(req.quota, &req.quota_usd)?;
-        let token = self.store.grant(&at, units, unix_now()).await?;
+        let mut token = self.store.grant(&at, units, unix_now()).await?;
         tracing::info!(id = token.id, units = units.get(), "quota granted");
+        token.held = self.held_now(&token).await?;
         Ok(token_message(token))
     }
 
@@ -131,7 +136,8 @@ impl QuotaApi {
             expires_at: req.expires_at.map(expiry).transpose()?,
             unlimited: req.unlimited,
         };
-        let token = self.store.update_token(&at, changes, unix_now()).await?;
+        let mut token = self.store.update_token(&at, changes, unix_now()).await?;
+        token.held = self.held_now(&token).await?;
         Ok(token_message(token))
     }
 }
@@ -151,7 +157,9 @@ impl TokenAdmin for QuotaApi {
     ) -> Result<Response<pb::Token>, Status> {
         let work = async {
             let at = locator(request.into_inner().token)?;
-            Ok(token_message(self.store.token(&at).await?))
+            let mut token = self.store.token(&at).await?;
+            token.held = self.held_now(&token).await?;
+            Ok(token_message(token))
         };
         answer("GetToken", work).await
     }

@@ -22,6 +22,9 @@ pub mod token {
         pub remaining: i64,
         /// Units spent.
         pub used: i64,
+        /// Units of the token's live holds not yet swept (some may have
+        /// expired since; the next write to the token subtracts those).
+        pub held: i64,
         /// Never refused for quota.
         pub unlimited: bool,
         /// Unix seconds; `None` never expires.
@@ -62,6 +65,40 @@ pub mod ledger {
         pub request_id: Option<String>,
         /// Unix seconds.
         pub created_at: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `quota_holds`: units reserved before a call, settled or released after it.
+pub mod hold {
+    use sea_orm::entity::prelude::*;
+
+    /// A hold row.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "quota_holds")]
+    pub struct Model {
+        /// Numeric id.
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        /// The token.
+        pub token_id: i64,
+        /// The caller's id of the hold, unique per token.
+        pub request_id: String,
+        /// Units held.
+        pub units: i64,
+        /// Unix seconds; past it the hold no longer counts.
+        pub expires_at: i64,
+        /// [`crate::domain::HoldState`] as a number.
+        pub state: i16,
+        /// Unix seconds.
+        pub created_at: i64,
+        /// Unix seconds.
+        pub updated_at: i64,
     }
 
     /// No relations are navigated through the ORM.

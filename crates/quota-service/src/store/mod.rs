@@ -260,13 +260,17 @@ impl Store {
         Ok(to_domain(active.update(&self.db).await?))
     }
 
-    /// Deletes a token and its ledger.
+    /// Deletes a token, its ledger and its holds.
     pub async fn delete_token(&self, at: &TokenLocator) -> Result<(), QuotaError> {
         let txn = self.begin_write().await?;
         // The token's row first, as debits take it: no lock-order deadlock.
         let row = find_locked(&txn, at).await?;
         ledger::Entity::delete_many()
             .filter(ledger::Column::TokenId.eq(row.id))
+            .exec(&txn)
+            .await?;
+        entity::hold::Entity::delete_many()
+            .filter(entity::hold::Column::TokenId.eq(row.id))
             .exec(&txn)
             .await?;
         token::Entity::delete_by_id(row.id).exec(&txn).await?;
@@ -411,6 +415,7 @@ fn to_domain(row: token::Model) -> Token {
             used: row.used,
             unlimited: row.unlimited,
         },
+        held: row.held,
         expires_at: row.expires_at,
         enabled: row.status == STATUS_ENABLED,
         created_at: row.created_at,

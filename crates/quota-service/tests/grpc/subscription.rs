@@ -31,6 +31,7 @@ async fn subscription_reports_the_limit_in_dollars(db: TestDb) {
             remaining_units: 2_500_000,
             used_units: 0,
             unlimited: false,
+            held_units: 0,
         }
     );
 

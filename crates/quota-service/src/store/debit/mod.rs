@@ -9,6 +9,8 @@
 //! token's row before they look at the ledger, so they stay exact together and
 //! across replicas sharing the database.
 
+mod batch;
+mod holds;
 mod queue;
 mod sql;
 

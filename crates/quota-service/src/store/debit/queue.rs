@@ -1,8 +1,8 @@
-//! The per-token queue: debits of a busy token wait here and are settled
-//! together by one worker, a batch per transaction.
+//! The per-token queue: debits and hold calls of a busy token wait here and
+//! are settled together by one worker, a batch per transaction.
 
 use super::sql::BatchError;
-use crate::domain::{Debit, KeyDigest, QuotaError, QuotaUnits};
+use crate::domain::{Debit, HoldOutcome, HoldTtl, KeyDigest, QuotaError, QuotaUnits};
 use crate::store::Store;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,13 +14,53 @@ const MAX_BATCH: usize = 256;
 /// (UNAVAILABLE, retryable) rather than queued without bound behind a stuck lock.
 const MAX_WAITING: usize = 8192;
 
-/// One debit waiting for its token's next transaction.
+/// What a call asks of its token.
+#[derive(Debug)]
+pub(super) enum Op {
+    /// `Consume`: a debit.
+    Consume {
+        units: QuotaUnits,
+        request_id: Option<String>,
+    },
+    /// `Reserve`: a new hold.
+    Reserve {
+        units: QuotaUnits,
+        request_id: String,
+        ttl: HoldTtl,
+    },
+    /// `Settle`: a hold turned into a debit of `cost`.
+    Settle { request_id: String, cost: i64 },
+    /// `Release`: a hold freed.
+    Release { request_id: String },
+}
+
+impl Op {
+    /// The request id the operation names, if any.
+    pub(super) fn request_id(&self) -> Option<&str> {
+        match self {
+            Op::Consume { request_id, .. } => request_id.as_deref(),
+            Op::Reserve { request_id, .. }
+            | Op::Settle { request_id, .. }
+            | Op::Release { request_id } => Some(request_id),
+        }
+    }
+}
+
+/// The answer to an [`Op`].
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Outcome {
+    /// To `Consume`.
+    Debit(Debit),
+    /// To `Reserve`, `Settle` or `Release`.
+    Hold(HoldOutcome),
+}
+
+/// One call waiting for its token's next transaction.
 #[derive(Debug)]
 pub(super) struct Pending {
-    pub(super) units: QuotaUnits,
-    pub(super) request_id: Option<String>,
+    pub(super) op: Op,
     pub(super) now: i64,
-    reply: oneshot::Sender<Result<Debit, QuotaError>>,
+    reply: oneshot::Sender<Result<Outcome, QuotaError>>,
 }
 
 /// Debits waiting, per token. A token has an entry exactly while a worker
@@ -64,13 +104,28 @@ impl Store {
         request_id: Option<&str>,
         now: i64,
     ) -> Result<Debit, QuotaError> {
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending {
+        let op = Op::Consume {
             units,
             request_id: request_id.map(str::to_owned),
-            now,
-            reply,
         };
+        match self.enqueue(digest, op, now).await? {
+            Outcome::Debit(debit) => Ok(debit),
+            Outcome::Hold(_) => Err(QuotaError::Internal(
+                "a debit was answered as a hold call".into(),
+            )),
+        }
+    }
+
+    /// Queues `op` for the token whose key has `digest` (starting its worker
+    /// if none runs) and waits for its outcome.
+    pub(super) async fn enqueue(
+        &self,
+        digest: &KeyDigest,
+        op: Op,
+        now: i64,
+    ) -> Result<Outcome, QuotaError> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending { op, now, reply };
         let start_worker = {
             let mut queues = self.queues.lock();
             match queues.get_mut(digest) {
@@ -125,34 +180,43 @@ impl Store {
                     .collect()
             };
             if !batch.is_empty() {
-                self.settle(&guard.digest, batch).await;
+                self.run_batch(&guard.digest, batch).await;
             }
         }
     }
 
-    async fn settle(&self, digest: &KeyDigest, mut batch: Vec<Pending>) {
-        if batch.len() == 1 {
+    /// Settles one batch: a lone debit with the single conditional UPDATE,
+    /// anything else in one transaction under the token's row lock.
+    async fn run_batch(&self, digest: &KeyDigest, mut batch: Vec<Pending>) {
+        if let [
+            Pending {
+                op: Op::Consume { units, request_id },
+                now,
+                ..
+            },
+        ] = batch.as_slice()
+        {
+            let outcome = self
+                .consume_one(digest, *units, request_id.as_deref(), *now)
+                .await
+                .map(Outcome::Debit);
             if let Some(p) = batch.pop() {
-                let outcome = self
-                    .consume_one(digest, p.units, p.request_id.as_deref(), p.now)
-                    .await;
                 let _ = p.reply.send(outcome);
             }
             return;
         }
-        match self.consume_batch(digest, &batch).await {
+        let ops: Vec<(&Op, i64)> = batch.iter().map(|p| (&p.op, p.now)).collect();
+        match self.apply_batch(digest, &ops).await {
             Ok(outcomes) => {
                 for (p, outcome) in batch.into_iter().zip(outcomes) {
                     let _ = p.reply.send(outcome);
                 }
             }
             // Not expected under the row lock, but the index has the last word:
-            // settle each debit on its own.
+            // settle each call on its own.
             Err(BatchError::Duplicate) => {
                 for p in batch {
-                    let outcome = self
-                        .consume_one(digest, p.units, p.request_id.as_deref(), p.now)
-                        .await;
+                    let outcome = self.apply_one(digest, &p.op, p.now).await;
                     let _ = p.reply.send(outcome);
                 }
             }

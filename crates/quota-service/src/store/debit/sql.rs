@@ -1,115 +1,25 @@
-//! The SQL of a debit: one conditional UPDATE with its ledger row, or a batch
-//! of one token's debits under its row lock in one transaction.
+//! The SQL of a single debit: one conditional UPDATE with its ledger row.
+//! Batches, and whatever that UPDATE does not decide, are in `batch`.
 
-use super::queue::Pending;
+use super::queue::{Op, Outcome};
 use crate::domain::{Balance, Debit, KeyDigest, QuotaError, QuotaUnits};
-use crate::store::entity::{KIND_DEBIT, STATUS_ENABLED, ledger, token};
+use crate::store::Store;
+use crate::store::entity::{KIND_DEBIT, STATUS_ENABLED, hold, ledger, token};
 use crate::store::error::is_unique_violation;
-use crate::store::{Store, to_domain};
 use sea_orm::sea_query::{
     Expr, ExprTrait, InsertStatement, Query, ReturningClause, SimpleExpr, UpdateStatement,
 };
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
-    QuerySelect, TransactionTrait,
-};
-use std::collections::HashSet;
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, TransactionTrait};
 
 impl Store {
-    /// Settles several debits of one token in one transaction; returns each
-    /// debit's outcome, in order.
-    pub(super) async fn consume_batch(
-        &self,
-        digest: &KeyDigest,
-        batch: &[Pending],
-    ) -> Result<Vec<Result<Debit, QuotaError>>, BatchError> {
-        let txn = self.begin_write().await?;
-        let row = token::Entity::find()
-            .filter(token::Column::KeyDigest.eq(digest.as_str()))
-            .lock_exclusive()
-            .one(&txn)
-            .await?;
-        let Some(row) = row else {
-            return Ok(batch
-                .iter()
-                .map(|_| Err(QuotaError::TokenNotFound))
-                .collect());
-        };
-        let ids: Vec<&str> = batch
-            .iter()
-            .filter_map(|p| p.request_id.as_deref())
-            .collect();
-        let mut seen: HashSet<String> = if ids.is_empty() {
-            HashSet::new()
-        } else {
-            ledger::Entity::find()
-                .select_only()
-                .column(ledger::Column::RequestId)
-                .filter(ledger::Column::TokenId.eq(row.id))
-                .filter(ledger::Column::RequestId.is_in(ids))
-                .into_tuple::<Option<String>>()
-                .all(&txn)
-                .await?
-                .into_iter()
-                .flatten()
-                .collect()
-        };
-
-        let mut token = to_domain(row);
-        let mut rows = Vec::new();
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut last_now = 0;
-        for p in batch {
-            if p.request_id.as_ref().is_some_and(|id| seen.contains(id)) {
-                outcomes.push(Ok(Debit {
-                    balance: token.balance,
-                    repeat: true,
-                }));
-                continue;
-            }
-            let outcome = match token.debit_refusal(p.units, p.now) {
-                Some(refusal) => Err(refusal),
-                None => {
-                    token.balance = token.balance.after_debit(p.units);
-                    rows.push(ledger_row(
-                        token.id,
-                        KIND_DEBIT,
-                        p.units.get(),
-                        p.request_id.as_deref(),
-                        p.now,
-                    ));
-                    seen.extend(p.request_id.clone());
-                    last_now = std::cmp::Ord::max(last_now, p.now);
-                    Ok(Debit {
-                        balance: token.balance,
-                        repeat: false,
-                    })
-                }
-            };
-            outcomes.push(outcome);
-        }
-
-        if !rows.is_empty() {
-            let update = Query::update()
-                .table(token::Entity)
-                .value(token::Column::Remaining, token.balance.remaining)
-                .value(token::Column::Used, token.balance.used)
-                .value(token::Column::UpdatedAt, last_now)
-                .and_where(Expr::col(token::Column::Id).eq(token.id))
-                .to_owned();
-            txn.execute(&update).await?;
-            txn.execute(&ledger_insert(rows)?)
-                .await
-                .map_err(BatchError::from_insert)?;
-        }
-        txn.commit().await?;
-        Ok(outcomes)
-    }
-
     /// One debit on its own: one conditional UPDATE (enabled, unexpired,
-    /// unlimited or enough left) and the ledger row, in one transaction. The
-    /// unique (token, request id) index makes a repeat of a succeeded request
-    /// id roll back; it is then answered as a repeat, with nothing more debited.
+    /// unlimited or a spendable balance that covers it, counting every hold
+    /// not yet swept) and its ledger row, written only if the request id names
+    /// no hold, in one transaction. Anything else (a refusal, a repeat that the
+    /// unique index rolls back, an id that names a hold, expired holds still
+    /// counted) rolls back and is decided again under the token's row lock,
+    /// after a sweep: a refusal here is never wrong for long, and a success is
+    /// always right, since unswept holds only make the condition stricter.
     pub(super) async fn consume_one(
         &self,
         digest: &KeyDigest,
@@ -117,60 +27,35 @@ impl Store {
         request_id: Option<&str>,
         now: i64,
     ) -> Result<Debit, QuotaError> {
-        // A refusal is diagnosed after the rollback; should the token have
-        // changed in between (a grant landed), the debit is tried again.
-        for _ in 0..3 {
-            let txn = self.db.begin().await?;
-            if let Some((token_id, balance)) = debit_counters(&txn, digest, units, now).await? {
-                match insert_ledger(&txn, token_id, KIND_DEBIT, units.get(), request_id, now).await
-                {
-                    Ok(()) => {
-                        txn.commit().await?;
-                        return Ok(Debit {
-                            balance,
-                            repeat: false,
-                        });
-                    }
-                    Err(e) if is_unique_violation(&e) => {}
-                    Err(e) => return Err(e.into()),
+        let txn = self.db.begin().await?;
+        if let Some((token_id, balance)) = debit_counters(&txn, digest, units, now).await? {
+            match txn
+                .execute(&debit_insert(token_id, units.get(), request_id, now)?)
+                .await
+            {
+                Ok(done) if done.rows_affected() == 1 => {
+                    txn.commit().await?;
+                    return Ok(Debit {
+                        balance,
+                        repeat: false,
+                    });
                 }
-            }
-            txn.rollback().await?;
-            if let Some(refusal) = self.explain_refusal(digest, units, request_id, now).await? {
-                return refusal;
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => {}
+                Err(e) => return Err(e.into()),
             }
         }
-        Err(QuotaError::Internal(
-            "debit did not settle after three attempts".into(),
-        ))
-    }
-
-    /// Why a debit was refused: a repeat (success), or the token's state.
-    /// `None` when nothing stands in the way any more.
-    async fn explain_refusal(
-        &self,
-        digest: &KeyDigest,
-        units: QuotaUnits,
-        request_id: Option<&str>,
-        now: i64,
-    ) -> Result<Option<Result<Debit, QuotaError>>, QuotaError> {
-        let Some(token) = self.token_by_digest(digest).await? else {
-            return Ok(Some(Err(QuotaError::TokenNotFound)));
+        txn.rollback().await?;
+        let op = Op::Consume {
+            units,
+            request_id: request_id.map(str::to_owned),
         };
-        if let Some(request_id) = request_id {
-            let seen = ledger::Entity::find()
-                .filter(ledger::Column::TokenId.eq(token.id))
-                .filter(ledger::Column::RequestId.eq(request_id))
-                .one(&self.db)
-                .await?;
-            if seen.is_some() {
-                return Ok(Some(Ok(Debit {
-                    balance: token.balance,
-                    repeat: true,
-                })));
-            }
+        match self.apply_one(digest, &op, now).await? {
+            Outcome::Debit(debit) => Ok(debit),
+            Outcome::Hold(_) => Err(QuotaError::Internal(
+                "a debit was answered as a hold call".into(),
+            )),
         }
-        Ok(token.debit_refusal(units, now).map(Err))
     }
 }
 
@@ -227,7 +112,7 @@ fn debit_update(digest: &str, units: i64, now: i64) -> UpdateStatement {
         .and_where(
             Expr::col(C::Unlimited)
                 .eq(true)
-                .or(Expr::col(C::Remaining).gte(units)),
+                .or(Expr::col(C::Remaining).sub(Expr::col(C::Held)).gte(units)),
         )
         .and_where(Expr::col(C::Used).lte(i64::MAX - units))
         .to_owned()
@@ -238,8 +123,42 @@ fn debit_returning() -> ReturningClause {
     Query::returning().columns([C::Id, C::Remaining, C::Used, C::Unlimited])
 }
 
+/// The ledger row of a single debit: with a request id, `INSERT ... SELECT`
+/// that inserts nothing when the id names a hold of the token (the row lock
+/// is already held, so no hold can appear in between).
+fn debit_insert(
+    token_id: i64,
+    units: i64,
+    request_id: Option<&str>,
+    now: i64,
+) -> Result<InsertStatement, DbErr> {
+    let row = ledger_row(token_id, KIND_DEBIT, units, request_id, now);
+    let Some(request_id) = request_id else {
+        return ledger_insert([row]);
+    };
+    let held = Query::select()
+        .expr(Expr::val(1))
+        .from(hold::Entity)
+        .and_where(Expr::col((hold::Entity, hold::Column::TokenId)).eq(token_id))
+        .and_where(Expr::col((hold::Entity, hold::Column::RequestId)).eq(request_id))
+        .to_owned();
+    let select = Query::select()
+        .exprs(row)
+        .from(token::Entity)
+        .and_where(Expr::col((token::Entity, token::Column::Id)).eq(token_id))
+        .and_where(Expr::exists(held).not())
+        .to_owned();
+    use ledger::Column as C;
+    Query::insert()
+        .into_table(ledger::Entity)
+        .columns([C::TokenId, C::Kind, C::Units, C::RequestId, C::CreatedAt])
+        .select_from(select)
+        .map(|insert| insert.to_owned())
+        .map_err(|e| DbErr::Custom(format!("ledger insert: {e}")))
+}
+
 /// `INSERT INTO quota_ledger (...) VALUES (...), ...` of rows made by [`ledger_row`].
-fn ledger_insert(
+pub(super) fn ledger_insert(
     rows: impl IntoIterator<Item = [SimpleExpr; 5]>,
 ) -> Result<InsertStatement, DbErr> {
     use ledger::Column as C;
@@ -256,7 +175,7 @@ fn ledger_insert(
 }
 
 /// One ledger row, in the column order of [`ledger_insert`].
-fn ledger_row(
+pub(super) fn ledger_row(
     token_id: i64,
     kind: i16,
     units: i64,
@@ -305,8 +224,7 @@ pub fn pgbench_debit_script(
         .returning(debit_returning())
         .to_string(PostgresQueryBuilder)
         .replace(&format!("'{DIGEST}'"), digest_sql);
-    let row = ledger_row(TOKEN_ID, KIND_DEBIT, units, Some(REQUEST_ID), now);
-    let insert = ledger_insert([row])?
+    let insert = debit_insert(TOKEN_ID, units, Some(REQUEST_ID), now)?
         .to_string(PostgresQueryBuilder)
         .replace(&format!("'{REQUEST_ID}'"), request_id_sql)
         .replace(&TOKEN_ID.to_string(), ":id");
@@ -322,7 +240,7 @@ pub(super) enum BatchError {
 }
 
 impl BatchError {
-    fn from_insert(err: DbErr) -> BatchError {
+    pub(super) fn from_insert(err: DbErr) -> BatchError {
         if is_unique_violation(&err) {
             BatchError::Duplicate
         } else {

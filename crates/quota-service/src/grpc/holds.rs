@@ -1,0 +1,92 @@
+//! `Reserve`, `Settle` and `Release` of `quota.v1.QuotaService`: holds for
+//! calls whose cost is known only at their end. Same admin credential as
+//! `Consume`; the rules are the domain's ([`crate::domain::reserve`] and
+//! its siblings), decided by the store under the token's row lock.
+
+use super::{QuotaApi, addressed_key, request_id};
+use crate::domain::{HoldTtl, QuotaError, QuotaUnits, Token, unix_now};
+use quota::pb;
+use tonic::Request;
+
+/// A hold's `request_id`: required, and no longer than the ledger keeps.
+fn hold_id(id: &str) -> Result<&str, QuotaError> {
+    request_id(id)?.ok_or_else(|| {
+        QuotaError::InvalidArgument("request_id is required: it names the hold".into())
+    })
+}
+
+impl QuotaApi {
+    pub(super) async fn hold(
+        &self,
+        request: Request<pb::ReserveRequest>,
+    ) -> Result<pb::ReserveResponse, QuotaError> {
+        self.require_admin(request.metadata())?;
+        let req = request.into_inner();
+        let key = addressed_key(&req.token, "token")?;
+        let units = QuotaUnits::positive(req.quota)?;
+        let id = hold_id(&req.request_id)?;
+        let ttl = HoldTtl::parse(req.ttl_seconds)?;
+        let held = self
+            .store
+            .reserve(&key.digest(), units, id, ttl, unix_now())
+            .await?;
+        Ok(pb::ReserveResponse {
+            remaining: held.balance.remaining,
+            used: held.balance.used,
+            held: held.held,
+            repeat: held.repeat,
+            expires_at: held.expires_at,
+            unlimited: held.balance.unlimited,
+        })
+    }
+
+    pub(super) async fn settle_hold(
+        &self,
+        request: Request<pb::SettleRequest>,
+    ) -> Result<pb::SettleResponse, QuotaError> {
+        self.require_admin(request.metadata())?;
+        let req = request.into_inner();
+        let key = addressed_key(&req.token, "token")?;
+        let id = hold_id(&req.request_id)?;
+        if req.quota < 0 {
+            return Err(QuotaError::InvalidArgument(format!(
+                "quota must be zero or more units, got {}",
+                req.quota
+            )));
+        }
+        let settled = self
+            .store
+            .settle(&key.digest(), id, req.quota, unix_now())
+            .await?;
+        Ok(pb::SettleResponse {
+            remaining: settled.balance.remaining,
+            used: settled.balance.used,
+            held: settled.held,
+            repeat: settled.repeat,
+            overdraft: settled.overdraft,
+        })
+    }
+
+    pub(super) async fn release_hold(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<pb::ReleaseResponse, QuotaError> {
+        self.require_admin(request.metadata())?;
+        let req = request.into_inner();
+        let key = addressed_key(&req.token, "token")?;
+        let id = hold_id(&req.request_id)?;
+        let released = self.store.release(&key.digest(), id, unix_now()).await?;
+        Ok(pb::ReleaseResponse {
+            remaining: released.balance.remaining,
+            used: released.balance.used,
+            held: released.held,
+        })
+    }
+}
+
+impl QuotaApi {
+    /// The units of `token`'s holds unexpired now: what reads show.
+    pub(super) async fn held_now(&self, token: &Token) -> Result<i64, QuotaError> {
+        self.store.held_at(token, unix_now()).await
+    }
+}

@@ -1,0 +1,168 @@
+//! Holds expire by themselves: past its ttl a hold no longer counts, with no
+//! background job and no call in between. The store takes the time, so most
+//! of these inject it; one runs on the real clock through gRPC.
+
+use super::{Api, code};
+use quota_service::domain::{HoldTtl, QuotaUnits, TokenKey, unix_now};
+use quota_service::store::NewToken;
+use quota_service::testing::TestDb;
+use quota_service::{QuotaError, Store, on_every_database};
+use std::time::Duration;
+use tonic::Code;
+
+const T: i64 = 1_800_000_000;
+
+fn units(n: i64) -> QuotaUnits {
+    QuotaUnits::positive(n).unwrap()
+}
+
+fn ttl(seconds: i64) -> HoldTtl {
+    HoldTtl::parse(seconds).unwrap()
+}
+
+async fn token(store: &Store, quota: i64) -> (i64, TokenKey) {
+    let new = NewToken {
+        quota,
+        ..Default::default()
+    };
+    let (token, key) = store.create_token(new, T).await.unwrap();
+    (token.id, key)
+}
+
+/// `held` as a read at `now` shows it.
+async fn held_at(store: &Store, id: i64, now: i64) -> i64 {
+    let token = store
+        .token(&quota_service::domain::TokenLocator::Id(id))
+        .await
+        .unwrap();
+    store.held_at(&token, now).await.unwrap()
+}
+
+on_every_database!(
+    a_hold_stops_counting_at_its_expiry_with_no_call_in_between,
+    a_hold_stops_counting_at_its_expiry_with_no_call_in_between
+);
+async fn a_hold_stops_counting_at_its_expiry_with_no_call_in_between(db: TestDb) {
+    let store = db.store().await;
+    let (id, key) = token(&store, 100).await;
+    let digest = key.digest();
+    let held = store
+        .reserve(&digest, units(100), "h", ttl(1), T)
+        .await
+        .unwrap();
+    assert_eq!((held.held, held.expires_at), (100, T + 1));
+    assert_eq!(held_at(&store, id, T).await, 100);
+    // Nothing is spendable while it counts...
+    let refused = store.consume(&digest, units(1), None, T).await;
+    assert!(
+        matches!(refused, Err(QuotaError::QuotaExhausted { .. })),
+        "{refused:?}"
+    );
+    // ...and all of it one second later, though nothing touched the token.
+    assert_eq!(held_at(&store, id, T + 1).await, 0);
+    let debit = store
+        .consume(&digest, units(60), None, T + 1)
+        .await
+        .unwrap();
+    assert_eq!((debit.balance.remaining, debit.balance.used), (40, 60));
+    let again = store
+        .reserve(&digest, units(40), "h2", ttl(1), T + 1)
+        .await
+        .unwrap();
+    assert_eq!(again.held, 40);
+    // The expired hold: Reserve refuses it, Release has nothing to free.
+    let expired = store.reserve(&digest, units(1), "h", ttl(1), T + 1).await;
+    assert!(
+        matches!(expired, Err(QuotaError::HoldExpired)),
+        "{expired:?}"
+    );
+    let released = store.release(&digest, "h", T + 1).await.unwrap();
+    assert_eq!((released.held, released.balance.remaining), (40, 40));
+    assert_eq!(held_at(&store, id, T + 2).await, 0);
+    // Used + remaining is still what was granted.
+    let token = store
+        .token(&quota_service::domain::TokenLocator::Id(id))
+        .await
+        .unwrap();
+    assert_eq!(token.balance.limit_units(), 100);
+}
+
+on_every_database!(
+    an_expired_hold_is_settled_from_the_balance,
+    an_expired_hold_is_settled_from_the_balance
+);
+async fn an_expired_hold_is_settled_from_the_balance(db: TestDb) {
+    let store = db.store().await;
+    let (_, key) = token(&store, 100).await;
+    let digest = key.digest();
+    store
+        .reserve(&digest, units(60), "late", ttl(2), T)
+        .await
+        .unwrap();
+    store
+        .reserve(&digest, units(30), "live", ttl(60), T)
+        .await
+        .unwrap();
+    // At T + 2 "late" no longer counts: spendable is 100 - 30 = 70, all of
+    // the cost comes from it.
+    let settled = store.settle(&digest, "late", 50, T + 2).await.unwrap();
+    assert_eq!(
+        (
+            settled.balance.remaining,
+            settled.balance.used,
+            settled.held,
+            settled.overdraft
+        ),
+        (50, 50, 30, 0)
+    );
+    store
+        .reserve(&digest, units(10), "later", ttl(1), T + 2)
+        .await
+        .unwrap();
+    // Spendable 50 - 30 = 20 once "later" expires; a cost of 25 overdraws by 5.
+    let over = store.settle(&digest, "later", 25, T + 3).await.unwrap();
+    assert_eq!(
+        (over.balance.remaining, over.held, over.overdraft),
+        (25, 30, 5)
+    );
+    // A repeat of either is a repeat.
+    assert!(
+        store
+            .settle(&digest, "late", 50, T + 4)
+            .await
+            .unwrap()
+            .repeat
+    );
+}
+
+on_every_database!(
+    a_hold_expires_on_the_real_clock,
+    a_hold_expires_on_the_real_clock
+);
+async fn a_hold_expires_on_the_real_clock(db: TestDb) {
+    let api = Api::start(db).await;
+    let (id, key) = api.token(100).await;
+    // Start at the top of a second, so that the checks below run well
+    // before the hold's second ends.
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    tokio::time::sleep(Duration::from_nanos(
+        1_000_000_000 - u64::from(since_epoch.subsec_nanos()),
+    ))
+    .await;
+    let held = api.reserve(&key, 100, "one-second", 1).await.unwrap();
+    assert_eq!(api.subscription(&key).await.held_units, 100);
+    assert_eq!(
+        code(api.consume(&key, 1, "").await),
+        Code::ResourceExhausted
+    );
+    // Wait out the second on the service's clock, with no call in between.
+    while unix_now() < held.expires_at {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(api.subscription(&key).await.held_units, 0);
+    assert_eq!(api.get(id).await.held, 0);
+    let debit = api.consume(&key, 100, "").await.unwrap();
+    assert_eq!(debit.remaining, 0);
+}
