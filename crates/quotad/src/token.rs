@@ -251,7 +251,7 @@ fn describe(t: &pb::Token) -> String {
 
 fn show(t: &pb::Token) -> String {
     format!(
-        "id: {}\nprefix: {}\nname: {}\nstatus: {}\nunlimited: {}\nremaining: {}\nused: {}\nexpires_at: {}\ncreated_at: {}\nupdated_at: {}",
+        "id: {}\nprefix: {}\nname: {}\nstatus: {}\nunlimited: {}\nremaining: {}\nused: {}\nheld: {}\nexpires_at: {}\ncreated_at: {}\nupdated_at: {}",
         t.id,
         t.display_prefix,
         t.name,
@@ -259,6 +259,7 @@ fn show(t: &pb::Token) -> String {
         t.unlimited,
         t.remaining,
         t.used,
+        t.held,
         t.expires_at,
         t.created_at,
         t.updated_at

@@ -50,6 +50,14 @@ fn serve_on_sqlite_and_manage_a_key_from_the_command_line() {
         assert!(!shown.contains(&key), "show leaks the key: {shown}");
     }
 
+    // Units held by a Reserve show as held, until released.
+    hold(&server, &key, Some(1_000));
+    let shown = server.token_ok(&["show", &id.to_string()]);
+    assert!(has_line(&shown, "held: 1000"), "{shown}");
+    assert!(has_line(&shown, "remaining: 3500000"), "{shown}");
+    hold(&server, &key, None);
+    assert!(has_line(&server.token_ok(&["show", &key]), "held: 0"));
+
     // Deleted: refused, and gone from the admin API.
     succeeded(&server.token(&["delete", &key]));
     assert_refused(&server, &key);
@@ -245,4 +253,43 @@ fn create_by_units_unlimited_and_expiring_and_grant_by_units() {
 
     let (status, log) = server.stop_with("TERM");
     assert!(status.success(), "{status}\n{log}");
+}
+
+/// Holds `units` of `key` through the gRPC API (or releases the hold: `None`).
+fn hold(server: &Server, key: &str, units: Option<i64>) {
+    use quota::pb;
+    use quota::pb::quota_service_client::QuotaServiceClient;
+    fn admin<T>(message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
+        req
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = QuotaServiceClient::connect(server.grpc_url.clone())
+            .await
+            .unwrap();
+        match units {
+            Some(quota) => {
+                let req = pb::ReserveRequest {
+                    token: key.to_owned(),
+                    quota,
+                    request_id: "cli-hold".into(),
+                    ttl_seconds: 600,
+                };
+                client.reserve(admin(req)).await.unwrap();
+            }
+            None => {
+                let req = pb::ReleaseRequest {
+                    token: key.to_owned(),
+                    request_id: "cli-hold".into(),
+                };
+                client.release(admin(req)).await.unwrap();
+            }
+        }
+    });
 }
