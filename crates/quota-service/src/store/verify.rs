@@ -2,7 +2,8 @@
 //!
 //! The row's counters are a fast copy of the ledger: the limit
 //! (`remaining + used`) is the sum of the grants and `used` the sum of the
-//! debits. This module reads both, in one read-only snapshot, and reports
+//! debits; `held` is the units of its holds neither settled nor released and
+//! not yet swept. This module reads both, in one read-only snapshot, and reports
 //! every token where they disagree. It only reads, so it is safe beside a
 //! running service: a token's row and its sums come from one snapshot
 //! (PostgreSQL and MySQL: a `REPEATABLE READ` read-only transaction; SQLite:
@@ -11,6 +12,7 @@
 
 use super::entity::{KIND_DEBIT, KIND_GRANT};
 use super::{placeholder, redact_url};
+use crate::domain::HoldState;
 use sea_orm::{
     AccessMode, ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection,
     IsolationLevel, Statement, TransactionTrait,
@@ -23,14 +25,18 @@ const PAGE: i64 = 500;
 
 /// A token's counters: as its row keeps them, or as its ledger says.
 ///
-/// Adding a counter (say, units held by live holds) is one field here, one
-/// column in [`counters_sql`] and one comparison in [`TokenCheck::disagreements`].
+/// Each counter is one field here, one column in [`counters_sql`] and one
+/// comparison in [`TokenCheck::disagreements`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Counters {
     /// Units ever granted: the row's `remaining + used`, or the ledger's grants.
     pub limit: i128,
     /// Units spent: the row's `used`, or the ledger's debits.
     pub used: i128,
+    /// Units held: the row's `held`, or the units of the token's holds that
+    /// are neither settled nor released and not yet swept (expired ones count
+    /// until the next write to the token sweeps them, on both sides).
+    pub held: i128,
 }
 
 /// One token, its row beside its ledger.
@@ -61,6 +67,12 @@ impl TokenCheck {
             lines.push(format!(
                 "{who}: used is {} but its debits add up to {}",
                 self.row.used, self.ledger.used
+            ));
+        }
+        if self.row.held != self.ledger.held {
+            lines.push(format!(
+                "{who}: held is {} but its live holds add up to {}",
+                self.row.held, self.ledger.held
             ));
         }
         lines
@@ -159,10 +171,12 @@ pub async fn verify(db: &DatabaseConnection) -> Result<Verification, Unreadable>
                     limit: i128::from(row.try_get::<i64>("", "remaining")?)
                         + i128::from(row.try_get::<i64>("", "used")?),
                     used: row.try_get::<i64>("", "used")?.into(),
+                    held: row.try_get::<i64>("", "held")?.into(),
                 },
                 ledger: Counters {
                     limit: row.try_get::<i64>("", "granted")?.into(),
                     used: row.try_get::<i64>("", "debited")?.into(),
+                    held: row.try_get::<i64>("", "holding")?.into(),
                 },
             };
             found.tokens += 1;
@@ -193,8 +207,14 @@ fn counters_sql(backend: DatabaseBackend) -> String {
              WHERE l.token_id = t.id AND l.kind = {kind})"
         )
     };
+    let live = HoldState::Live.code();
+    let holding = format!(
+        "(SELECT CAST(COALESCE(SUM(h.units), 0) AS {bigint}) FROM quota_holds h \
+         WHERE h.token_id = t.id AND h.state = {live})"
+    );
     format!(
-        "SELECT t.id, t.display_prefix, t.remaining, t.used, {} AS granted, {} AS debited \
+        "SELECT t.id, t.display_prefix, t.remaining, t.used, t.held, {} AS granted, \
+         {} AS debited, {holding} AS holding \
          FROM quota_tokens t WHERE t.id > {} ORDER BY t.id LIMIT {}",
         sum(KIND_GRANT),
         sum(KIND_DEBIT),
@@ -214,10 +234,12 @@ mod tests {
             row: Counters {
                 limit: row.0,
                 used: row.1,
+                held: 0,
             },
             ledger: Counters {
                 limit: ledger.0,
                 used: ledger.1,
+                held: 0,
             },
         }
     }
@@ -238,5 +260,11 @@ mod tests {
             ]
         );
         assert_eq!(check((10, 5), (10, 4)).disagreements().len(), 1);
+        let mut held = check((10, 4), (10, 4));
+        held.row.held = 3;
+        assert_eq!(
+            held.disagreements(),
+            ["token 7 (sk-AbCd…): held is 3 but its live holds add up to 0"]
+        );
     }
 }

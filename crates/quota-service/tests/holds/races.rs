@@ -200,6 +200,10 @@ async fn assert_used_and_held_match_the_ledger(store: &Store, token_id: i64) {
         .unwrap();
     let live: i64 = holds.iter().filter(|h| h.state == 1).map(|h| h.units).sum();
     assert_eq!(live, token.held);
+    let verified = quota_service::store::verify::verify(store.connection())
+        .await
+        .unwrap();
+    assert!(verified.agrees(), "{verified:?}");
     for row in rows.iter().filter(|r| r.kind == KIND_DEBIT) {
         let id = row.request_id.as_deref();
         let hold = holds.iter().find(|h| Some(h.request_id.as_str()) == id);
