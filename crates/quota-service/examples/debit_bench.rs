@@ -1,5 +1,6 @@
 //! Debit benchmark: `Consume` over gRPC against PostgreSQL running the same
-//! SQL under pgbench, side by side in one run, and the same load on SQLite.
+//! SQL under pgbench, side by side in one run, and the same load on SQLite;
+//! then the same load as holds: a `Reserve` and its `Settle` per call.
 //!
 //! ```sh
 //! cargo run --release -p quota-service --example debit_bench -- [--seconds 10] [--callers 32]
@@ -11,10 +12,12 @@
 //! in-process gRPC server on 127.0.0.1:0 and drives it from `--callers`
 //! concurrent clients for `--seconds`; pgbench then runs the same statements
 //! (rendered by the store itself) at the same concurrency on the same database.
+//! The holds run counts reserve + settle pairs, compared with the debits/s of
+//! `Consume` at the same concurrency.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use quota::pb::ConsumeRequest;
 use quota::pb::quota_service_client::QuotaServiceClient;
+use quota::pb::{ConsumeRequest, ReserveRequest, SettleRequest};
 use quota_service::domain::{KeyDigest, unix_now};
 use quota_service::store::entity::{STATUS_ENABLED, token};
 use quota_service::testing::{TEST_ADMIN_TOKEN, TestServer, test_config};
@@ -146,10 +149,29 @@ struct Outcome {
     errors: u64,
 }
 
-/// Drives `Consume` from `callers` concurrent clients for `seconds`.
+/// `message` with the admin credential.
+fn with_auth<T>(message: T, auth: &AdminHeader) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", auth.clone());
+    request
+}
+
+type AdminHeader = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+/// What each call of a run does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Calls {
+    /// One `Consume`.
+    Consume,
+    /// A `Reserve` of twice the units, then its `Settle` at the units.
+    ReserveSettle,
+}
+
+/// Drives `calls` from `callers` concurrent clients for `seconds`.
 async fn drive(
     url: &str,
     workload: Workload,
+    calls: Calls,
     callers: usize,
     seconds: u64,
 ) -> Result<Outcome, BoxError> {
@@ -162,7 +184,7 @@ async fn drive(
             .await?;
         clients.push(QuotaServiceClient::new(channel));
     }
-    let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {TEST_ADMIN_TOKEN}").parse()?;
+    let auth: AdminHeader = format!("Bearer {TEST_ADMIN_TOKEN}").parse()?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -172,15 +194,43 @@ async fn drive(
         tasks.push(tokio::spawn(async move {
             let (mut latencies, mut errors, mut i) = (Vec::new(), 0u64, caller as u64);
             while Instant::now() < deadline {
-                let mut request = tonic::Request::new(ConsumeRequest {
-                    token: bench_key(workload.token(i)),
-                    quota: UNITS,
-                    request_id: format!("bench-{caller}-{i}"),
-                });
-                request.metadata_mut().insert("authorization", auth.clone());
+                let token = bench_key(workload.token(i));
+                let request_id = format!("bench-{calls:?}-{caller}-{i}");
                 let t = Instant::now();
-                match client.consume(request).await {
-                    Ok(_) => latencies.push(t.elapsed().as_micros() as u32),
+                let done = match calls {
+                    Calls::Consume => client
+                        .consume(with_auth(
+                            ConsumeRequest {
+                                token,
+                                quota: UNITS,
+                                request_id,
+                            },
+                            &auth,
+                        ))
+                        .await
+                        .map(|_| ()),
+                    Calls::ReserveSettle => {
+                        let reserve = ReserveRequest {
+                            token: token.clone(),
+                            quota: 2 * UNITS,
+                            request_id: request_id.clone(),
+                            ttl_seconds: 600,
+                        };
+                        match client.reserve(with_auth(reserve, &auth)).await {
+                            Ok(_) => {
+                                let settle = SettleRequest {
+                                    token,
+                                    request_id,
+                                    quota: UNITS,
+                                };
+                                client.settle(with_auth(settle, &auth)).await.map(|_| ())
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                };
+                match done {
+                    Ok(()) => latencies.push(t.elapsed().as_micros() as u32),
                     Err(_) => errors += 1,
                 }
                 i += callers as u64;
@@ -287,6 +337,35 @@ async fn serve(url: &str) -> Result<(TestServer, Store), BoxError> {
     Ok((server, store))
 }
 
+/// Runs reserve + settle pairs and prints their row; the ratio is to the
+/// `Consume` debits/s of `consume` at the same concurrency.
+async fn holds_row(
+    database: &str,
+    url: &str,
+    workload: Workload,
+    consume: &Outcome,
+    args: &Args,
+) -> Result<(), BoxError> {
+    let pairs = drive(
+        url,
+        workload,
+        Calls::ReserveSettle,
+        args.callers,
+        args.seconds,
+    )
+    .await?;
+    println!(
+        "| {database} | {} | Reserve + Settle pairs | {:.0} | {:.2} | {:.2} | {} | | | {:.2} |",
+        workload.name(),
+        pairs.per_second,
+        pairs.p50_ms,
+        pairs.p99_ms,
+        pairs.errors,
+        pairs.per_second / consume.per_second
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let args = args()?;
@@ -296,9 +375,9 @@ async fn main() -> Result<(), BoxError> {
     );
     println!();
     println!(
-        "| database | workload | quota debits/s | p50 ms | p99 ms | errors | pgbench tx/s | pgbench avg ms | ratio |"
+        "| database | workload | calls | per s | p50 ms | p99 ms | errors | pgbench tx/s | pgbench avg ms | ratio |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
     if let Some(server) = &args.postgres {
         let name = format!("quota_bench_{}", std::process::id());
         let admin = Store::connect(server).await?;
@@ -319,10 +398,11 @@ async fn main() -> Result<(), BoxError> {
         let result = async {
             let (grpc, _store) = serve(&url).await?;
             for workload in [Workload::Spread, Workload::Hot] {
-                let ours = drive(&grpc.url(), workload, args.callers, args.seconds).await?;
+                let ours = drive(&grpc.url(), workload, Calls::Consume, args.callers, args.seconds)
+                    .await?;
                 let pg = pgbench(&url, workload, args.callers, args.seconds)?;
                 println!(
-                    "| PostgreSQL | {} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {:.2} |",
+                    "| PostgreSQL | {} | Consume | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {:.2} |",
                     workload.name(),
                     ours.per_second,
                     ours.p50_ms,
@@ -335,6 +415,7 @@ async fn main() -> Result<(), BoxError> {
                 if pg.errors > 0 {
                     println!("(pgbench reported {} failed transactions)", pg.errors);
                 }
+                holds_row("PostgreSQL", &grpc.url(), workload, &ours, &args).await?;
             }
             Ok::<_, BoxError>(())
         }
@@ -351,15 +432,23 @@ async fn main() -> Result<(), BoxError> {
         let result = async {
             let (grpc, _store) = serve(&format!("sqlite://{}/bench.db", dir.display())).await?;
             for workload in [Workload::Spread, Workload::Hot] {
-                let ours = drive(&grpc.url(), workload, args.callers, args.seconds).await?;
+                let ours = drive(
+                    &grpc.url(),
+                    workload,
+                    Calls::Consume,
+                    args.callers,
+                    args.seconds,
+                )
+                .await?;
                 println!(
-                    "| SQLite | {} | {:.0} | {:.2} | {:.2} | {} | | | |",
+                    "| SQLite | {} | Consume | {:.0} | {:.2} | {:.2} | {} | | | |",
                     workload.name(),
                     ours.per_second,
                     ours.p50_ms,
                     ours.p99_ms,
                     ours.errors
                 );
+                holds_row("SQLite", &grpc.url(), workload, &ours, &args).await?;
             }
             Ok::<_, BoxError>(())
         }
