@@ -229,29 +229,35 @@ pub fn test_config() -> ServiceConfig {
 
 /// Runs one async test body on SQLite (in memory and in a file) and, when
 /// configured, PostgreSQL and MySQL: `on_every_database!(name, body)` makes
-/// `name::sqlite_memory`, `name::sqlite`, `name::postgres` and `name::mysql`.
+/// `name::sqlite_memory`, `name::sqlite`, `name::postgres` and `name::mysql`,
+/// each on a 2-thread runtime. `on_every_database!(name, body, flavor =
+/// "current_thread")` passes its last arguments to `#[tokio::test]` instead:
+/// on one thread, a task spawned by the body runs only when the body yields.
 #[macro_export]
 macro_rules! on_every_database {
     ($name:ident, $body:ident) => {
+        $crate::on_every_database!($name, $body, flavor = "multi_thread", worker_threads = 2);
+    };
+    ($name:ident, $body:ident, $($runtime:tt)*) => {
         mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test($($runtime)*)]
             async fn sqlite_memory() {
                 super::$body($crate::testing::TestDb::sqlite_memory().await).await
             }
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test($($runtime)*)]
             async fn sqlite() {
                 super::$body($crate::testing::TestDb::sqlite().await).await
             }
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test($($runtime)*)]
             async fn postgres() {
                 if let Some(db) = $crate::testing::TestDb::postgres().await {
                     super::$body(db).await
                 }
             }
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test($($runtime)*)]
             async fn mysql() {
                 if let Some(db) = $crate::testing::TestDb::mysql().await {
                     super::$body(db).await

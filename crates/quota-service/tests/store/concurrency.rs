@@ -8,17 +8,28 @@ const TASKS: usize = 32;
 /// What [`hammer`] saw.
 #[derive(Debug, Default)]
 struct Outcome {
-    /// Successful, non-repeat debits.
-    debited: i64,
-    /// Successful repeats.
-    repeats: i64,
-    /// Refusals for quota.
-    exhausted: i64,
+    /// The balance each successful, non-repeat debit left.
+    debited: Vec<Balance>,
+    /// The balance each successful repeat saw.
+    repeats: Vec<Balance>,
+    /// The remaining units each refusal for quota saw.
+    exhausted: Vec<i64>,
+}
+
+impl Outcome {
+    fn count(&self) -> (i64, i64, i64) {
+        let n = |v: usize| v as i64;
+        (
+            n(self.debited.len()),
+            n(self.repeats.len()),
+            n(self.exhausted.len()),
+        )
+    }
 }
 
 /// Sends `REQUESTS` debits of `size` units from `TASKS` concurrent tasks,
 /// spread over `stores` in turn. `request_id(i)` names request `i`. Panics on
-/// any error other than `QuotaExhausted`, and on any impossible balance.
+/// any error other than `QuotaExhausted`.
 async fn hammer(
     stores: &[Store],
     key: &TokenKey,
@@ -37,21 +48,14 @@ async fn hammer(
                     .consume(&digest, units(size), id.as_deref(), NOW)
                     .await
                 {
-                    Ok(debit) => {
-                        assert!(debit.balance.remaining >= 0, "{debit:?}");
-                        if debit.repeat {
-                            outcome.repeats += 1;
-                        } else {
-                            outcome.debited += 1;
-                        }
-                    }
+                    Ok(debit) if debit.repeat => outcome.repeats.push(debit.balance),
+                    Ok(debit) => outcome.debited.push(debit.balance),
                     Err(QuotaError::QuotaExhausted {
                         remaining,
                         requested,
                     }) => {
-                        assert!(remaining >= 0 && remaining < size, "{remaining}");
                         assert_eq!(requested, size);
-                        outcome.exhausted += 1;
+                        outcome.exhausted.push(remaining);
                     }
                     Err(other) => panic!("a debit failed with {other:?}"),
                 }
@@ -62,29 +66,34 @@ async fn hammer(
     let mut total = Outcome::default();
     for task in tasks {
         let outcome = task.await.expect("debit task");
-        total.debited += outcome.debited;
-        total.repeats += outcome.repeats;
-        total.exhausted += outcome.exhausted;
+        total.debited.extend(outcome.debited);
+        total.repeats.extend(outcome.repeats);
+        total.exhausted.extend(outcome.exhausted);
     }
-    assert_eq!(
-        total.debited + total.repeats + total.exhausted,
-        REQUESTS as i64
-    );
+    let (debited, repeats, exhausted) = total.count();
+    assert_eq!(debited + repeats + exhausted, REQUESTS as i64);
     total
 }
 
 /// A token that affords `affordable` debits of `size` and has `spare` units
 /// over is hammered with distinct requests on `stores`: exactly the
-/// affordable debits succeed, and counters and ledger agree.
+/// affordable debits succeed, each leaving its own balance (the k-th leaves
+/// `quota - k * size`), every refusal sees the `spare` units, and counters
+/// and ledger agree.
 async fn overspend_is_impossible(stores: &[Store], size: i64, affordable: i64, spare: i64) {
     assert!(spare < size && affordable < REQUESTS as i64);
     let quota = size * affordable + spare;
     let (tok, key) = new_token(&stores[0], quota).await;
 
-    let outcome = hammer(stores, &key, size, |i| Some(format!("req-{i}"))).await;
-    assert_eq!(outcome.debited, affordable, "{outcome:?}");
-    assert_eq!(outcome.repeats, 0);
-    assert_eq!(outcome.exhausted, REQUESTS as i64 - affordable);
+    let mut outcome = hammer(stores, &key, size, |i| Some(format!("req-{i}"))).await;
+    let refused = REQUESTS as i64 - affordable;
+    assert_eq!(outcome.count(), (affordable, 0, refused), "{outcome:?}");
+    outcome.debited.sort_by_key(|b| b.used);
+    let each: Vec<Balance> = (1..=affordable)
+        .map(|k| limited(quota - k * size, k * size))
+        .collect();
+    assert_eq!(outcome.debited, each);
+    assert_eq!(outcome.exhausted, vec![spare; refused as usize]);
 
     let after = balance(&stores[0], tok.id).await;
     assert_eq!(after, limited(spare, affordable * size));
@@ -124,9 +133,12 @@ async fn concurrent_duplicates_on_two_replicas_debit_once(db: TestDb) {
     let (tok, key) = new_token(&replicas[0], 1_000).await;
 
     let outcome = hammer(&replicas, &key, 10, |_| Some("dup".to_owned())).await;
-    assert_eq!(outcome.debited, 1, "{outcome:?}");
-    assert_eq!(outcome.repeats, REQUESTS as i64 - 1);
-    assert_eq!(outcome.exhausted, 0);
+    assert_eq!(outcome.count(), (1, REQUESTS as i64 - 1, 0), "{outcome:?}");
+    assert_eq!(outcome.debited, [limited(990, 10)]);
+    assert!(
+        outcome.repeats.iter().all(|b| *b == limited(990, 10)),
+        "a repeat sees the one debit: {outcome:?}"
+    );
 
     assert_eq!(balance(&replicas[1], tok.id).await, limited(990, 10));
     let debits = debits_of(&replicas[1], tok.id).await;
@@ -145,11 +157,15 @@ async fn grants_and_debits_on_two_replicas_all_land(db: TestDb) {
     // Grants read the token before they write it: on SQLite, a replica's
     // write in between must not fail them with "database is locked".
     const PER_TASK: i64 = 40;
+    const DEBITERS: i64 = (TASKS / 2) as i64;
+    // The first grant pays for every debit, so each one must succeed
+    // whatever the order of grants and debits.
+    let debited = 2 * PER_TASK * DEBITERS;
     let replicas = [db.store().await, db.store().await];
-    let (tok, key) = new_token(&replicas[0], 0).await;
+    let (tok, key) = new_token(&replicas[0], debited).await;
     let mut granters = Vec::new();
     let mut debiters = Vec::new();
-    for t in 0..TASKS / 2 {
+    for t in 0..DEBITERS {
         let store = replicas[0].clone();
         granters.push(tokio::spawn(async move {
             for _ in 0..PER_TASK {
@@ -162,32 +178,33 @@ async fn grants_and_debits_on_two_replicas_all_land(db: TestDb) {
         let store = replicas[1].clone();
         let digest = key.digest();
         debiters.push(tokio::spawn(async move {
-            let mut debited = 0;
+            let mut used = Vec::new();
             for i in 0..PER_TASK {
                 let id = format!("{t}-{i}");
-                match store.consume(&digest, units(2), Some(&id), NOW).await {
-                    Ok(debit) => {
-                        assert!(!debit.repeat && debit.balance.remaining >= 0, "{debit:?}");
-                        debited += 2;
-                    }
-                    Err(QuotaError::QuotaExhausted { .. }) => {}
-                    Err(other) => panic!("a debit failed with {other:?}"),
-                }
+                let debit = store
+                    .consume(&digest, units(2), Some(&id), NOW)
+                    .await
+                    .unwrap_or_else(|e| panic!("debit {id} failed with {e:?}"));
+                assert!(!debit.repeat, "{debit:?}");
+                used.push(debit.balance.used);
             }
-            debited
+            used
         }));
     }
     for task in granters {
         task.await.expect("grant task");
     }
-    let mut used = 0;
+    let mut used = Vec::new();
     for task in debiters {
-        used += task.await.expect("debit task");
+        used.extend(task.await.expect("debit task"));
     }
+    // Each debit saw its own `used`: 2, 4, ... up to every debit.
+    used.sort_unstable();
+    assert_eq!(used, (1..=debited / 2).map(|k| 2 * k).collect::<Vec<_>>());
 
-    let granted = 3 * PER_TASK * (TASKS / 2) as i64;
+    let granted = debited + 3 * PER_TASK * DEBITERS;
     let after = balance(&replicas[1], tok.id).await;
-    assert_eq!(after, limited(granted - used, used));
+    assert_eq!(after, limited(granted - debited, debited));
     let rows = ledger_of(&replicas[1], tok.id).await;
     let sum = |kind| {
         rows.iter()
@@ -196,7 +213,7 @@ async fn grants_and_debits_on_two_replicas_all_land(db: TestDb) {
             .sum::<i64>()
     };
     assert_eq!(sum(KIND_GRANT), granted);
-    assert_eq!(sum(KIND_DEBIT), used);
+    assert_eq!(sum(KIND_DEBIT), debited);
 }
 
 /// A burst of debits on one token: `copies` debits of each of `ids` request

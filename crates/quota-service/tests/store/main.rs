@@ -1,7 +1,7 @@
 //! Integration tests of the store API on SQLite and PostgreSQL: tokens and
 //! their ledger, the all-or-nothing idempotent debit, daily usage, and the
 //! debit under concurrency on one store and on two stores ("replicas")
-//! sharing a database.
+//! sharing a database, and the per-token queue's bound and fallbacks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod concurrency;
@@ -9,5 +9,6 @@ mod consume;
 mod errors;
 mod helpers;
 mod idempotency;
+mod queue;
 mod tokens;
 mod usage;

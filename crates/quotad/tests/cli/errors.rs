@@ -12,7 +12,7 @@ fn serve_fails_in_one_line_when_the_database_is_unreachable() {
     cmd.args(["serve", "--database-url", &url])
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .current_dir(dir.path());
-    // The pool retries a refused connection until its 10 s acquire timeout.
+    // The pool retries a refused connection until its 2 s acquire timeout.
     let out = run(cmd, Duration::from_secs(90));
     let line = failed_with_one_line(&out);
     assert_eq!(stderr_of(&out).lines().count(), 1, "{}", describe(&out));
