@@ -28,6 +28,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_create_tokens_and_ledger;
 mod m20261129_000002_add_holds;
+mod m20261130_000001_add_usage_days;
 
 /// Every migration of the quota store, in order.
 pub struct Migrator;
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261129_000001_create_tokens_and_ledger::Migration),
             Box::new(m20261129_000002_add_holds::Migration),
+            Box::new(m20261130_000001_add_usage_days::Migration),
         ]
     }
 }

@@ -108,6 +108,32 @@ pub mod hold {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// `quota_usage_days`: the sum of a token's debits on one UTC day, kept with
+/// every debit (`store/usage.rs`).
+pub mod usage_day {
+    use sea_orm::entity::prelude::*;
+
+    /// One token's usage on one day.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "quota_usage_days")]
+    pub struct Model {
+        /// The token.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub token_id: i64,
+        /// Unix seconds of the UTC day's start.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub day: i64,
+        /// Units debited that day.
+        pub units: i64,
+    }
+
+    /// No relations are navigated through the ORM.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 /// `status` of an enabled token.
 pub const STATUS_ENABLED: i16 = 1;
 /// `status` of a disabled token.

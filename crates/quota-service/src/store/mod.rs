@@ -8,6 +8,7 @@ pub mod entity;
 mod error;
 mod migrate;
 mod pool;
+mod usage;
 pub mod verify;
 
 use debit::insert_ledger;
@@ -17,16 +18,13 @@ pub use migrate::{
     DEFAULT_LOCK_WAIT, MigrateError, MigrationLock, MigrationStatus, migration_names,
 };
 
-use crate::domain::{
-    Balance, DaySpend, KeyDigest, QuotaError, QuotaUnits, Token, TokenKey, TokenLocator,
-    UsageWindow,
-};
-use entity::{KIND_DEBIT, KIND_GRANT, STATUS_DISABLED, STATUS_ENABLED, ledger, token};
+use crate::domain::{Balance, KeyDigest, QuotaError, QuotaUnits, Token, TokenKey, TokenLocator};
+use entity::{KIND_GRANT, STATUS_DISABLED, STATUS_ENABLED, ledger, token, usage_day};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database,
     DatabaseBackend, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+    QuerySelect, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 use std::time::Duration;
 
@@ -260,13 +258,17 @@ impl Store {
         Ok(to_domain(active.update(&self.db).await?))
     }
 
-    /// Deletes a token, its ledger and its holds.
+    /// Deletes a token, its ledger, its usage per day and its holds.
     pub async fn delete_token(&self, at: &TokenLocator) -> Result<(), QuotaError> {
         let txn = self.begin_write().await?;
         // The token's row first, as debits take it: no lock-order deadlock.
         let row = find_locked(&txn, at).await?;
         ledger::Entity::delete_many()
             .filter(ledger::Column::TokenId.eq(row.id))
+            .exec(&txn)
+            .await?;
+        usage_day::Entity::delete_many()
+            .filter(usage_day::Column::TokenId.eq(row.id))
             .exec(&txn)
             .await?;
         entity::hold::Entity::delete_many()
@@ -276,50 +278,6 @@ impl Store {
         token::Entity::delete_by_id(row.id).exec(&txn).await?;
         txn.commit().await?;
         Ok(())
-    }
-
-    /// Units debited per UTC day within `window`, oldest first.
-    pub async fn daily_usage(
-        &self,
-        token_id: i64,
-        window: UsageWindow,
-    ) -> Result<Vec<DaySpend>, QuotaError> {
-        let backend = self.read.get_database_backend();
-        let total = match backend {
-            DatabaseBackend::Postgres => "CAST(SUM(units) AS BIGINT)",
-            DatabaseBackend::MySql => "CAST(SUM(units) AS SIGNED)",
-            _ => "SUM(units)",
-        };
-        let mut sql = format!(
-            "SELECT created_at - (created_at % 86400) AS day, {total} AS units FROM quota_ledger \
-             WHERE token_id = {} AND kind = {}",
-            placeholder(backend, 1),
-            placeholder(backend, 2)
-        );
-        let mut values: Vec<sea_orm::Value> = vec![token_id.into(), KIND_DEBIT.into()];
-        for (bound, op) in [(window.start, ">="), (window.end, "<")] {
-            if let Some(at) = bound {
-                values.push(at.into());
-                sql.push_str(&format!(
-                    " AND created_at {op} {}",
-                    placeholder(backend, values.len())
-                ));
-            }
-        }
-        sql.push_str(" GROUP BY 1 ORDER BY 1");
-        let rows = self
-            .read
-            .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(DaySpend {
-                    day: row.try_get_by_index(0)?,
-                    units: row.try_get_by_index(1)?,
-                })
-            })
-            .collect::<Result<_, sea_orm::DbErr>>()
-            .map_err(QuotaError::from)
     }
 }
 

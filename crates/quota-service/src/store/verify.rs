@@ -3,8 +3,9 @@
 //! The row's counters are a fast copy of the ledger: the limit
 //! (`remaining + used`) is the sum of the grants and `used` the sum of the
 //! debits; `held` is the units of its holds neither settled nor released and
-//! not yet swept. This module reads both, in one read-only snapshot, and reports
-//! every token where they disagree. It only reads, so it is safe beside a
+//! not yet swept. The usage per day (`quota_usage_days`) is another copy: one
+//! row per UTC day with debits, their sum. This module reads both, in one
+//! read-only snapshot, and reports every token where they disagree. It only reads, so it is safe beside a
 //! running service: a token's row and its sums come from one snapshot
 //! (PostgreSQL and MySQL: a `REPEATABLE READ` read-only transaction; SQLite:
 //! a read transaction, which is a snapshot in WAL mode), so a debit that
@@ -50,6 +51,37 @@ pub struct TokenCheck {
     pub row: Counters,
     /// The counters the ledger adds up to.
     pub ledger: Counters,
+    /// The days whose usage total disagrees with the ledger, oldest first.
+    pub days: Vec<DayCheck>,
+}
+
+/// One UTC day of a token on which `quota_usage_days` and the ledger disagree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DayCheck {
+    /// Unix seconds of the day's start.
+    pub day: i64,
+    /// The day's usage total; `None` when it has no row.
+    pub kept: Option<i64>,
+    /// The sum of the day's debits in the ledger; `None` when it has none.
+    pub debited: Option<i64>,
+}
+
+impl DayCheck {
+    fn line(&self, who: &str) -> String {
+        let date = chrono::DateTime::from_timestamp(self.day, 0).map_or_else(
+            || self.day.to_string(),
+            |d| d.format("%Y-%m-%d").to_string(),
+        );
+        let kept = match self.kept {
+            Some(units) => format!("is {units}"),
+            None => "is missing".to_owned(),
+        };
+        let debited = match self.debited {
+            Some(units) => format!("its debits that day add up to {units}"),
+            None => "it has no debits that day".to_owned(),
+        };
+        format!("{who}: usage on {date} {kept} but {debited}")
+    }
 }
 
 impl TokenCheck {
@@ -75,6 +107,7 @@ impl TokenCheck {
                 self.row.held, self.ledger.held
             ));
         }
+        lines.extend(self.days.iter().map(|day| day.line(&who)));
         lines
     }
 }
@@ -153,6 +186,7 @@ pub async fn verify(db: &DatabaseConnection) -> Result<Verification, Unreadable>
         }
     };
     let sql = counters_sql(backend);
+    let days_sql = days_sql(backend);
     let mut found = Verification::default();
     let mut after = 0i64;
     loop {
@@ -163,8 +197,9 @@ pub async fn verify(db: &DatabaseConnection) -> Result<Verification, Unreadable>
                 [after.into(), PAGE.into()],
             ))
             .await?;
+        let mut page = Vec::with_capacity(rows.len());
         for row in &rows {
-            let check = TokenCheck {
+            page.push(TokenCheck {
                 id: row.try_get("", "id")?,
                 display_prefix: row.try_get("", "display_prefix")?,
                 row: Counters {
@@ -178,10 +213,42 @@ pub async fn verify(db: &DatabaseConnection) -> Result<Verification, Unreadable>
                     used: row.try_get::<i64>("", "debited")?.into(),
                     held: row.try_get::<i64>("", "holding")?.into(),
                 },
-            };
+                days: Vec::new(),
+            });
+        }
+        let Some(last) = page.last().map(|check| check.id) else {
+            break;
+        };
+        let mut days = txn
+            .query_all_raw(Statement::from_sql_and_values(
+                backend,
+                days_sql.clone(),
+                [after.into(), last.into(), after.into(), last.into()],
+            ))
+            .await?
+            .into_iter()
+            .peekable();
+        for mut check in page {
+            while let Some(row) = days.next_if(|row| {
+                row.try_get::<i64>("", "token_id")
+                    .is_ok_and(|id| id <= check.id)
+            }) {
+                let day = DayCheck {
+                    day: row.try_get("", "day")?,
+                    kept: (row.try_get::<i64>("", "kept_rows")? > 0)
+                        .then(|| row.try_get("", "kept"))
+                        .transpose()?,
+                    debited: (row.try_get::<i64>("", "debit_rows")? > 0)
+                        .then(|| row.try_get("", "debited"))
+                        .transpose()?,
+                };
+                if row.try_get::<i64>("", "token_id")? == check.id {
+                    check.days.push(day);
+                }
+            }
             found.tokens += 1;
             after = check.id;
-            if check.row != check.ledger {
+            if check.row != check.ledger || !check.days.is_empty() {
                 found.disagreeing.push(check);
             }
         }
@@ -223,6 +290,36 @@ fn counters_sql(backend: DatabaseBackend) -> String {
     )
 }
 
+/// The days of tokens with ids in `(first, second]` whose usage total
+/// disagrees with the sum of their debits (or where one of the two is
+/// missing), by token and day. The ledger's day is the usage route's:
+/// `created_at - created_at % 86400`.
+fn days_sql(backend: DatabaseBackend) -> String {
+    let bigint = match backend {
+        DatabaseBackend::Postgres => "BIGINT",
+        DatabaseBackend::MySql => "SIGNED",
+        _ => "INTEGER",
+    };
+    let p = |n| placeholder(backend, n);
+    format!(
+        "SELECT token_id, day, CAST(SUM(kept) AS {bigint}) AS kept, \
+         CAST(SUM(kept_rows) AS {bigint}) AS kept_rows, CAST(SUM(debited) AS {bigint}) AS debited, \
+         CAST(SUM(debit_rows) AS {bigint}) AS debit_rows FROM ( \
+         SELECT token_id, day, units AS kept, 1 AS kept_rows, 0 AS debited, 0 AS debit_rows \
+         FROM quota_usage_days WHERE token_id > {} AND token_id <= {} \
+         UNION ALL \
+         SELECT token_id, created_at - (created_at % 86400) AS day, 0, 0, units, 1 \
+         FROM quota_ledger WHERE kind = {KIND_DEBIT} AND token_id > {} AND token_id <= {} \
+         ) u GROUP BY token_id, day \
+         HAVING SUM(kept) <> SUM(debited) OR SUM(kept_rows) <> 1 OR SUM(debit_rows) = 0 \
+         ORDER BY token_id, day",
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +338,7 @@ mod tests {
                 used: ledger.1,
                 held: 0,
             },
+            days: Vec::new(),
         }
     }
 
@@ -265,6 +363,37 @@ mod tests {
         assert_eq!(
             held.disagreements(),
             ["token 7 (sk-AbCd…): held is 3 but its live holds add up to 0"]
+        );
+    }
+
+    #[test]
+    fn each_day_that_disagrees_is_one_line() {
+        let mut days = check((10, 4), (10, 4));
+        let day0 = 1_799_971_200;
+        days.days = vec![
+            DayCheck {
+                day: day0,
+                kept: Some(5),
+                debited: Some(4),
+            },
+            DayCheck {
+                day: day0 + 86_400,
+                kept: Some(2),
+                debited: None,
+            },
+            DayCheck {
+                day: day0 + 2 * 86_400,
+                kept: None,
+                debited: Some(0),
+            },
+        ];
+        assert_eq!(
+            days.disagreements(),
+            [
+                "token 7 (sk-AbCd…): usage on 2027-01-15 is 5 but its debits that day add up to 4",
+                "token 7 (sk-AbCd…): usage on 2027-01-16 is 2 but it has no debits that day",
+                "token 7 (sk-AbCd…): usage on 2027-01-17 is missing but its debits that day add up to 0",
+            ]
         );
     }
 }

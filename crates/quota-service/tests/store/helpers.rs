@@ -4,7 +4,7 @@ pub use quota_service::domain::{
     Balance, DaySpend, Debit, KeyDigest, QuotaUnits, Token, TokenKey, TokenLocator, UsageWindow,
     day_start,
 };
-pub use quota_service::store::entity::{KIND_DEBIT, KIND_GRANT, ledger, token};
+pub use quota_service::store::entity::{KIND_DEBIT, KIND_GRANT, ledger, token, usage_day};
 pub use quota_service::store::{NewToken, Store, TokenChanges};
 pub use quota_service::testing::TestDb;
 pub use quota_service::{QuotaError, on_every_database};
@@ -80,7 +80,8 @@ pub async fn debits_of(store: &Store, token_id: i64) -> Vec<ledger::Model> {
     rows
 }
 
-/// Writes a ledger row directly, with a chosen time.
+/// Writes a ledger row directly, with a chosen time; a debit also goes into
+/// its day's usage total, as every debit of the store does.
 pub async fn insert_ledger_row(
     store: &Store,
     token_id: i64,
@@ -100,6 +101,29 @@ pub async fn insert_ledger_row(
         .exec_without_returning(store.connection())
         .await
         .unwrap();
+    if kind == KIND_DEBIT {
+        let day = day_start(created_at);
+        let kept = usage_day::Entity::find_by_id((token_id, day))
+            .one(store.connection())
+            .await
+            .unwrap();
+        let row = usage_day::ActiveModel {
+            token_id: Set(token_id),
+            day: Set(day),
+            units: Set(kept.as_ref().map_or(0, |k| k.units) + units),
+        };
+        if kept.is_some() {
+            usage_day::Entity::update(row)
+                .exec(store.connection())
+                .await
+                .unwrap();
+        } else {
+            usage_day::Entity::insert(row)
+                .exec_without_returning(store.connection())
+                .await
+                .unwrap();
+        }
+    }
 }
 
 pub fn assert_exhausted<T: std::fmt::Debug>(

@@ -1,7 +1,8 @@
 //! Integration tests of the store API on SQLite and PostgreSQL: tokens and
 //! their ledger, the all-or-nothing idempotent debit, daily usage, and the
 //! debit under concurrency on one store and on two stores ("replicas")
-//! sharing a database, and the per-token queue's bound and fallbacks.
+//! sharing a database, the per-token queue's bound and fallbacks, and the
+//! usage per day kept with the debits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod concurrency;
@@ -12,3 +13,4 @@ mod idempotency;
 mod queue;
 mod tokens;
 mod usage;
+mod usage_days;

@@ -1,5 +1,5 @@
-//! `quotad verify`: clean while debits run, a counter changed behind its
-//! back found, exit 2 when the database cannot be read.
+//! `quotad verify`: clean while debits run, a counter or a day's usage total
+//! changed behind its back found, exit 2 when the database cannot be read.
 
 use crate::helpers::{Server, admin, consume, describe, verify};
 use quota::pb::quota_service_client::QuotaServiceClient;
@@ -118,6 +118,11 @@ async fn finds_counters_changed_behind_its_back(db: TestDb) {
             ))
             .await
             .unwrap();
+            sql.execute_unprepared(&format!(
+                "INSERT INTO quota_usage_days (token_id, day, units) VALUES ({id}, 0, {used})"
+            ))
+            .await
+            .unwrap();
         }
     }
     let out = tokio::task::block_in_place(|| verify(&db.url));
@@ -137,6 +142,27 @@ async fn finds_counters_changed_behind_its_back(db: TestDb) {
          token 1 (sk-tok1…): used is 35 but its debits add up to 30\n\
          token 3 (sk-tok3…): limit (remaining + used) is 41 but its grants add up to 50\n\
          3 tokens checked: 1 agree with their ledger, 2 disagree\n"
+    );
+
+    // The counters put back; then a day's usage total changed, one made up
+    // for a day without debits, and one removed.
+    for update in [
+        "UPDATE quota_tokens SET used = used - 5 WHERE id = 1",
+        "UPDATE quota_tokens SET remaining = remaining + 9 WHERE id = 3",
+        "UPDATE quota_usage_days SET units = units + 4 WHERE token_id = 1",
+        "INSERT INTO quota_usage_days (token_id, day, units) VALUES (2, 86400, 7)",
+        "DELETE FROM quota_usage_days WHERE token_id = 3",
+    ] {
+        sql.execute_unprepared(update).await.unwrap();
+    }
+    let out = tokio::task::block_in_place(|| verify(&db.url));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_eq!(
+        stdout(&out),
+        "token 1 (sk-tok1…): usage on 1970-01-01 is 34 but its debits that day add up to 30\n\
+         token 2 (sk-tok2…): usage on 1970-01-02 is 7 but it has no debits that day\n\
+         token 3 (sk-tok3…): usage on 1970-01-01 is missing but its debits that day add up to 50\n\
+         3 tokens checked: 0 agree with their ledger, 3 disagree\n"
     );
 }
 

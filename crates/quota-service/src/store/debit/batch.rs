@@ -7,12 +7,15 @@
 //! latest time. Each operation then runs the domain's rule against the
 //! counters in memory, after sweeping the holds expired at its own time; the
 //! result is written back with one UPDATE of the token, one INSERT each for
-//! new holds and ledger rows, and one UPDATE per hold state changed.
+//! new holds and ledger rows, one upsert of the usage per day (one row per
+//! day, a settle's debit on the settle's day) and one UPDATE per hold state
+//! changed.
 
 use super::queue::{Op, Outcome};
 use super::sql::{BatchError, ledger_insert, ledger_row};
 use crate::domain::{self, Debit, Hold, HoldState, KeyDigest, QuotaError, Token};
 use crate::store::entity::{KIND_DEBIT, hold, ledger, token};
+use crate::store::usage::{UsageDays, add_usage_days};
 use crate::store::{Store, to_domain};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
@@ -41,6 +44,8 @@ struct Book {
     expiring: Vec<String>,
     /// Ledger rows to insert.
     ledger: Vec<[sea_orm::sea_query::SimpleExpr; 5]>,
+    /// The same debits, summed per day.
+    days: UsageDays,
     /// The latest time of an operation that changed something.
     last_now: i64,
 }
@@ -169,6 +174,7 @@ impl Book {
             debits,
             expiring,
             ledger: Vec::new(),
+            days: UsageDays::default(),
             last_now: 0,
         })
     }
@@ -284,11 +290,12 @@ impl Book {
             request_id,
             now,
         ));
+        self.days.add(self.token.id, now, units);
         self.touch(now);
     }
 
-    /// Writes what changed: the token's counters, new holds, hold states and
-    /// ledger rows.
+    /// Writes what changed: the token's counters, new holds, hold states,
+    /// ledger rows and the usage per day.
     async fn write(self, txn: &DatabaseTransaction, before: &Token) -> Result<(), BatchError> {
         let token = &self.token;
         if token.balance != before.balance || token.held != before.held {
@@ -358,6 +365,7 @@ impl Book {
                 .await
                 .map_err(BatchError::from_insert)?;
         }
+        add_usage_days(txn, &self.days).await?;
         Ok(())
     }
 }

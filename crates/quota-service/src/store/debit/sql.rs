@@ -6,6 +6,7 @@ use crate::domain::{Balance, Debit, KeyDigest, QuotaError, QuotaUnits};
 use crate::store::Store;
 use crate::store::entity::{KIND_DEBIT, STATUS_ENABLED, hold, ledger, token};
 use crate::store::error::is_unique_violation;
+use crate::store::usage::{UsageDays, add_usage_days};
 use sea_orm::sea_query::{
     Expr, ExprTrait, InsertStatement, Query, ReturningClause, SimpleExpr, UpdateStatement,
 };
@@ -15,7 +16,7 @@ impl Store {
     /// One debit on its own: one conditional UPDATE (enabled, unexpired,
     /// unlimited or a spendable balance that covers it, counting every hold
     /// not yet swept) and its ledger row, written only if the request id names
-    /// no hold, in one transaction. Anything else (a refusal, a repeat that the
+    /// no hold, with its day's usage total, in one transaction. Anything else (a refusal, a repeat that the
     /// unique index rolls back, an id that names a hold, expired holds still
     /// counted) rolls back and is decided again under the token's row lock,
     /// after a sweep: a refusal here is never wrong for long, and a success is
@@ -34,6 +35,8 @@ impl Store {
                 .await
             {
                 Ok(done) if done.rows_affected() == 1 => {
+                    let day = UsageDays::one(token_id, now, units.get());
+                    add_usage_days(&txn, &day).await?;
                     txn.commit().await?;
                     return Ok(Debit {
                         balance,
@@ -228,7 +231,14 @@ pub fn pgbench_debit_script(
         .to_string(PostgresQueryBuilder)
         .replace(&format!("'{REQUEST_ID}'"), request_id_sql)
         .replace(&TOKEN_ID.to_string(), ":id");
-    Ok(format!("BEGIN;\n{update} \\gset\n{insert};\nCOMMIT;\n"))
+    let day = crate::store::usage::ledger_day(now);
+    let usage = crate::store::usage::upsert_sql(
+        sea_orm::DatabaseBackend::Postgres,
+        &[[":id".into(), day.to_string(), units.to_string()]],
+    );
+    Ok(format!(
+        "BEGIN;\n{update} \\gset\n{insert};\n{usage};\nCOMMIT;\n"
+    ))
 }
 
 /// Why a batch as a whole did not settle.

@@ -1,0 +1,163 @@
+//! Usage per UTC day: `quota_usage_days`, the sum of each token's debits on
+//! each day, kept in the debit's own transaction and read by the usage route.
+//!
+//! Every statement that writes a debit's ledger row (the single debit in
+//! `debit/sql.rs`, the batch in `debit/batch.rs`) adds the same units to the
+//! same (token, day) here, through [`add_usage_days`], before it commits; a
+//! token's deletion removes both. So the table always equals the ledger's
+//! debits summed per (token, day), which `quotad verify` checks.
+
+use super::{Store, placeholder};
+use crate::domain::{DaySpend, QuotaError, UsageWindow};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, Statement};
+use std::collections::BTreeMap;
+
+const SECONDS_PER_DAY: i64 = 86_400;
+
+/// The UTC day of a ledger row's time, as SQL has always computed it
+/// (`created_at - created_at % 86400`); times are after 1970.
+pub(in crate::store) fn ledger_day(created_at: i64) -> i64 {
+    created_at - created_at % SECONDS_PER_DAY
+}
+
+/// Debited units to add, per (token id, UTC day start).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(in crate::store) struct UsageDays(BTreeMap<(i64, i64), i64>);
+
+impl UsageDays {
+    /// Counts a debit of `units` made at `at` (unix seconds) by `token_id`.
+    /// A debit of 0 units (a settle of 0) still makes its day appear.
+    pub(in crate::store) fn add(&mut self, token_id: i64, at: i64, units: i64) {
+        let day = self.0.entry((token_id, ledger_day(at))).or_insert(0);
+        // Never overflows: a day's units are part of `used`, itself an i64.
+        *day = day.saturating_add(units);
+    }
+
+    /// The days of one debit.
+    pub(in crate::store) fn one(token_id: i64, at: i64, units: i64) -> UsageDays {
+        let mut days = UsageDays::default();
+        days.add(token_id, at, units);
+        days
+    }
+}
+
+/// Adds `days` to `quota_usage_days` inside `txn`, the transaction that
+/// writes their ledger rows: one multi-row upsert for all of them (one row
+/// per (token, day), however many debits), in (token, day) order, so that
+/// concurrent transactions take the rows' locks in one order.
+///
+/// Call it once per transaction with every debit the transaction writes.
+pub(in crate::store) async fn add_usage_days<C: ConnectionTrait>(
+    txn: &C,
+    days: &UsageDays,
+) -> Result<(), DbErr> {
+    if days.0.is_empty() {
+        return Ok(());
+    }
+    let backend = txn.get_database_backend();
+    let mut rows = Vec::with_capacity(days.0.len());
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(days.0.len() * 3);
+    for (&(token_id, day), &units) in &days.0 {
+        let n = values.len();
+        rows.push([1, 2, 3].map(|i| placeholder(backend, n + i)));
+        values.extend([token_id.into(), day.into(), units.into()]);
+    }
+    let sql = upsert_sql(backend, &rows);
+    txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
+        .await?;
+    Ok(())
+}
+
+/// The upsert of [`add_usage_days`], each row three SQL expressions
+/// (token id, day, units).
+pub(in crate::store) fn upsert_sql(backend: DatabaseBackend, rows: &[[String; 3]]) -> String {
+    let rows: Vec<String> = rows
+        .iter()
+        .map(|row| format!("({})", row.join(", ")))
+        .collect();
+    let conflict = match backend {
+        DatabaseBackend::MySql => "ON DUPLICATE KEY UPDATE units = units + VALUES(units)",
+        _ => {
+            "ON CONFLICT (token_id, day) DO UPDATE \
+             SET units = quota_usage_days.units + excluded.units"
+        }
+    };
+    format!(
+        "INSERT INTO quota_usage_days (token_id, day, units) VALUES {} {conflict}",
+        rows.join(", ")
+    )
+}
+
+impl Store {
+    /// Units debited per UTC day within `window`, oldest first: the token's
+    /// rows of `quota_usage_days`, one per day with a debit. The window's
+    /// bounds are day starts (as [`UsageWindow::parse`] makes them); a day
+    /// counts when its start is within `[start, end)`.
+    pub async fn daily_usage(
+        &self,
+        token_id: i64,
+        window: UsageWindow,
+    ) -> Result<Vec<DaySpend>, QuotaError> {
+        let backend = self.read.get_database_backend();
+        let mut sql = format!(
+            "SELECT day, units FROM quota_usage_days WHERE token_id = {}",
+            placeholder(backend, 1)
+        );
+        let mut values: Vec<sea_orm::Value> = vec![token_id.into()];
+        for (bound, op) in [(window.start, ">="), (window.end, "<")] {
+            if let Some(at) = bound {
+                values.push(at.into());
+                sql.push_str(&format!(
+                    " AND day {op} {}",
+                    placeholder(backend, values.len())
+                ));
+            }
+        }
+        sql.push_str(" ORDER BY day");
+        let rows = self
+            .read
+            .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DaySpend {
+                    day: row.try_get_by_index(0)?,
+                    units: row.try_get_by_index(1)?,
+                })
+            })
+            .collect::<Result<_, DbErr>>()
+            .map_err(QuotaError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debits_add_up_per_token_and_utc_day() {
+        let day0 = 1_799_971_200;
+        let mut days = UsageDays::default();
+        days.add(2, day0 + 5, 10);
+        days.add(1, day0 + SECONDS_PER_DAY - 1, 3);
+        days.add(2, day0, 7);
+        days.add(2, day0 + SECONDS_PER_DAY, 1);
+        days.add(1, day0, 0);
+        let rows: Vec<_> = days.0.into_iter().collect();
+        assert_eq!(
+            rows,
+            [
+                ((1, day0), 3),
+                ((2, day0), 17),
+                ((2, day0 + SECONDS_PER_DAY), 1)
+            ]
+        );
+        assert_eq!(
+            UsageDays::one(4, day0 + 1, 0)
+                .0
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [((4, day0), 0)]
+        );
+    }
+}
