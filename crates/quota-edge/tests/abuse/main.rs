@@ -4,5 +4,6 @@
 
 mod bounds;
 mod helpers;
+mod pki;
 mod throttle;
 mod tls;

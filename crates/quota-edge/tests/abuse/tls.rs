@@ -3,9 +3,9 @@
 //! one it was not given.
 
 use crate::helpers::*;
+use crate::pki::{Pki, make_pki};
 use quota::pb::quota_service_server::QuotaServiceServer;
 use quota_edge::{ClientTls, EdgeConfig, ServerTls, Upstream, app};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::ServerName;
 use rustls::pki_types::pem::PemObject;
 use std::sync::Arc;
@@ -13,29 +13,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity, ServerTlsConfig};
 use tower::ServiceExt;
-
-/// A private CA and a certificate it signed for localhost and 127.0.0.1.
-pub struct Pki {
-    pub ca: String,
-    pub cert: String,
-    pub key: String,
-}
-
-pub fn make_pki() -> Pki {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    Pki {
-        ca: ca.pem(),
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    }
-}
 
 #[tokio::test]
 async fn rest_over_tls() {

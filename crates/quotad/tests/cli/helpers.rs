@@ -362,7 +362,9 @@ pub fn read_log(
                 log.push('\n');
             }
             grpc = grpc.or_else(|| address_after(&line, "gRPC listening on "));
-            http = http.or_else(|| address_after(&line, "REST listening on http://"));
+            http = http
+                .or_else(|| address_after(&line, "REST listening on http://"))
+                .or_else(|| address_after(&line, "REST listening on https://"));
             if grpc.is_some() == serves.grpc
                 && http.is_some() == serves.http
                 && let Some(ready) = ready.take()
