@@ -1,5 +1,6 @@
-//! Every setting read from its environment variable, with no flag given, and
-//! the default database: a SQLite file created on first start.
+//! Every setting read from its environment variable, with no flag given, the
+//! admin secret read from a file (`QUOTA_ADMIN_TOKEN_FILE`), and the default
+//! database: a SQLite file created on first start.
 
 use crate::helpers::*;
 
@@ -116,5 +117,82 @@ fn the_default_database_is_a_sqlite_file_created_on_first_start() {
     let second = serve();
     assert_subscription(&second, &key, 3);
     let (status, log) = second.stop_with("TERM");
+    assert!(status.success(), "{status}\n{log}");
+}
+
+#[test]
+fn the_admin_token_can_come_from_a_file_but_not_from_both() {
+    let dir = TempDir::new();
+    // As Docker and Kubernetes write a secret: with a trailing newline.
+    let file = dir.path().join("admin-token");
+    std::fs::write(&file, format!("{ADMIN}\n")).unwrap();
+    let serve = |cmd: &mut std::process::Command| {
+        cmd.args(["serve", "--database-url", &dir.sqlite_url("quota.db")])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+    };
+
+    // The server reads its secret from the file alone...
+    let mut cmd = quotad();
+    cmd.env_remove("QUOTA_ADMIN_TOKEN")
+        .env("QUOTA_ADMIN_TOKEN_FILE", &file);
+    serve(&mut cmd);
+    let server = Server::spawn(
+        cmd,
+        dir.path(),
+        Serves {
+            grpc: true,
+            http: true,
+        },
+    );
+    // ... and so does the CLI.
+    let mut cmd = quotad();
+    cmd.env_remove("QUOTA_ADMIN_TOKEN")
+        .env("QUOTA_ADMIN_TOKEN_FILE", &file)
+        .args([
+            "token",
+            "create",
+            "--quota",
+            "700",
+            "--server",
+            &server.grpc_url,
+        ]);
+    let (key, _) = created_key(&run(cmd, COMMAND_TIMEOUT));
+    // The newline was not part of the server's secret: the same secret
+    // from QUOTA_ADMIN_TOKEN, without one, is accepted.
+    assert!(has_line(
+        &server.token_ok(&["show", &key]),
+        "remaining: 700"
+    ));
+
+    // Both variables set: one clear line and a non-zero exit, for the CLI
+    // and for a server, which then never starts.
+    const BOTH: &str = "quotad: QUOTA_ADMIN_TOKEN and QUOTA_ADMIN_TOKEN_FILE (--admin-token, --admin-token-file) are both set: give one";
+    let mut cmd = quotad();
+    cmd.env("QUOTA_ADMIN_TOKEN_FILE", &file)
+        .args(["token", "list", "--server", &server.grpc_url]);
+    let out = run(cmd, COMMAND_TIMEOUT);
+    assert_eq!(failed_with_one_line(&out), BOTH, "{}", describe(&out));
+    let mut cmd = quotad();
+    cmd.env("QUOTA_ADMIN_TOKEN_FILE", &file)
+        .current_dir(dir.path());
+    serve(&mut cmd);
+    let out = run(cmd, COMMAND_TIMEOUT);
+    assert_eq!(failed_with_one_line(&out), BOTH, "{}", describe(&out));
+
+    // A file that cannot be read is named in the one line.
+    let missing = dir.path().join("no-such-secret");
+    let mut cmd = quotad();
+    cmd.env_remove("QUOTA_ADMIN_TOKEN")
+        .env("QUOTA_ADMIN_TOKEN_FILE", &missing)
+        .args(["token", "list", "--server", &server.grpc_url]);
+    let out = run(cmd, COMMAND_TIMEOUT);
+    let line = failed_with_one_line(&out);
+    let expected = format!(
+        "quotad: cannot read QUOTA_ADMIN_TOKEN_FILE {}: No such file or directory (os error 2)",
+        missing.display()
+    );
+    assert_eq!(line, expected, "{}", describe(&out));
+
+    let (status, log) = server.stop_with("TERM");
     assert!(status.success(), "{status}\n{log}");
 }
