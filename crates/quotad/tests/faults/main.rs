@@ -14,6 +14,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../cli/helpers.rs"]
+#[allow(dead_code)]
+mod common;
 mod cut;
 mod helpers;
 mod proxy;
