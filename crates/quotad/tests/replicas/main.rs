@@ -1,14 +1,16 @@
 //! Replicas as processes: three `quotad grpc` processes on one PostgreSQL
 //! database, and three on one MariaDB database. Callers race `Consume`
-//! debits across all of them, more than the tokens can pay for; one replica
-//! is SIGKILLed mid-run and started again. Then:
+//! debits and holds (`Reserve`, then `Settle` at the held cost) across all
+//! of them, more than the tokens can pay for; one replica is SIGKILLed
+//! mid-run and started again. Then:
 //!
-//! - the successful debits of each token add up to at most its quota, and
-//!   to exactly its quota, since demand exceeded it;
+//! - the successful debits and settled holds of each token add up to at
+//!   most its quota, and to exactly its quota, since demand exceeded it;
 //! - every acknowledged request id is found again (a repeat) on every
 //!   replica, the restarted one included, and the ledger holds exactly the
 //!   acknowledged ids, none of the refused ones;
-//! - each token's counters equal the sums of its ledger.
+//! - each token's counters equal the sums of its ledger, nothing is left
+//!   held, and the real `quotad verify` agrees (exit 0).
 //!
 //! A caller whose replica fails (killed, restarting) retries the same request
 //! id on the next one, as a relay would; a request id makes that safe.
@@ -43,11 +45,12 @@ const REPLICAS: usize = 3;
 const TOKENS: usize = 3;
 /// Concurrent callers, each sending its debits one after the other.
 const CALLERS: usize = 24;
-/// Debits each caller sends: 960 in all, 320 per token.
+/// Calls each caller makes: 960 in all, 320 per token; every 4th is a hold
+/// (a Reserve, then its Settle), the others are debits.
 const PER_CALLER: usize = 40;
-/// Units of each debit.
+/// Units of each debit and each hold (settled at exactly what it held).
 const UNITS: i64 = 10;
-/// Debits each token can pay for: 200 of its 320.
+/// Debits and holds each token can pay for: 200 of its 320.
 const AFFORDABLE: i64 = 200;
 /// Acknowledged debits after which replica 0 is killed.
 const KILL_AFTER: usize = 150;
@@ -71,16 +74,64 @@ fn start_replica(database_url: &str, dir: &Path) -> Server {
     )
 }
 
-fn consume_request(key: &str, request_id: &str) -> tonic::Request<pb::ConsumeRequest> {
-    let mut request = tonic::Request::new(pb::ConsumeRequest {
-        token: key.to_owned(),
-        quota: UNITS,
-        request_id: request_id.to_owned(),
-    });
+/// What a caller asks of a token under a request id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Call {
+    /// A debit of [`UNITS`].
+    Consume,
+    /// A hold of [`UNITS`] for ten minutes.
+    Reserve,
+    /// The hold turned into a debit of all it held.
+    Settle,
+}
+
+fn admin<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
     request
         .metadata_mut()
         .insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
     request
+}
+
+/// Makes `call` through `client`: `(repeat, remaining)` when it succeeds.
+async fn make(
+    client: &mut QuotaServiceClient<Channel>,
+    call: Call,
+    key: &str,
+    id: &str,
+) -> Result<(bool, i64), tonic::Status> {
+    let (token, request_id) = (key.to_owned(), id.to_owned());
+    match call {
+        Call::Consume => {
+            let request = pb::ConsumeRequest {
+                token,
+                quota: UNITS,
+                request_id,
+            };
+            let r = client.consume(admin(request)).await?.into_inner();
+            Ok((r.repeat, r.remaining))
+        }
+        Call::Reserve => {
+            let request = pb::ReserveRequest {
+                token,
+                quota: UNITS,
+                request_id,
+                ttl_seconds: 600,
+            };
+            let r = client.reserve(admin(request)).await?.into_inner();
+            Ok((r.repeat, r.remaining))
+        }
+        Call::Settle => {
+            let request = pb::SettleRequest {
+                token,
+                request_id,
+                quota: UNITS,
+            };
+            let r = client.settle(admin(request)).await?.into_inner();
+            assert_eq!(r.overdraft, 0, "{id}: a settle at the held cost overdrew");
+            Ok((r.repeat, r.remaining))
+        }
+    }
 }
 
 /// A failure of the replica or the way to it, not an answer about the debit:
@@ -134,12 +185,13 @@ impl Clients {
         self.clients[slot] = None;
     }
 
-    /// Sends one debit until a replica answers for it: `Ok((repeat,
+    /// Sends one call until a replica answers for it: `Ok((repeat,
     /// remaining))` when it is acknowledged, `Err(())` when it is refused for
     /// want of quota.
-    async fn debit(
+    async fn send(
         &mut self,
         first_slot: usize,
+        call: Call,
         key: &str,
         id: &str,
         retries: &AtomicUsize,
@@ -152,15 +204,15 @@ impl Clients {
                 "no replica answered for {id} within {RUN_LIMIT:?}"
             );
             let answer = match self.get(slot).await {
-                Some(mut client) => client.consume(consume_request(key, id)).await,
+                Some(mut client) => make(&mut client, call, key, id).await,
                 None => Err(tonic::Status::unavailable("cannot connect")),
             };
             match answer {
-                Ok(response) => {
-                    let r = response.into_inner();
-                    return Ok((r.repeat, r.remaining));
+                Ok(answer) => return Ok(answer),
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    assert_ne!(call, Call::Settle, "{id}: a settle refused: {status:?}");
+                    return Err(());
                 }
-                Err(status) if status.code() == Code::ResourceExhausted => return Err(()),
                 Err(status) if retryable(&status) => {
                     retries.fetch_add(1, Ordering::Relaxed);
                     self.forget(slot);
@@ -176,12 +228,36 @@ impl Clients {
 /// What the callers saw, per token: the acknowledged and the refused ids.
 #[derive(Default)]
 struct Seen {
+    /// Debits acknowledged and holds settled.
     acked: Vec<BTreeSet<String>>,
+    /// Of those, the holds.
+    holds: Vec<BTreeSet<String>>,
+    /// Debits and reserves refused for want of quota.
     refused: Vec<BTreeSet<String>>,
-    /// The balance each first (not repeated) debit left, per token.
+    /// The balance each first (not repeated) debit or settle left, per token.
     remaining: Vec<Vec<i64>>,
-    /// Acknowledged as a repeat: a debit whose first answer was lost.
-    repeats: usize,
+    /// Acknowledged as a repeat, per token: a call whose first answer was lost.
+    repeats: Vec<usize>,
+}
+
+/// One caller's call of a token: a debit, or a hold and its settle. Its
+/// outcome is that of the debit or the settle, or the reserve's refusal.
+async fn debit_or_hold(
+    clients: &mut Clients,
+    slot: usize,
+    hold: bool,
+    key: &str,
+    id: &str,
+    retries: &AtomicUsize,
+) -> Result<(bool, i64), ()> {
+    if !hold {
+        return clients.send(slot, Call::Consume, key, id, retries).await;
+    }
+    // A reserve repeated after a lost answer holds all the same; the
+    // settle goes to the next replica.
+    clients.send(slot, Call::Reserve, key, id, retries).await?;
+    let slot = (slot + 1) % REPLICAS;
+    clients.send(slot, Call::Settle, key, id, retries).await
 }
 
 async fn race(
@@ -199,32 +275,38 @@ async fn race(
             let mut seen = Vec::new();
             for i in 0..PER_CALLER {
                 let token = (caller + i) % TOKENS;
-                let id = format!("caller{caller}-debit{i}");
-                let outcome = clients
-                    .debit((caller + i) % REPLICAS, &keys[token], &id, &retries)
-                    .await;
+                let hold = i % 4 == 3;
+                let kind = if hold { "hold" } else { "debit" };
+                let id = format!("caller{caller}-{kind}{i}");
+                let slot = (caller + i) % REPLICAS;
+                let outcome =
+                    debit_or_hold(&mut clients, slot, hold, &keys[token], &id, &retries).await;
                 if outcome.is_ok() {
                     acked.fetch_add(1, Ordering::Relaxed);
                 }
-                seen.push((token, id, outcome));
+                seen.push((token, id, hold, outcome));
             }
             seen
         });
     }
     let mut seen = Seen {
         acked: vec![BTreeSet::new(); TOKENS],
+        holds: vec![BTreeSet::new(); TOKENS],
         refused: vec![BTreeSet::new(); TOKENS],
         remaining: vec![Vec::new(); TOKENS],
-        repeats: 0,
+        repeats: vec![0; TOKENS],
     };
     while let Some(done) = tasks.join_next().await {
-        for (token, id, outcome) in done.unwrap() {
+        for (token, id, hold, outcome) in done.unwrap() {
             match outcome {
                 Ok((repeat, remaining)) => {
                     if repeat {
-                        seen.repeats += 1;
+                        seen.repeats[token] += 1;
                     } else {
                         seen.remaining[token].push(remaining);
+                    }
+                    if hold {
+                        seen.holds[token].insert(id.clone());
                     }
                     assert!(seen.acked[token].insert(id));
                 }
@@ -311,26 +393,33 @@ fn replicas_on(db: TestDb, name: &str) {
         assert!(acked.is_disjoint(refused));
         // Never more than the quota, and all of it, since demand exceeded it.
         assert_eq!(acked.len() as i64, AFFORDABLE, "token {t}");
-        // Each first debit left a balance of its own, one debit lower than
-        // another's: quota - k debits for distinct k (all of them unless an
-        // answer was lost to the kill).
+        assert!(seen.holds[t].is_subset(acked));
+        // Each first debit or settle left a balance of its own, one debit
+        // lower than another's: quota - k debits for distinct k, every k but
+        // those whose answer was lost to the kill (acknowledged later as a
+        // repeat).
         let mut left = seen.remaining[t].clone();
         left.sort_unstable();
         left.dedup();
         assert_eq!(left.len(), seen.remaining[t].len(), "token {t}: {left:?}");
+        assert_eq!(
+            left.len() + seen.repeats[t],
+            AFFORDABLE as usize,
+            "token {t}"
+        );
         let possible: BTreeSet<i64> = (0..AFFORDABLE).map(|k| k * UNITS).collect();
         assert!(
             left.iter().all(|r| possible.contains(r)),
             "token {t}: {left:?}"
         );
 
-        let balance = rt
+        let after = rt
             .block_on(store.token(&TokenLocator::Id(token.id)))
-            .unwrap()
-            .balance;
+            .unwrap();
+        let balance = after.balance;
         assert_eq!(
-            (balance.remaining, balance.used),
-            (0, AFFORDABLE * UNITS),
+            (balance.remaining, balance.used, after.held),
+            (0, AFFORDABLE * UNITS, 0),
             "token {t}"
         );
 
@@ -352,8 +441,19 @@ fn replicas_on(db: TestDb, name: &str) {
 
     // Every acknowledged id is found again, on every replica.
     let checked = rt.block_on(async {
-        let all: Vec<(usize, String)> = (0..TOKENS)
-            .flat_map(|t| seen.acked[t].iter().map(move |id| (t, id.clone())))
+        // A debit is found by debiting again, a settled hold by settling again.
+        let all: Vec<(usize, String, Call)> = (0..TOKENS)
+            .flat_map(|t| {
+                let holds = &seen.holds[t];
+                seen.acked[t].iter().map(move |id| {
+                    let call = if holds.contains(id) {
+                        Call::Settle
+                    } else {
+                        Call::Consume
+                    };
+                    (t, id.clone(), call)
+                })
+            })
             .collect();
         let mut tasks = tokio::task::JoinSet::new();
         for (caller, share) in all.chunks(all.len().div_ceil(CALLERS)).enumerate() {
@@ -361,9 +461,9 @@ fn replicas_on(db: TestDb, name: &str) {
             tasks.spawn(async move {
                 let mut clients = Clients::new(urls);
                 let unused = AtomicUsize::new(0);
-                for (i, (t, id)) in share.iter().enumerate() {
+                for (i, (t, id, call)) in share.iter().enumerate() {
                     let repeat = clients
-                        .debit((caller + i) % REPLICAS, &keys[*t], id, &unused)
+                        .send((caller + i) % REPLICAS, *call, &keys[*t], id, &unused)
                         .await;
                     assert_eq!(
                         repeat,
@@ -385,14 +485,24 @@ fn replicas_on(db: TestDb, name: &str) {
         let (status, log) = replica.stop_with("TERM");
         assert_eq!(status.code(), Some(0), "{status}\n{log}");
     }
+    // The operator's check, as the operator runs it.
+    let mut verify = quotad();
+    verify.args(["verify", "--database-url", &db.url]);
+    let out = run(verify, COMMAND_TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        stdout_of(&out),
+        format!("{TOKENS} tokens checked: {TOKENS} agree with their ledger, 0 disagree\n")
+    );
     eprintln!(
-        "replicas on {name}: {REPLICAS} processes, {} debits raced in {raced:.1?} \
-         ({} acknowledged, {} of them repeats after a lost answer; {} refused; {} retries), \
+        "replicas on {name}: {REPLICAS} processes, {} debits and holds raced in {raced:.1?} \
+         ({} acknowledged, {} of them holds, {} repeats after a lost answer; {} refused; {} retries), \
          replica 0 killed after {killed_at} and serving again after {back_at}; \
          {checked} acknowledged ids found again; {:.1?} in all",
         CALLERS * PER_CALLER,
         seen.acked.iter().map(BTreeSet::len).sum::<usize>(),
-        seen.repeats,
+        seen.holds.iter().map(BTreeSet::len).sum::<usize>(),
+        seen.repeats.iter().sum::<usize>(),
         seen.refused.iter().map(BTreeSet::len).sum::<usize>(),
         retries.load(Ordering::Relaxed),
         started.elapsed(),
@@ -402,7 +512,7 @@ fn replicas_on(db: TestDb, name: &str) {
 }
 
 #[test]
-fn three_processes_on_postgres_one_killed_never_oversell_or_lose_a_debit() {
+fn three_processes_on_postgres_one_killed_never_oversell_or_lose_a_debit_or_hold() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -414,7 +524,7 @@ fn three_processes_on_postgres_one_killed_never_oversell_or_lose_a_debit() {
 }
 
 #[test]
-fn three_processes_on_mariadb_one_killed_never_oversell_or_lose_a_debit() {
+fn three_processes_on_mariadb_one_killed_never_oversell_or_lose_a_debit_or_hold() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
