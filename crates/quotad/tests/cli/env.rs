@@ -126,24 +126,13 @@ fn the_admin_token_can_come_from_a_file_but_not_from_both() {
     // As Docker and Kubernetes write a secret: with a trailing newline.
     let file = dir.path().join("admin-token");
     std::fs::write(&file, format!("{ADMIN}\n")).unwrap();
-    let serve = |cmd: &mut std::process::Command| {
-        cmd.args(["serve", "--database-url", &dir.sqlite_url("quota.db")])
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
-    };
+    let database = dir.sqlite_url("quota.db");
 
     // The server reads its secret from the file alone...
     let mut cmd = quotad();
     cmd.env_remove("QUOTA_ADMIN_TOKEN")
         .env("QUOTA_ADMIN_TOKEN_FILE", &file);
-    serve(&mut cmd);
-    let server = Server::spawn(
-        cmd,
-        dir.path(),
-        Serves {
-            grpc: true,
-            http: true,
-        },
-    );
+    let server = Server::serve(cmd, &database, &[], dir.path());
     // ... and so does the CLI.
     let mut cmd = quotad();
     cmd.env_remove("QUOTA_ADMIN_TOKEN")
@@ -174,8 +163,14 @@ fn the_admin_token_can_come_from_a_file_but_not_from_both() {
     assert_eq!(failed_with_one_line(&out), BOTH, "{}", describe(&out));
     let mut cmd = quotad();
     cmd.env("QUOTA_ADMIN_TOKEN_FILE", &file)
-        .current_dir(dir.path());
-    serve(&mut cmd);
+        .current_dir(dir.path())
+        .args([
+            "serve",
+            "--database-url",
+            &database,
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ]);
     let out = run(cmd, COMMAND_TIMEOUT);
     assert_eq!(failed_with_one_line(&out), BOTH, "{}", describe(&out));
 

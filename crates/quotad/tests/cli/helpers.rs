@@ -221,21 +221,21 @@ impl Server {
     /// Starts `quotad serve` on `database_url` with both listeners on port 0,
     /// in `cwd`, and returns once both addresses are announced.
     pub fn start(database_url: &str, cwd: &Path) -> Server {
-        let mut cmd = quotad();
-        cmd.args(["serve", "--database-url", database_url]).args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ]);
-        Server::spawn(
-            cmd,
-            cwd,
-            Serves {
-                grpc: true,
-                http: true,
-            },
-        )
+        Server::serve(quotad(), database_url, &[], cwd)
+    }
+
+    /// Starts `cmd` (a `quotad` with its environment, no argument yet) as
+    /// `serve` on `database_url` with both listeners on port 0 and `flags`
+    /// after them, in `cwd`, and returns once both addresses are announced.
+    pub fn serve(mut cmd: Command, database_url: &str, flags: &[&str], cwd: &Path) -> Server {
+        cmd.args(["serve", "--database-url", database_url])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(flags);
+        let serves = Serves {
+            grpc: true,
+            http: true,
+        };
+        Server::spawn(cmd, cwd, serves)
     }
 
     /// Starts a `quotad` command that serves what `serves` says, and returns

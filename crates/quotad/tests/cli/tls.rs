@@ -34,18 +34,14 @@ fn write_pki(dir: &TempDir) -> Files {
 }
 
 fn serve_tls(dir: &TempDir, files: &Files) -> Server {
-    let mut cmd = quotad();
-    cmd.args(["serve", "--database-url", &dir.sqlite_url("quota.db")])
-        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .args(["--tls-cert", &files.cert, "--tls-key", &files.key]);
-    let mut server = Server::spawn(
-        cmd,
-        dir.path(),
-        Serves {
-            grpc: true,
-            http: true,
-        },
-    );
+    let tls = [
+        "--tls-cert",
+        files.cert.as_str(),
+        "--tls-key",
+        files.key.as_str(),
+    ];
+    let database = dir.sqlite_url("quota.db");
+    let mut server = Server::serve(quotad(), &database, &tls, dir.path());
     server.grpc_url = server.grpc_url.replace("http://", "https://");
     server
 }

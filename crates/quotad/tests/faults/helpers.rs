@@ -2,10 +2,11 @@
 //! helpers every suite of the binary shares (`../cli/helpers.rs`).
 
 pub use crate::common::{ADMIN, describe};
-use crate::common::{COMMAND_TIMEOUT, Serves, quotad as plain_quotad, run};
+use crate::common::{COMMAND_TIMEOUT, quotad as plain_quotad, run};
 use quota::pb::quota_service_client::QuotaServiceClient;
 use quota::pb::token_admin_client::TokenAdminClient;
 use quota::pb::{ConsumeRequest, ConsumeResponse, CreateTokenRequest};
+use std::env::temp_dir;
 use std::net::SocketAddr;
 use std::process::{Command, ExitStatus, Output};
 use std::time::Duration;
@@ -34,18 +35,7 @@ impl Server {
 
     /// `quotad serve --database-url URL`, once both listeners are announced.
     pub fn serve(database_url: &str) -> Server {
-        let mut cmd = quotad();
-        cmd.args(["serve", "--database-url", database_url]).args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ]);
-        let serves = Serves {
-            grpc: true,
-            http: true,
-        };
-        let process = crate::common::Server::spawn(cmd, &std::env::temp_dir(), serves);
+        let process = crate::common::Server::serve(quotad(), database_url, &[], &temp_dir());
         let http = process.http.expect("the REST listener");
         Server { process, http }
     }
