@@ -309,15 +309,22 @@ async fn find_locked(
 /// A pool of `connections` on `url`; SQLite connections in WAL mode with a
 /// busy timeout, and kept open (an in-memory database dies with its connection).
 async fn open(url: &str, connections: u32) -> Result<DatabaseConnection, QuotaError> {
+    // sqlx has one timeout for both (the pool's acquire, a new connection
+    // included). A server database: 2 s, so that one that has gone away is
+    // answered UNAVAILABLE (503) within the contract's 3 s, with room for the
+    // request itself, and well under the edge's 10 s deadline (not 504).
+    // SQLite's pools are local: a wait there is a queue behind its one
+    // writer, not a database gone, so it has a little more.
+    let acquire = if url.starts_with("sqlite:") {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(2)
+    };
     let mut opts = ConnectOptions::new(url);
     opts.sqlx_logging(false)
         .max_connections(connections)
-        // sqlx has one timeout for both (the pool's acquire, a new connection
-        // included): 2 s, so that a database that has gone away is answered
-        // UNAVAILABLE (503) within the contract's 3 s, with room for the
-        // request itself, and well under the edge's 10 s deadline (not 504).
-        .connect_timeout(Duration::from_secs(2))
-        .acquire_timeout(Duration::from_secs(2));
+        .connect_timeout(acquire)
+        .acquire_timeout(acquire);
     if url.starts_with("sqlite:") {
         use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
         opts.min_connections(1)
