@@ -124,6 +124,9 @@ async fn random_op(store: Store, key: TokenKey, n: u64, pick: u64, cost: i64, no
                     seen.refusals += 1;
                     return seen;
                 }
+                // Operation 2n or 2n + 1, running at the same time, may have
+                // debited this id first (as its `earlier`): it is a debit's now.
+                Err(QuotaError::RequestIdInUse(_)) => return seen,
                 Err(e) => panic!("reserve {id}: {e:?}"),
             }
             // Settled within the hour or the next day (a hold expired by
