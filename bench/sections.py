@@ -30,7 +30,8 @@ def _rest(ctx, servers, runs=None):
         wrk(addr, key, WARM_UP_SECONDS)
     measures = {name: (lambda a=addr, k=key: wrk(a, k, ctx.seconds))
                 for name, (addr, key) in servers.items()}
-    return {name: _figure(samples) for name, samples in median_runs(measures, runs or ctx.runs).items()}
+    samples = median_runs(measures, runs or ctx.runs)
+    return {name: _figure(runs_of) for name, runs_of in samples.items()}
 
 
 def _failed_note(*figures):
@@ -194,7 +195,8 @@ def memory(ctx, table):
     peak, now = _vm(proc.pid, "VmHWM"), _vm(proc.pid, "VmRSS")
     cache = os.environ.get("QUOTA_CACHE_CAPACITY", "default")
     table.add(f"memory: peak RSS of `quotad serve` after {MEMORY_KEYS:,} distinct keys read",
-              f"{peak:.1f} MiB", f"{at_start:.1f} MiB at start", peak / MEMORY_LIMIT_MIB, 1.0,
+              f"{peak:.1f} MiB", f"{MEMORY_LIMIT_MIB} MiB ({at_start:.1f} at start)",
+              peak / MEMORY_LIMIT_MIB, 1.0,
               at_least=False,
               note=(f"{bad} of {answers} reads failed" if bad else
                     f"RSS after {now:.1f} MiB, cache capacity {cache}, "
@@ -220,13 +222,20 @@ def usage(ctx, table):
         fields = dict(f.split("=", 1) for f in found.group(2).split() if "=" in f)
         if "p50_ms" not in fields:
             continue
-        p50 = float(fields["p50_ms"])
-        p99 = f", p99 {float(fields['p99_ms']):.2f} ms" if "p99_ms" in fields else ""
+        p50 = _number(fields["p50_ms"])
+        p99 = f", p99 {_number(fields['p99_ms']):.2f} ms" if "p99_ms" in fields else ""
         table.add(f"usage route: {found.group(1)}", f"p50 {p50:.2f} ms{p99}", "5 ms",
                   p50 / 5.0, 1.0, at_least=False)
         rows += 1
     if not rows:
         raise BenchError("usage_bench printed no `usage … p50_ms=…` line")
+
+
+def _number(text):
+    found = re.match(r"[\d.]+", text)
+    if not found:
+        raise BenchError(f"not a number: {text!r}")
+    return float(found.group(0))
 
 
 def _stream(argv, env, timeout):

@@ -93,10 +93,15 @@ async fn main() -> Result<(), BoxError> {
 
 /// The static handler: the route's bytes, with the route's content type.
 fn static_rest() -> Router {
-    let answer = || async { ([(header::CONTENT_TYPE, "application/json")], SUBSCRIPTION_JSON) };
-    ROUTES
-        .iter()
-        .fold(Router::new(), |router, path| router.route(path, get(answer)))
+    let answer = || async {
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            SUBSCRIPTION_JSON,
+        )
+    };
+    ROUTES.iter().fold(Router::new(), |router, path| {
+        router.route(path, get(answer))
+    })
 }
 
 /// The bridge: each request is one `GetSubscription` call with the caller's
