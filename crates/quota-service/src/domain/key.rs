@@ -70,25 +70,59 @@ impl fmt::Debug for TokenKey {
     }
 }
 
-/// The lowercase hex SHA-256 of a secret: the only form in which keys are kept.
+/// The SHA-256 digest of a secret: the only form in which keys are kept.
+///
+/// Kept both raw (the read cache's key) and as lowercase hex (the stored
+/// column), in place: making one allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct KeyDigest(String);
+pub struct KeyDigest {
+    raw: [u8; 32],
+    hex: [u8; 64],
+}
 
 impl KeyDigest {
     /// The digest of any secret (an API key or the admin credential).
     pub fn of(secret: &str) -> KeyDigest {
-        let hash = Sha256::digest(secret.as_bytes());
-        let mut hex = String::with_capacity(64);
-        for byte in hash {
-            hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-            hex.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
+        KeyDigest::from_raw(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    fn from_raw(raw: [u8; 32]) -> KeyDigest {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = [0u8; 64];
+        for (i, byte) in raw.iter().enumerate() {
+            hex[2 * i] = HEX[usize::from(byte >> 4)];
+            hex[2 * i + 1] = HEX[usize::from(byte & 0xf)];
         }
-        KeyDigest(hex)
+        KeyDigest { raw, hex }
+    }
+
+    /// A digest as the store keeps it: 64 lowercase hex characters.
+    pub fn from_hex(text: &str) -> Option<KeyDigest> {
+        let text = text.as_bytes();
+        if text.len() != 64 {
+            return None;
+        }
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut raw = [0u8; 32];
+        for (i, pair) in text.chunks_exact(2).enumerate() {
+            raw[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        }
+        Some(KeyDigest::from_raw(raw))
     }
 
     /// The 64 hex characters.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ASCII hex digits are ever written to `hex`.
+        std::str::from_utf8(&self.hex).unwrap_or_default()
+    }
+
+    /// The 32 bytes.
+    pub fn raw(&self) -> &[u8; 32] {
+        &self.raw
     }
 }
 
@@ -136,5 +170,12 @@ mod tests {
         );
         let key = TokenKey::generate().unwrap();
         assert_eq!(key.digest(), KeyDigest::of(key.expose()));
+        assert_eq!(
+            KeyDigest::from_hex(key.digest().as_str()),
+            Some(key.digest())
+        );
+        assert_eq!(KeyDigest::of("abc").raw()[..2], [0xba, 0x78]);
+        assert_eq!(KeyDigest::from_hex(&"A".repeat(64)), None);
+        assert_eq!(KeyDigest::from_hex("ab"), None);
     }
 }
