@@ -8,6 +8,7 @@
 //! `QuotaError` becomes a `Status`).
 
 pub mod auth;
+pub mod cache;
 pub mod domain;
 pub mod grpc;
 pub mod health;
@@ -15,6 +16,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use cache::CacheConfig;
 pub use domain::QuotaError;
 pub use grpc::{QuotaApi, ServerOptions, ServiceConfig, serve, serve_with};
 pub use store::Store;

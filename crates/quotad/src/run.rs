@@ -1,8 +1,8 @@
 //! Wiring: bind the ports, open and migrate the store, listen, serve until a signal.
 
 use crate::cli::{
-    Cli, Command, DatabaseArgs, LockWait, MigrateArgs, MigrateMode, ServerArgs, ServiceArgs,
-    ThrottleArgs,
+    CacheArgs, Cli, Command, DatabaseArgs, LockWait, MigrateArgs, MigrateMode, ServerArgs,
+    ServiceArgs, ThrottleArgs,
 };
 use crate::telemetry;
 use anyhow::{Context, Result, anyhow, bail};
@@ -11,7 +11,7 @@ use quota_service::ServerOptions;
 use quota_service::auth::AdminCredential;
 use quota_service::domain::QuotaPerUsd;
 use quota_service::store::redact_url;
-use quota_service::{QuotaApi, ServiceConfig, Store};
+use quota_service::{CacheConfig, QuotaApi, ServiceConfig, Store};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -31,6 +31,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             metrics,
             server,
             throttle,
+            cache,
         } => {
             let tls = crate::tls::server(&server)?;
             // Ports are bound first, so a bad or busy address is one line before
@@ -48,7 +49,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 None => None,
             };
             let metrics = telemetry::bind_metrics(&metrics).await?;
-            let (api, store) = open_api(&db, &migrate, &service).await?;
+            let (api, store) = open_api(&db, &migrate, &service, &cache).await?;
             telemetry::serve_metrics(
                 metrics,
                 move || store.record_pool_metrics(),
@@ -66,7 +67,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let edge = tokio::spawn({
                 let edge = quota_edge::serve_with(
                     http,
-                    quota_edge::app_with(upstream, edge_config(&server, &throttle)),
+                    quota_edge::app_with(
+                        upstream,
+                        edge_config(&server, &throttle, cache.ttl.cache_ttl),
+                    ),
                     rest_tls,
                     stopped(stop.clone()),
                 );
@@ -112,12 +116,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             grpc,
             metrics,
             server,
+            cache,
         } => {
             let tls = crate::tls::server(&server)?;
             let stop = shutdown_signal()?;
             let grpc = bind(&grpc.grpc_addr, "gRPC")?;
             let metrics = telemetry::bind_metrics(&metrics).await?;
-            let (api, store) = open_api(&db, &migrate, &service).await?;
+            let (api, store) = open_api(&db, &migrate, &service, &cache).await?;
             telemetry::serve_metrics(
                 metrics,
                 move || store.record_pool_metrics(),
@@ -137,6 +142,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             metrics,
             server,
             throttle,
+            cache,
         } => {
             let client_tls = crate::tls::client(ca.ca_cert.as_deref())?;
             let upstream = Upstream::lazy_with(&upstream, &client_tls)
@@ -147,7 +153,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let metrics = telemetry::bind_metrics(&metrics).await?;
             telemetry::serve_metrics(metrics, || {}, stopped(stop.clone()))?;
             let http = http.listen(tls.is_some())?;
-            let app = quota_edge::app_with(upstream, edge_config(&server, &throttle));
+            let app =
+                quota_edge::app_with(upstream, edge_config(&server, &throttle, cache.cache_ttl));
             let served =
                 quota_edge::serve_with(http, app, tls.map(|t| t.rest), stopped(stop.clone()));
             if let Some(served) = drained(stop, served).await {
@@ -265,6 +272,7 @@ async fn open_api(
     db: &DatabaseArgs,
     migrate: &MigrateArgs,
     service: &ServiceArgs,
+    cache: &CacheArgs,
 ) -> Result<(QuotaApi, Store)> {
     let per_usd = QuotaPerUsd::new(service.quota_per_usd).map_err(|e| anyhow!("{e}"))?;
     let secret = service.admin.secret()?;
@@ -275,6 +283,10 @@ async fn open_api(
     let config = ServiceConfig {
         per_usd,
         admin: AdminCredential::new(secret.as_deref()),
+        cache: CacheConfig {
+            ttl: cache.ttl.cache_ttl,
+            capacity: cache.cache_capacity,
+        },
     };
     Ok((QuotaApi::new(store.clone(), config), store))
 }
@@ -362,14 +374,14 @@ fn grpc_options(server: &ServerArgs, tls: Option<Identity>) -> ServerOptions {
     }
 }
 
-/// The edge's bounds and throttle.
-fn edge_config(server: &ServerArgs, throttle: &ThrottleArgs) -> EdgeConfig {
+/// The edge's bounds and throttle; `cache_ttl` is the one `--cache-ttl`.
+fn edge_config(server: &ServerArgs, throttle: &ThrottleArgs, cache_ttl: Duration) -> EdgeConfig {
     EdgeConfig {
         max_concurrency: server.max_concurrency as usize,
         throttle: ThrottleConfig {
             max_failures: throttle.auth_failures_per_minute,
             window: Duration::from_secs(60),
-            success_ttl: throttle.cache_ttl,
+            success_ttl: cache_ttl,
             trusted_proxies: throttle.trusted_proxies.clone(),
         },
     }

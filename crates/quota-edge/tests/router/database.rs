@@ -100,7 +100,12 @@ async fn a_database_that_goes_away_is_503_not_a_timeout() {
         ..Default::default()
     };
     let (_, key) = store.create_token(new, now).await.unwrap();
-    let server = TestServer::spawn(store, test_config()).await;
+    // Every read reaches the database: none is answered from the cache.
+    let config = quota_service::ServiceConfig {
+        cache: quota_service::CacheConfig::OFF,
+        ..test_config()
+    };
+    let server = TestServer::spawn(store, config).await;
     let router = app(Upstream::lazy(&server.url()).unwrap());
     let bearer = format!("Bearer {}", key.expose());
     let response = send(&router, "GET", SUBSCRIPTION, &[("authorization", &bearer)]).await;

@@ -26,10 +26,13 @@ impl QuotaApi {
         let units = QuotaUnits::positive(req.quota)?;
         let id = hold_id(&req.request_id)?;
         let ttl = HoldTtl::parse(req.ttl_seconds)?;
+        let digest = key.digest();
         let held = self
             .store
-            .reserve(&key.digest(), units, id, ttl, unix_now())
-            .await?;
+            .reserve(&digest, units, id, ttl, unix_now())
+            .await;
+        self.forget(Some(&digest));
+        let held = held?;
         Ok(pb::ReserveResponse {
             remaining: held.balance.remaining,
             used: held.balance.used,
@@ -54,10 +57,10 @@ impl QuotaApi {
                 req.quota
             )));
         }
-        let settled = self
-            .store
-            .settle(&key.digest(), id, req.quota, unix_now())
-            .await?;
+        let digest = key.digest();
+        let settled = self.store.settle(&digest, id, req.quota, unix_now()).await;
+        self.forget(Some(&digest));
+        let settled = settled?;
         Ok(pb::SettleResponse {
             remaining: settled.balance.remaining,
             used: settled.balance.used,
@@ -75,7 +78,10 @@ impl QuotaApi {
         let req = request.into_inner();
         let key = addressed_key(&req.token, "token")?;
         let id = hold_id(&req.request_id)?;
-        let released = self.store.release(&key.digest(), id, unix_now()).await?;
+        let digest = key.digest();
+        let released = self.store.release(&digest, id, unix_now()).await;
+        self.forget(Some(&digest));
+        let released = released?;
         Ok(pb::ReleaseResponse {
             remaining: released.balance.remaining,
             used: released.balance.used,

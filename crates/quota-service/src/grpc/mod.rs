@@ -20,7 +20,10 @@ pub use server::{
 pub(crate) use status::to_status;
 
 use crate::auth::AdminCredential;
-use crate::domain::{QuotaError, QuotaPerUsd, QuotaUnits, RequestId, TokenKey};
+use crate::cache::{CacheConfig, KeyCache};
+use crate::domain::{
+    KeyDigest, QuotaError, QuotaPerUsd, QuotaUnits, RequestId, TokenKey, TokenLocator,
+};
 use crate::store::Store;
 use std::sync::Arc;
 use tonic::metadata::MetadataMap;
@@ -32,13 +35,16 @@ pub struct ServiceConfig {
     pub per_usd: QuotaPerUsd,
     /// The admin credential (`QUOTA_ADMIN_TOKEN`).
     pub admin: AdminCredential,
+    /// The read cache of key look-ups (`QUOTA_CACHE_TTL`, `QUOTA_CACHE_CAPACITY`).
+    pub cache: CacheConfig,
 }
 
-/// Both gRPC services over one store.
+/// Both gRPC services over one store, with the read cache of this process.
 #[derive(Clone, Debug)]
 pub struct QuotaApi {
     store: Store,
     config: Arc<ServiceConfig>,
+    cache: Arc<KeyCache>,
 }
 
 impl QuotaApi {
@@ -46,7 +52,32 @@ impl QuotaApi {
     pub fn new(store: Store, config: ServiceConfig) -> QuotaApi {
         QuotaApi {
             store,
+            cache: Arc::new(KeyCache::new(config.cache)),
             config: Arc::new(config),
+        }
+    }
+
+    /// The read cache of key look-ups.
+    pub fn cache(&self) -> &KeyCache {
+        &self.cache
+    }
+
+    /// The digest under which the token at `at` may be cached, taken before
+    /// a change to it (a deleted token's is gone after): a token named by id
+    /// costs a look-up of its digest, only with the cache on (admin calls only).
+    async fn cached_digest(&self, at: &TokenLocator) -> Result<Option<KeyDigest>, QuotaError> {
+        match at {
+            TokenLocator::Digest(digest) => Ok(Some(digest.clone())),
+            TokenLocator::Id(id) if self.cache.enabled() => self.store.key_digest(*id).await,
+            TokenLocator::Id(_) => Ok(None),
+        }
+    }
+
+    /// Forgets the cached look-up of `digest`, once a change to its token is
+    /// committed, so that this process's next read sees the change.
+    fn forget(&self, digest: Option<&KeyDigest>) {
+        if let Some(digest) = digest {
+            self.cache.invalidate(digest);
         }
     }
 

@@ -3,14 +3,15 @@
 use super::status::answer;
 use super::{QuotaApi, addressed_key, request_id};
 use crate::auth::caller_key;
-use crate::domain::{QuotaError, QuotaPerUsd, QuotaUnits, Token, UsageWindow, unix_now};
+use crate::cache::CallerToken;
+use crate::domain::{QuotaError, QuotaPerUsd, QuotaUnits, UsageWindow, unix_now};
 use quota::pb;
 use quota::pb::quota_service_server::QuotaService;
 use quota_telemetry::metrics::{self, DebitOutcome};
 use tonic::{Request, Response, Status};
 
 /// The subscription message of a token: the limit arithmetic of the domain.
-pub fn subscription(token: &Token, per_usd: QuotaPerUsd) -> pb::Subscription {
+pub fn subscription(token: &CallerToken, per_usd: QuotaPerUsd) -> pb::Subscription {
     let limit_usd = token.balance.limit_usd(per_usd);
     pb::Subscription {
         object: "billing_subscription".into(),
@@ -28,12 +29,25 @@ pub fn subscription(token: &Token, per_usd: QuotaPerUsd) -> pb::Subscription {
 }
 
 impl QuotaApi {
-    /// The caller's token, if its key is known, enabled and unexpired.
-    async fn caller<T>(&self, request: &Request<T>) -> Result<Token, QuotaError> {
-        let key = caller_key(request.metadata())?;
+    /// The caller's token, if its key is known, enabled and unexpired: from
+    /// the read cache, or the database (holds counted as of now). Expiry is
+    /// checked here, against the clock, whichever answered.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<CallerToken, QuotaError> {
+        let digest = caller_key(request.metadata())?.digest();
         let token = self
-            .store
-            .token_by_digest(&key.digest())
+            .cache
+            .get_or_load(&digest, || async {
+                match self.store.token_by_digest(&digest).await? {
+                    Some(token) => {
+                        let held = self.held_now(&token).await?;
+                        Ok(Some(CallerToken {
+                            held,
+                            ..CallerToken::from(&token)
+                        }))
+                    }
+                    None => Ok(None),
+                }
+            })
             .await?
             .ok_or(QuotaError::CallerKeyUnknown)?;
         if !token.enabled {
@@ -49,8 +63,7 @@ impl QuotaApi {
         &self,
         request: Request<pb::GetSubscriptionRequest>,
     ) -> Result<pb::Subscription, QuotaError> {
-        let mut token = self.caller(&request).await?;
-        token.held = self.held_now(&token).await?;
+        let token = self.caller(&request).await?;
         Ok(subscription(&token, self.config.per_usd))
     }
 
@@ -101,10 +114,14 @@ impl QuotaApi {
         let key = addressed_key(&req.token, "token")?;
         let units = QuotaUnits::positive(req.quota)?;
         let request_id = request_id(&req.request_id)?;
+        let digest = key.digest();
         let debit = self
             .store
-            .consume(&key.digest(), units, request_id, unix_now())
-            .await?;
+            .consume(&digest, units, request_id, unix_now())
+            .await;
+        // Whatever the outcome: a failed call may still have committed.
+        self.forget(Some(&digest));
+        let debit = debit?;
         Ok(pb::ConsumeResponse {
             remaining: debit.balance.remaining,
             used: debit.balance.used,

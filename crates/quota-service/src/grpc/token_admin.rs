@@ -89,6 +89,8 @@ impl QuotaApi {
             expires_at: expiry(req.expires_at)?,
         };
         let (token, key) = self.store.create_token(new, unix_now()).await?;
+        // A look-up of the key made before it existed may be cached as unknown.
+        self.forget(Some(&key.digest()));
         tracing::info!(id = token.id, prefix = %token.display_prefix, "token created");
         Ok(pb::CreateTokenResponse {
             token: Some(token_message(token)),
@@ -122,7 +124,10 @@ impl QuotaApi {
     async fn grant(&self, req: pb::GrantQuotaRequest) -> Result<pb::Token, QuotaError> {
         let at = locator(req.token)?;
         let units = self.units(req.quota, &req.quota_usd)?;
-        let mut token = self.store.grant(&at, units, unix_now()).await?;
+        let digest = self.cached_digest(&at).await?;
+        let granted = self.store.grant(&at, units, unix_now()).await;
+        self.forget(digest.as_ref());
+        let mut token = granted?;
         tracing::info!(id = token.id, units = units.get(), "quota granted");
         token.held = self.held_now(&token).await?;
         Ok(token_message(token))
@@ -136,7 +141,10 @@ impl QuotaApi {
             expires_at: req.expires_at.map(expiry).transpose()?,
             unlimited: req.unlimited,
         };
-        let mut token = self.store.update_token(&at, changes, unix_now()).await?;
+        let digest = self.cached_digest(&at).await?;
+        let updated = self.store.update_token(&at, changes, unix_now()).await;
+        self.forget(digest.as_ref());
+        let mut token = updated?;
         token.held = self.held_now(&token).await?;
         Ok(token_message(token))
     }
@@ -191,7 +199,10 @@ impl TokenAdmin for QuotaApi {
     ) -> Result<Response<pb::DeleteTokenResponse>, Status> {
         let work = async {
             let at = locator(request.into_inner().token)?;
-            self.store.delete_token(&at).await?;
+            let digest = self.cached_digest(&at).await?;
+            let deleted = self.store.delete_token(&at).await;
+            self.forget(digest.as_ref());
+            deleted?;
             Ok(pb::DeleteTokenResponse {})
         };
         answer("DeleteToken", work).await

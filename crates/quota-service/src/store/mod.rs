@@ -182,6 +182,17 @@ impl Store {
         Ok(row.map(to_domain))
     }
 
+    /// The digest of the key of the token with this id, if there is one.
+    pub async fn key_digest(&self, id: i64) -> Result<Option<KeyDigest>, QuotaError> {
+        let digest: Option<String> = token::Entity::find_by_id(id)
+            .select_only()
+            .column(token::Column::KeyDigest)
+            .into_tuple()
+            .one(&self.read)
+            .await?;
+        Ok(digest.as_deref().and_then(KeyDigest::from_hex))
+    }
+
     /// One token, or `TokenNotFound`.
     pub async fn token(&self, at: &TokenLocator) -> Result<Token, QuotaError> {
         find(&self.read, at).await.map(to_domain)

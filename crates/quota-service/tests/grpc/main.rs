@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod cache;
 mod consume;
 mod helpers;
 mod reflection;

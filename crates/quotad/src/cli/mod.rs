@@ -68,6 +68,8 @@ pub enum Command {
         server: ServerArgs,
         #[command(flatten)]
         throttle: ThrottleArgs,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Run the gRPC service alone (migrates first).
     Grpc {
@@ -83,6 +85,8 @@ pub enum Command {
         metrics: MetricsAddr,
         #[command(flatten)]
         server: ServerArgs,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Run the REST edge alone, in front of a gRPC service.
     Edge {
@@ -99,6 +103,8 @@ pub enum Command {
         server: ServerArgs,
         #[command(flatten)]
         throttle: ThrottleArgs,
+        #[command(flatten)]
+        cache: CacheTtl,
     },
     /// Apply pending database migrations and exit (under the migration lock:
     /// with other processes migrating, one applies, the others wait).
@@ -360,8 +366,15 @@ pub struct ThrottleArgs {
         value_parser = parse_cidr
     )]
     pub trusted_proxies: Vec<IpNet>,
-    /// How long a key seen succeeding still passes a throttled address:
-    /// seconds (`1`, `0.25`) or milliseconds (`300ms`); 0: none passes.
+}
+
+/// How long reads may come from memory: the one TTL of every cache.
+#[derive(Debug, Args)]
+pub struct CacheTtl {
+    /// How long a read may come from memory, as seconds (`1`, `0.25`) or
+    /// milliseconds (`300ms`); 0 turns caching off. The service caches key
+    /// look-ups (another replica's change is seen within it); the edge's
+    /// throttle lets a key it saw succeed within it pass a throttled address.
     #[arg(
         long,
         env = "QUOTA_CACHE_TTL",
@@ -370,6 +383,22 @@ pub struct ThrottleArgs {
         value_parser = parse_ttl
     )]
     pub cache_ttl: Duration,
+}
+
+/// The service's read cache.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    #[command(flatten)]
+    pub ttl: CacheTtl,
+    /// Key look-ups the service's read cache holds at most (entries of a
+    /// few dozen bytes); 0 turns it off.
+    #[arg(
+        long,
+        env = "QUOTA_CACHE_CAPACITY",
+        value_name = "ENTRIES",
+        default_value_t = quota_service::cache::DEFAULT_CAPACITY
+    )]
+    pub cache_capacity: u64,
 }
 
 /// A CIDR block, or one address (a /32 or /128).

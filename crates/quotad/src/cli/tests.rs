@@ -95,3 +95,50 @@ fn quota_must_be_a_number() {
     assert!(Cli::try_parse_from(["quotad", "token", "grant", "1", "--quota", "lots"]).is_err());
     assert!(Cli::try_parse_from(["quotad", "serve", "--quota-per-usd", "x"]).is_err());
 }
+
+#[test]
+fn one_cache_ttl_and_a_capacity_for_the_service() {
+    let cli = Cli::try_parse_from([
+        "quotad",
+        "serve",
+        "--cache-ttl",
+        "250ms",
+        "--cache-capacity",
+        "7",
+    ])
+    .unwrap();
+    let Command::Serve { cache, .. } = cli.command else {
+        panic!("not serve")
+    };
+    assert_eq!(cache.ttl.cache_ttl, Duration::from_millis(250));
+    assert_eq!(cache.cache_capacity, 7);
+    let cli = Cli::try_parse_from(["quotad", "grpc"]).unwrap();
+    let Command::Grpc { cache, .. } = cli.command else {
+        panic!("not grpc")
+    };
+    assert_eq!(cache.ttl.cache_ttl, Duration::from_secs(1));
+    assert_eq!(cache.cache_capacity, quota_service::cache::DEFAULT_CAPACITY);
+    // The edge keeps no look-ups of its own: a TTL, no capacity.
+    assert!(
+        Cli::try_parse_from([
+            "quotad",
+            "edge",
+            "--upstream",
+            "http://x:1",
+            "--cache-ttl",
+            "0"
+        ])
+        .is_ok()
+    );
+    assert!(
+        Cli::try_parse_from([
+            "quotad",
+            "edge",
+            "--upstream",
+            "http://x:1",
+            "--cache-capacity",
+            "5"
+        ])
+        .is_err()
+    );
+}
