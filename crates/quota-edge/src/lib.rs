@@ -13,7 +13,7 @@ pub mod throttle;
 pub mod tls;
 
 pub use error::EdgeError;
-pub use routes::{EdgeConfig, Upstream, app, app_with};
+pub use routes::{EdgeConfig, Transport, TransportError, Upstream, app, app_with};
 pub use server::{serve, serve_with};
 pub use throttle::ThrottleConfig;
 pub use tls::{ClientTls, InvalidUrl, ServerTls, TlsError};

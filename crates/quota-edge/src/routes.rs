@@ -19,9 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
-use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_http::cors::{Any, CorsLayer};
 use utoipa::{IntoParams, ToSchema};
 
@@ -29,13 +30,49 @@ use utoipa::{IntoParams, ToSchema};
 /// [`Upstream::timeout`] says otherwise.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What carries the edge's gRPC calls: a channel (HTTP/2 to another
+/// process), or a service of this process called directly.
+pub type Transport = BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    TransportError,
+>;
+
+/// A failure of the [`Transport`] under a call (not a status of the
+/// service). tonic's client takes it back as the error it wraps, and reads
+/// it as it would a bare channel's (a connection failure is UNAVAILABLE).
+#[derive(Debug)]
+pub struct TransportError(tower::BoxError);
+
+impl From<TransportError> for tower::BoxError {
+    fn from(error: TransportError) -> tower::BoxError {
+        error.0
+    }
+}
+
+/// `service` as a [`Transport`].
+fn transport<S>(service: S) -> Transport
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Error: Into<tower::BoxError>,
+    S::Future: Send + 'static,
+{
+    Transport::new(service.map_err(|e| TransportError(e.into())))
+}
+
 /// The gRPC service behind the edge: one shared channel (HTTP/2, multiplexed)
-/// for every request.
+/// for every request, or the service itself in the same process.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: QuotaServiceClient<Channel>,
+    client: QuotaServiceClient<Transport>,
     /// Its `grpc.health.v1.Health`, for `/readyz`.
-    pub(crate) health: HealthClient<Channel>,
+    pub(crate) health: HealthClient<Transport>,
     timeout: Duration,
 }
 
@@ -59,9 +96,38 @@ impl Upstream {
 
     /// Over an existing channel.
     pub fn from_channel(channel: Channel) -> Upstream {
+        Upstream::in_process(channel.clone(), channel)
+    }
+
+    /// Calls `quota` (`quota.v1.QuotaService`) and `health`
+    /// (`grpc.health.v1.Health`) directly: services of this process, still
+    /// spoken to in gRPC (messages, codec, statuses, metadata), with no
+    /// socket in between. The edge stays free of the store: it sees only
+    /// gRPC services.
+    pub fn in_process<Q, H>(quota: Q, health: H) -> Upstream
+    where
+        Q: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        Q::Error: Into<tower::BoxError>,
+        Q::Future: Send + 'static,
+        H: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        H::Error: Into<tower::BoxError>,
+        H::Future: Send + 'static,
+    {
         Upstream {
-            client: QuotaServiceClient::new(channel.clone()),
-            health: HealthClient::new(channel),
+            client: QuotaServiceClient::new(transport(quota)),
+            health: HealthClient::new(transport(health)),
             timeout: UPSTREAM_TIMEOUT,
         }
     }
@@ -78,7 +144,7 @@ impl Upstream {
         &self,
         message: Req,
         headers: &HeaderMap,
-        method: impl FnOnce(QuotaServiceClient<Channel>, tonic::Request<Req>) -> F,
+        method: impl FnOnce(QuotaServiceClient<Transport>, tonic::Request<Req>) -> F,
     ) -> Result<Resp, EdgeError>
     where
         F: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,

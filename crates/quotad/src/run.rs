@@ -10,9 +10,10 @@ use quota_edge::{EdgeConfig, ThrottleConfig, Upstream};
 use quota_service::ServerOptions;
 use quota_service::auth::AdminCredential;
 use quota_service::domain::QuotaPerUsd;
+use quota_service::grpc::{LocalServices, local_services};
 use quota_service::store::redact_url;
 use quota_service::{CacheConfig, QuotaApi, ServiceConfig, Store};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -41,13 +42,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let stop = shutdown_signal()?;
             let grpc = bind(&grpc.grpc_addr, "gRPC")?;
             let http = bind(&http.http_addr, "REST")?;
-            // Over TLS, the edge reaches its own service on a private
-            // loopback port, in plain text: the certificate names the host
-            // clients dial, not 127.0.0.1.
-            let private = match tls {
-                Some(_) => Some(bind("127.0.0.1:0", "the edge's private gRPC link")?),
-                None => None,
-            };
             let metrics = telemetry::bind_metrics(&metrics).await?;
             let (api, store) = open_api(&db, &migrate, &service, &cache).await?;
             telemetry::serve_metrics(
@@ -57,12 +51,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             )?;
             let grpc = grpc.listen(tls.is_some())?;
             let http = http.listen(tls.is_some())?;
-            let private = private.map(|p| p.listen(false)).transpose()?;
-            let link = private.as_ref().unwrap_or(&grpc).local_addr()?;
-            let upstream = Upstream::lazy(&format!("http://{}", reachable(link)))?;
+            // The edge calls its own service in process: still gRPC, with no
+            // socket in between (TLS or not). The watch keeps the health
+            // service it asks true to the database, as long as it runs.
+            let LocalServices {
+                quota,
+                health,
+                watch: _watch,
+            } = local_services(api.clone()).await;
+            let upstream = Upstream::in_process(quota, health);
             let (rest_tls, grpc_tls) = tls.map(|t| (t.rest, t.grpc)).unzip();
-            // The gRPC servers stop once the edge has drained: a REST request
-            // already received may still need them for its answer.
+            // The gRPC server stops once the edge has drained: a REST request
+            // already received may still need the service for its answer.
             let (edge_done, edge_drained) = watch::channel(false);
             let edge = tokio::spawn({
                 let edge = quota_edge::serve_with(
@@ -80,33 +80,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     served
                 }
             });
-            let private = private.map(|private| {
-                tokio::spawn(quota_service::serve_with(
-                    private,
-                    api.clone(),
-                    grpc_options(&server, None),
-                    stopped(edge_drained.clone()),
-                ))
-            });
             let grpc = tokio::spawn(quota_service::serve_with(
                 grpc,
                 api,
                 grpc_options(&server, grpc_tls),
                 stopped(edge_drained),
             ));
-            let all = async {
-                let private = match private {
-                    Some(private) => Some(private.await),
-                    None => None,
-                };
-                (tokio::join!(grpc, edge), private)
-            };
-            if let Some(((grpc, edge), private)) = drained(stop, all).await {
+            if let Some((grpc, edge)) = drained(stop, async { tokio::join!(grpc, edge) }).await {
                 grpc?.map_err(|e| anyhow!("gRPC server failed: {e}"))?;
                 edge?.context("REST edge failed")?;
-                if let Some(private) = private {
-                    private?.map_err(|e| anyhow!("gRPC server failed: {e}"))?;
-                }
             }
         }
         Command::Grpc {
@@ -387,19 +369,6 @@ fn edge_config(server: &ServerArgs, throttle: &ThrottleArgs, cache_ttl: Duration
     }
 }
 
-/// An address a local client can dial: a wildcard bind is reached on loopback.
-fn reachable(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
-        }
-        _ => addr,
-    }
-}
-
 /// Flips once on SIGTERM or Ctrl-C. The handlers are installed before this
 /// returns, so a signal sent as soon as the listeners are announced is caught.
 fn shutdown_signal() -> Result<watch::Receiver<bool>> {
@@ -450,26 +419,5 @@ async fn drained<T>(stop: watch::Receiver<bool>, servers: impl Future<Output = T
             );
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wildcard_binds_are_dialled_on_loopback() {
-        assert_eq!(
-            reachable("0.0.0.0:5".parse().unwrap()),
-            "127.0.0.1:5".parse().unwrap()
-        );
-        assert_eq!(
-            reachable("[::]:5".parse().unwrap()),
-            "[::1]:5".parse().unwrap()
-        );
-        assert_eq!(
-            reachable("10.1.2.3:5".parse().unwrap()),
-            "10.1.2.3:5".parse().unwrap()
-        );
     }
 }

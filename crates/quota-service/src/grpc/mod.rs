@@ -7,11 +7,13 @@
 //! [`QuotaApi::require_admin`] for the admin methods of `QuotaService`.
 
 mod holds;
+mod local;
 mod quota_service;
 mod server;
 mod status;
 mod token_admin;
 
+pub use local::{LocalService, LocalServices, local_services};
 pub use quota_service::subscription;
 pub use server::{
     DEFAULT_MAX_CONCURRENCY, MAX_MESSAGE_BYTES, ServerOptions, serve, serve_with,
