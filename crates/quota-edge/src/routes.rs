@@ -6,7 +6,7 @@ use crate::throttle::{self, Throttle, ThrottleConfig};
 use crate::tls::{ClientTls, InvalidUrl, endpoint};
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
@@ -295,15 +295,50 @@ pub(crate) async fn subscription(
             |mut c, r| async move { c.get_subscription(r).await },
         )
         .await?;
-    Ok(Json(Subscription {
+    let body = Subscription {
         object: s.object,
         has_payment_method: s.has_payment_method,
         soft_limit_usd: s.soft_limit_usd,
         hard_limit_usd: s.hard_limit_usd,
         system_hard_limit_usd: s.system_hard_limit_usd,
         access_until: s.access_until,
-    })
-    .into_response())
+    };
+    Ok(([(header::CONTENT_TYPE, JSON)], body.to_json()).into_response())
+}
+
+/// The `Content-Type` of every JSON body, as [`Json`] sets it.
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+impl Subscription {
+    /// The body, as `serde_json` writes this struct (fields in order, no
+    /// spaces), from a template: the route answers more than anything else.
+    fn to_json(&self) -> String {
+        use std::fmt::Write;
+        let mut body = String::with_capacity(160);
+        body.push_str(r#"{"object":"#);
+        // The service sends a fixed word; anything else is escaped by serde_json.
+        if self
+            .object
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            body.push('"');
+            body.push_str(&self.object);
+            body.push('"');
+        } else {
+            body.push_str(&serde_json::Value::from(self.object.as_str()).to_string());
+        }
+        let _ = write!(
+            body,
+            r#","has_payment_method":{},"soft_limit_usd":{},"hard_limit_usd":{},"system_hard_limit_usd":{},"access_until":{}}}"#,
+            self.has_payment_method,
+            self.soft_limit_usd,
+            self.hard_limit_usd,
+            self.system_hard_limit_usd,
+            self.access_until,
+        );
+        body
+    }
 }
 
 /// The query of the usage route.
@@ -445,4 +480,39 @@ fn with_caller<T>(message: T, headers: &HeaderMap) -> Result<tonic::Request<T>, 
         request.metadata_mut().insert("authorization", value);
     }
     Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subscription_template_writes_what_serde_json_writes() {
+        for (object, access_until) in [
+            ("billing_subscription", 0),
+            ("a \"quoted\"\n word", 1_796_083_200),
+        ] {
+            let body = Subscription {
+                object: object.into(),
+                has_payment_method: true,
+                soft_limit_usd: 5,
+                hard_limit_usd: -7,
+                system_hard_limit_usd: 100_000_000,
+                access_until,
+            };
+            assert_eq!(body.to_json(), serde_json::to_string(&body).unwrap());
+        }
+        let body = Subscription {
+            object: "billing_subscription".into(),
+            has_payment_method: true,
+            soft_limit_usd: 5,
+            hard_limit_usd: 5,
+            system_hard_limit_usd: 5,
+            access_until: 0,
+        };
+        assert_eq!(
+            body.to_json(),
+            r#"{"object":"billing_subscription","has_payment_method":true,"soft_limit_usd":5,"hard_limit_usd":5,"system_hard_limit_usd":5,"access_until":0}"#
+        );
+    }
 }
