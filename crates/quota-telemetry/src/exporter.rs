@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -28,8 +29,9 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
 }
 
 /// What runs just before each scrape renders: sampling of gauges that are
-/// read rather than counted (database pool sizes, live holds).
-pub type Sampler = Arc<dyn Fn() + Send + Sync>;
+/// read rather than counted (database pool sizes, live holds). The scrape
+/// waits for the future it returns.
+pub type Sampler = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Serves `GET /metrics` (the Prometheus text format) on `listener` until
 /// `shutdown` resolves. `sample` runs before each scrape.
@@ -53,7 +55,7 @@ pub fn router(handle: PrometheusHandle, sample: Sampler) -> Router {
                 let handle = handle.clone();
                 let sample = sample.clone();
                 async move {
-                    sample();
+                    sample().await;
                     handle.run_upkeep();
                     (
                         [(

@@ -46,7 +46,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let (api, store) = open_api(&db, &migrate, &service, &cache).await?;
             telemetry::serve_metrics(
                 metrics,
-                move || store.record_pool_metrics(),
+                move || store.clone().record_metrics(),
                 stopped(stop.clone()),
             )?;
             let grpc = grpc.listen(tls.is_some())?;
@@ -107,7 +107,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let (api, store) = open_api(&db, &migrate, &service, &cache).await?;
             telemetry::serve_metrics(
                 metrics,
-                move || store.record_pool_metrics(),
+                move || store.clone().record_metrics(),
                 stopped(stop.clone()),
             )?;
             let grpc = grpc.listen(tls.is_some())?;
@@ -133,7 +133,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let stop = shutdown_signal()?;
             let http = bind(&http.http_addr, "REST")?;
             let metrics = telemetry::bind_metrics(&metrics).await?;
-            telemetry::serve_metrics(metrics, || {}, stopped(stop.clone()))?;
+            telemetry::serve_metrics(metrics, || async {}, stopped(stop.clone()))?;
             let http = http.listen(tls.is_some())?;
             let app =
                 quota_edge::app_with(upstream, edge_config(&server, &throttle, cache.cache_ttl));

@@ -55,11 +55,14 @@ pub async fn bind_metrics(args: &MetricsAddr) -> Result<Option<TcpListener>> {
 /// Installs the Prometheus recorder and serves `GET /metrics` on `listener`
 /// until `shutdown`; `sample` runs before each scrape. Announced as
 /// `metrics listening on http://ADDR/metrics`.
-pub fn serve_metrics(
+pub fn serve_metrics<S>(
     listener: Option<TcpListener>,
-    sample: impl Fn() + Send + Sync + 'static,
+    sample: impl Fn() -> S + Send + Sync + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<Option<JoinHandle<std::io::Result<()>>>> {
+) -> Result<Option<JoinHandle<std::io::Result<()>>>>
+where
+    S: Future<Output = ()> + Send + 'static,
+{
     let Some(listener) = listener else {
         return Ok(None);
     };
@@ -69,7 +72,7 @@ pub fn serve_metrics(
         "metrics listening on http://{}/metrics",
         listener.local_addr()?
     );
-    let sample: Sampler = Arc::new(sample);
+    let sample: Sampler = Arc::new(move || Box::pin(sample()));
     Ok(Some(tokio::spawn(exporter::serve(
         listener, handle, sample, shutdown,
     ))))

@@ -1,12 +1,46 @@
-//! The connection pools as an operator sees them: sampled into the
-//! `quota_db_connections` gauges at each scrape.
+//! The store as an operator sees it, sampled at each scrape: the connection
+//! pools (`quota_db_connections`) and the live holds (`quota_holds_live`).
 
 use super::Store;
+use super::entity::{hold, token};
+use crate::domain::{HoldState, QuotaError, unix_now};
 use quota_telemetry::metrics;
-use sea_orm::DatabaseBackend;
 use sea_orm::sqlx::{Database, Pool};
+use sea_orm::{
+    ColumnTrait, DatabaseBackend, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, QueryTrait,
+};
+use std::time::Duration;
+
+/// How long a scrape waits for the count of live holds; past it (a slow or
+/// unreachable database) the gauge keeps its last value.
+const HOLDS_SAMPLE_WAIT: Duration = Duration::from_secs(1);
 
 impl Store {
+    /// Samples every gauge the store feeds: the pools, then the live holds.
+    pub async fn record_metrics(self) {
+        self.record_pool_metrics();
+        if let Ok(Ok(live)) = tokio::time::timeout(HOLDS_SAMPLE_WAIT, self.live_holds(unix_now())).await {
+            metrics::holds_live(live);
+        }
+    }
+
+    /// Holds live at `now` in the whole database (every replica's): neither
+    /// settled, released nor expired. Only tokens that hold something are
+    /// looked at, each through the index of its holds by state and expiry.
+    pub async fn live_holds(&self, now: i64) -> Result<u64, QuotaError> {
+        let holding = token::Entity::find()
+            .select_only()
+            .column(token::Column::Id)
+            .filter(token::Column::Held.ne(0))
+            .into_query();
+        Ok(hold::Entity::find()
+            .filter(hold::Column::TokenId.in_subquery(holding))
+            .filter(hold::Column::State.eq(HoldState::Live.code()))
+            .filter(hold::Column::ExpiresAt.gt(now))
+            .count(&self.read)
+            .await?)
+    }
+
     /// Records the connections of each pool, in use and idle, and its
     /// maximum. PostgreSQL and MySQL have one pool (`main`); a SQLite file
     /// has its single writer (`write`) and its readers (`read`).

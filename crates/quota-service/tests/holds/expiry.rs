@@ -166,3 +166,22 @@ async fn a_hold_expires_on_the_real_clock(db: TestDb) {
     let debit = api.consume(&key, 100, "").await.unwrap();
     assert_eq!(debit.remaining, 0);
 }
+
+on_every_database!(live_holds_count_only_unexpired_open_holds, live_holds_count);
+/// `quota_holds_live` samples [`Store::live_holds`]: holds neither settled,
+/// released nor expired, across tokens, with expired ones not yet swept left out.
+async fn live_holds_count(db: TestDb) {
+    let store = db.store().await;
+    let (_, a) = token(&store, 1_000).await;
+    let (_, b) = token(&store, 1_000).await;
+    assert_eq!(store.live_holds(T).await.unwrap(), 0);
+    for (key, id, seconds) in [(&a, "a1", 600), (&a, "a2", 600), (&a, "a3", 10), (&b, "b1", 600), (&b, "b2", 600)] {
+        store.reserve(&key.digest(), units(5), id, ttl(seconds), T).await.unwrap();
+    }
+    assert_eq!(store.live_holds(T).await.unwrap(), 5);
+    store.settle(&a.digest(), "a1", 3, T).await.unwrap();
+    store.release(&b.digest(), "b1", T).await.unwrap();
+    assert_eq!(store.live_holds(T).await.unwrap(), 3);
+    // "a3" expires at T + 10, unswept: no longer live.
+    assert_eq!(store.live_holds(T + 10).await.unwrap(), 2);
+}

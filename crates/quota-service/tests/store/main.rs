@@ -8,6 +8,7 @@
 mod concurrency;
 mod consume;
 mod errors;
+mod group;
 mod helpers;
 mod idempotency;
 mod queue;

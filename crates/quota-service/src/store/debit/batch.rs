@@ -1,27 +1,16 @@
-//! One transaction for a batch of a token's debits and hold calls, in
-//! arrival order, each with its own outcome.
+//! A token's share of a transaction, in memory: its counters, the holds and
+//! debits its operations name, and what they change.
 //!
-//! The token's row is locked first (as every write to a token does), then the
-//! request ids of the batch are looked up in the ledger and the hold table,
-//! together with the token's live holds that have expired by the batch's
-//! latest time. Each operation then runs the domain's rule against the
-//! counters in memory, after sweeping the holds expired at its own time; the
-//! result is written back with one UPDATE of the token, one INSERT each for
-//! new holds and ledger rows, one upsert of the usage per day (one row per
-//! day, a settle's debit on the settle's day) and one UPDATE per hold state
-//! changed.
+//! Each operation runs the domain's rule against the counters, after
+//! sweeping the holds expired at its own time, in arrival order; what changed
+//! is then handed to [`Writes`], which the transaction writes for every token
+//! of the group at once (see `group`), the usage per day included.
 
+use super::group::Writes;
 use super::queue::{Op, Outcome};
-use super::sql::{BatchError, ledger_insert, ledger_row};
-use crate::domain::{self, Debit, Hold, HoldState, KeyDigest, QuotaError, Token};
-use crate::store::entity::{KIND_DEBIT, hold, ledger, token};
-use crate::store::usage::{UsageDays, add_usage_days};
-use crate::store::{Store, to_domain};
-use sea_orm::sea_query::{Expr, ExprTrait, Query};
-use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
-    QuerySelect,
-};
+use super::sql::ledger_row;
+use crate::domain::{self, Debit, Hold, HoldState, QuotaError, Token};
+use crate::store::entity::{KIND_DEBIT, hold};
 use std::collections::{HashMap, HashSet};
 
 /// A hold the batch knows of: one looked up, or one it made.
@@ -33,9 +22,11 @@ struct Slot {
     dirty: bool,
 }
 
-/// What a batch knows and changes, in memory until it writes.
-struct Book {
+/// What a token's batch knows and changes, in memory until it writes.
+pub(super) struct Book {
     token: Token,
+    /// The counters as locked, to write only what changed.
+    before: Token,
     /// Holds by request id.
     holds: HashMap<String, Slot>,
     /// Request ids of `Consume` debits (ledger rows that are not holds).
@@ -44,98 +35,25 @@ struct Book {
     expiring: Vec<String>,
     /// Ledger rows to insert.
     ledger: Vec<[sea_orm::sea_query::SimpleExpr; 5]>,
-    /// The same debits, summed per day.
-    days: UsageDays,
+    /// The same debits, as (time, units), for the usage per day.
+    spent: Vec<(i64, i64)>,
     /// The latest time of an operation that changed something.
     last_now: i64,
 }
 
-impl Store {
-    /// Runs `batch` (operations of the token whose key has `digest`, each
-    /// with its time) in one transaction; returns each operation's outcome, in order.
-    pub(super) async fn apply_batch(
-        &self,
-        digest: &KeyDigest,
-        batch: &[(&Op, i64)],
-    ) -> Result<Vec<Result<Outcome, QuotaError>>, BatchError> {
-        let txn = self.begin_write().await?;
-        let row = token::Entity::find()
-            .filter(token::Column::KeyDigest.eq(digest.as_str()))
-            .lock_exclusive()
-            .one(&txn)
-            .await?;
-        let Some(row) = row else {
-            return Ok(batch
-                .iter()
-                .map(|_| Err(QuotaError::TokenNotFound))
-                .collect());
-        };
-        let token = to_domain(row);
-        let before = token.clone();
-        let latest = batch.iter().map(|(_, now)| *now).max().unwrap_or(0);
-        let mut book = Book::load(&txn, token, batch, latest).await?;
-
-        let outcomes = batch.iter().map(|(op, now)| book.apply(op, *now)).collect();
-        book.write(&txn, &before).await?;
-        txn.commit().await?;
-        Ok(outcomes)
-    }
-
-    /// Runs one operation under the token's row lock: the exact answer, for
-    /// the cases the single conditional UPDATE does not decide.
-    pub(super) async fn apply_one(
-        &self,
-        digest: &KeyDigest,
-        op: &Op,
-        now: i64,
-    ) -> Result<Outcome, QuotaError> {
-        match self.apply_batch(digest, &[(op, now)]).await {
-            Ok(mut outcomes) => outcomes.pop().unwrap_or_else(|| {
-                Err(QuotaError::Internal("a batch of one had no outcome".into()))
-            }),
-            // Under the row lock no other writer can have used the id: the
-            // unique index disagreeing is a fault, not a race.
-            Err(BatchError::Duplicate) => Err(QuotaError::Internal(
-                "a request id was written while its token was locked".into(),
-            )),
-            Err(BatchError::Failed(err)) => Err(err),
-        }
-    }
-}
-
 impl Book {
-    /// Looks up what the batch's request ids name, and the token's live holds
-    /// expired by `latest`.
-    async fn load(
-        txn: &DatabaseTransaction,
+    /// The book of `token` (its row locked), from the hold rows looked up for
+    /// it (those its operations name, and live ones expired by `latest`) and
+    /// the request ids of its ledger rows that its operations name.
+    pub(super) fn new(
         token: Token,
-        batch: &[(&Op, i64)],
+        hold_rows: Vec<hold::Model>,
+        ledger_ids: Vec<String>,
         latest: i64,
-    ) -> Result<Book, BatchError> {
-        let ids: Vec<&str> = batch.iter().filter_map(|(op, _)| op.request_id()).collect();
-        let mut condition = Condition::any();
-        if !ids.is_empty() {
-            condition = condition.add(hold::Column::RequestId.is_in(ids.iter().copied()));
-        }
-        if token.held != 0 {
-            condition = condition.add(
-                Condition::all()
-                    .add(hold::Column::State.eq(HoldState::Live.code()))
-                    .add(hold::Column::ExpiresAt.lte(latest)),
-            );
-        }
-        let rows = if condition.is_empty() {
-            Vec::new()
-        } else {
-            hold::Entity::find()
-                .filter(hold::Column::TokenId.eq(token.id))
-                .filter(condition)
-                .all(txn)
-                .await?
-        };
-        let mut holds = HashMap::with_capacity(rows.len());
+    ) -> Result<Book, QuotaError> {
+        let mut holds = HashMap::with_capacity(hold_rows.len());
         let mut expiring = Vec::new();
-        for row in rows {
+        for row in hold_rows {
             let hold = Hold {
                 units: row.units,
                 expires_at: row.expires_at,
@@ -151,36 +69,45 @@ impl Book {
             };
             holds.insert(row.request_id, slot);
         }
-        let debits = if ids.is_empty() {
-            HashSet::new()
-        } else {
-            ledger::Entity::find()
-                .select_only()
-                .column(ledger::Column::RequestId)
-                .filter(ledger::Column::TokenId.eq(token.id))
-                .filter(ledger::Column::RequestId.is_in(ids))
-                .into_tuple::<Option<String>>()
-                .all(txn)
-                .await?
-                .into_iter()
-                .flatten()
-                // A settled hold's debit is in the ledger too: it is a hold.
-                .filter(|id| !holds.contains_key(id))
-                .collect()
-        };
+        let debits = ledger_ids
+            .into_iter()
+            // A settled hold's debit is in the ledger too: it is a hold.
+            .filter(|id| !holds.contains_key(id))
+            .collect();
         Ok(Book {
+            before: token.clone(),
             token,
             holds,
             debits,
             expiring,
             ledger: Vec::new(),
-            days: UsageDays::default(),
+            spent: Vec::new(),
             last_now: 0,
         })
     }
 
+    /// Hands what changed to `writes`: the counters, new holds, hold states
+    /// and ledger rows.
+    pub(super) fn write_into(self, writes: &mut Writes) {
+        let token = &self.token;
+        if token.balance != self.before.balance || token.held != self.before.held {
+            writes.token(token, self.last_now);
+        }
+        for (request_id, slot) in self.holds {
+            match slot.id {
+                None => writes.new_hold(token.id, request_id, &slot.hold, self.last_now),
+                Some(id) if slot.dirty => writes.hold_state(id, slot.hold.state, self.last_now),
+                Some(_) => {}
+            }
+        }
+        writes.ledger(self.ledger);
+        for (at, units) in self.spent {
+            writes.spent(token.id, at, units);
+        }
+    }
+
     /// Sweeps the holds expired at `now`, then runs `op` by the domain's rules.
-    fn apply(&mut self, op: &Op, now: i64) -> Result<Outcome, QuotaError> {
+    pub(super) fn apply(&mut self, op: &Op, now: i64) -> Result<Outcome, QuotaError> {
         for id in &self.expiring {
             if let Some(slot) = self.holds.get_mut(id) {
                 let freed = slot.hold.sweep(now);
@@ -290,82 +217,7 @@ impl Book {
             request_id,
             now,
         ));
-        self.days.add(self.token.id, now, units);
+        self.spent.push((now, units));
         self.touch(now);
-    }
-
-    /// Writes what changed: the token's counters, new holds, hold states,
-    /// ledger rows and the usage per day.
-    async fn write(self, txn: &DatabaseTransaction, before: &Token) -> Result<(), BatchError> {
-        let token = &self.token;
-        if token.balance != before.balance || token.held != before.held {
-            let update = Query::update()
-                .table(token::Entity)
-                .value(token::Column::Remaining, token.balance.remaining)
-                .value(token::Column::Used, token.balance.used)
-                .value(token::Column::Held, token.held)
-                .value(token::Column::UpdatedAt, self.last_now)
-                .and_where(Expr::col(token::Column::Id).eq(token.id))
-                .to_owned();
-            txn.execute(&update).await?;
-        }
-
-        let mut new_holds = Query::insert()
-            .into_table(hold::Entity)
-            .columns([
-                hold::Column::TokenId,
-                hold::Column::RequestId,
-                hold::Column::Units,
-                hold::Column::ExpiresAt,
-                hold::Column::State,
-                hold::Column::CreatedAt,
-                hold::Column::UpdatedAt,
-            ])
-            .to_owned();
-        let mut any_new = false;
-        let mut changed: HashMap<i16, Vec<i64>> = HashMap::new();
-        for (request_id, slot) in &self.holds {
-            match slot.id {
-                None => {
-                    any_new = true;
-                    new_holds
-                        .values([
-                            token.id.into(),
-                            request_id.clone().into(),
-                            slot.hold.units.into(),
-                            slot.hold.expires_at.into(),
-                            slot.hold.state.code().into(),
-                            self.last_now.into(),
-                            self.last_now.into(),
-                        ])
-                        .map_err(|e| QuotaError::Internal(format!("hold insert: {e}")))?;
-                }
-                Some(id) if slot.dirty => {
-                    changed.entry(slot.hold.state.code()).or_default().push(id);
-                }
-                Some(_) => {}
-            }
-        }
-        if any_new {
-            txn.execute(&new_holds)
-                .await
-                .map_err(BatchError::from_insert)?;
-        }
-        for (state, ids) in changed {
-            let update = Query::update()
-                .table(hold::Entity)
-                .value(hold::Column::State, state)
-                .value(hold::Column::UpdatedAt, self.last_now)
-                .and_where(Expr::col(hold::Column::Id).is_in(ids))
-                .to_owned();
-            txn.execute(&update).await?;
-        }
-        if !self.ledger.is_empty() {
-            txn.execute(&ledger_insert(self.ledger)?)
-                .await
-                .map_err(BatchError::from_insert)?;
-        }
-        add_usage_days(txn, &self.days).await?;
-        Ok(())
     }
 }

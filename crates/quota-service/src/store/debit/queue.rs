@@ -1,15 +1,20 @@
-//! The per-token queue: debits and hold calls of a busy token wait here and
-//! are settled together by one worker, a batch per transaction.
+//! The queues: debits and hold calls wait here, per token, for a committer,
+//! which settles the waiting calls of many tokens in one transaction.
 
+use super::group::Work;
 use super::sql::BatchError;
 use crate::domain::{Debit, HoldOutcome, HoldTtl, KeyDigest, QuotaError, QuotaUnits};
 use crate::store::Store;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
 use tokio::sync::oneshot;
 
-/// The most debits one transaction settles.
+/// The most calls of one token one transaction settles.
 const MAX_BATCH: usize = 256;
+/// The most calls one group transaction takes (a token's batch may pass it).
+const MAX_GROUP: usize = 256;
+/// The most group transactions a store runs at once.
+const MAX_COMMITTERS: usize = 4;
 /// The most debits that may wait for one token; more are refused as busy
 /// (UNAVAILABLE, retryable) rather than queued without bound behind a stuck lock.
 const MAX_WAITING: usize = 8192;
@@ -63,30 +68,114 @@ pub(super) struct Pending {
     reply: oneshot::Sender<Result<Outcome, QuotaError>>,
 }
 
-/// Debits waiting, per token. A token has an entry exactly while a worker
-/// settles its debits; the worker removes the entry when the queue is empty.
+/// A token's calls: those waiting, and whether a committer is settling some.
 #[derive(Debug, Default)]
-pub(crate) struct Queues(Mutex<HashMap<KeyDigest, Vec<Pending>>>);
+struct TokenQueue {
+    waiting: Vec<Pending>,
+    running: bool,
+}
+
+/// Every token's queue, and the tokens ready for a committer.
+///
+/// A token has an entry while it has waiting calls or a committer settles
+/// some of them; it is in `ready` exactly when it has waiting calls and no
+/// committer settles any of its calls, so a token is in at most one
+/// transaction at a time and its calls are settled in arrival order.
+#[derive(Debug, Default)]
+struct State {
+    tokens: HashMap<KeyDigest, TokenQueue>,
+    ready: VecDeque<KeyDigest>,
+    /// Committer tasks running.
+    committers: usize,
+}
+
+/// The debit queues of a store.
+#[derive(Debug, Default)]
+pub(crate) struct Queues(Mutex<State>);
 
 impl Queues {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<KeyDigest, Vec<Pending>>> {
-        // The map is consistent at every unlock: a poisoned lock is still usable.
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is consistent at every unlock: a poisoned lock is still usable.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// Removes a token's queue if its worker ends without doing so (a panic),
-/// so that the waiting callers are answered and later debits start afresh.
-struct WorkerGuard {
-    queues: Arc<Queues>,
-    digest: KeyDigest,
+impl State {
+    /// Takes the next group: ready tokens in turn, each with its waiting
+    /// calls (up to [`MAX_BATCH`]), until [`MAX_GROUP`] calls. A caller that
+    /// has gone (cancelled, past its deadline) before its debit started is not
+    /// debited: it was told it failed.
+    fn take_group(&mut self) -> Vec<(KeyDigest, Vec<Pending>)> {
+        let mut group = Vec::new();
+        let mut calls = 0;
+        while calls < MAX_GROUP {
+            let Some(digest) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(queue) = self.tokens.get_mut(&digest) else {
+                continue;
+            };
+            let take = queue.waiting.len().min(MAX_BATCH);
+            let batch: Vec<Pending> = queue
+                .waiting
+                .drain(..take)
+                .filter(|p| !p.reply.is_closed())
+                .collect();
+            queue.running = true;
+            calls += batch.len();
+            group.push((digest, batch));
+        }
+        group
+    }
+
+    /// A committer is done with `digests`: each is ready again if calls
+    /// arrived meanwhile, else forgotten.
+    fn finish(&mut self, digests: impl IntoIterator<Item = KeyDigest>) {
+        for digest in digests {
+            let Some(queue) = self.tokens.get_mut(&digest) else {
+                continue;
+            };
+            queue.running = false;
+            if queue.waiting.is_empty() {
+                self.tokens.remove(&digest);
+            } else {
+                self.ready.push_back(digest);
+            }
+        }
+    }
+
+    /// Counts a new committer if one is wanted: work is ready and fewer than
+    /// [`MAX_COMMITTERS`] run.
+    fn want_committer(&mut self) -> bool {
+        let wanted = !self.ready.is_empty() && self.committers < MAX_COMMITTERS;
+        if wanted {
+            self.committers += 1;
+        }
+        wanted
+    }
+}
+
+/// Hands a group's tokens back if its committer ends without doing so (a
+/// panic), so that later calls of those tokens are settled again.
+struct GroupGuard {
+    store: Store,
+    digests: Vec<KeyDigest>,
     done: bool,
 }
 
-impl Drop for WorkerGuard {
+impl Drop for GroupGuard {
     fn drop(&mut self) {
-        if !self.done {
-            self.queues.lock().remove(&self.digest);
+        if self.done {
+            return;
+        }
+        let respawn = {
+            let mut state = self.store.queues.lock();
+            state.finish(std::mem::take(&mut self.digests));
+            state.committers -= 1;
+            state.want_committer()
+        };
+        if respawn {
+            tokio::spawn(self.store.clone().commit());
         }
     }
 }
@@ -116,8 +205,8 @@ impl Store {
         }
     }
 
-    /// Queues `op` for the token whose key has `digest` (starting its worker
-    /// if none runs) and waits for its outcome.
+    /// Queues `op` for the token whose key has `digest` (starting a
+    /// committer if none is free) and waits for its outcome.
     pub(super) async fn enqueue(
         &self,
         digest: &KeyDigest,
@@ -126,67 +215,100 @@ impl Store {
     ) -> Result<Outcome, QuotaError> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending { op, now, reply };
-        let start_worker = {
-            let mut queues = self.queues.lock();
-            match queues.get_mut(digest) {
-                Some(queue) => {
-                    if queue.len() >= MAX_WAITING {
-                        // Callers that have gone do not hold a place.
-                        queue.retain(|p| !p.reply.is_closed());
-                    }
-                    if queue.len() >= MAX_WAITING {
-                        return Err(QuotaError::Busy(format!(
-                            "{MAX_WAITING} debits are already waiting for one token"
-                        )));
-                    }
-                    queue.push(pending);
-                    false
-                }
-                None => {
-                    queues.insert(digest.clone(), vec![pending]);
-                    true
-                }
+        let start_committer = {
+            let mut state = self.queues.lock();
+            let queue = state.tokens.entry(digest.clone()).or_default();
+            let was_ready = !queue.running && !queue.waiting.is_empty();
+            if queue.waiting.len() >= MAX_WAITING {
+                // Callers that have gone do not hold a place.
+                queue.waiting.retain(|p| !p.reply.is_closed());
             }
+            if queue.waiting.len() >= MAX_WAITING {
+                return Err(QuotaError::Busy(format!(
+                    "{MAX_WAITING} debits are already waiting for one token"
+                )));
+            }
+            queue.waiting.push(pending);
+            if !was_ready && !queue.running {
+                state.ready.push_back(digest.clone());
+            }
+            state.want_committer()
         };
-        if start_worker {
-            tokio::spawn(self.clone().settle_queue(digest.clone()));
+        if start_committer {
+            tokio::spawn(self.clone().commit());
         }
         answer
             .await
             .map_err(|_| QuotaError::Internal("the debit worker stopped before answering".into()))?
     }
 
-    /// Settles a token's queue, a batch at a time, until it is empty.
-    async fn settle_queue(self, digest: KeyDigest) {
-        let mut guard = WorkerGuard {
-            queues: self.queues.clone(),
-            digest,
-            done: false,
-        };
+    /// A committer: settles groups of ready tokens, one transaction each,
+    /// until no token is ready.
+    async fn commit(self) {
         loop {
-            let batch: Vec<Pending> = {
-                let mut queues = self.queues.lock();
-                let Some(queue) = queues.get_mut(&guard.digest).filter(|q| !q.is_empty()) else {
-                    queues.remove(&guard.digest);
-                    guard.done = true;
+            let group = {
+                let mut state = self.queues.lock();
+                let group = state.take_group();
+                if group.is_empty() {
+                    state.committers -= 1;
                     return;
-                };
-                let take = queue.len().min(MAX_BATCH);
-                // A caller that has gone (cancelled, past its deadline) before
-                // its debit started is not debited: it was told it failed.
-                queue
-                    .drain(..take)
-                    .filter(|p| !p.reply.is_closed())
-                    .collect()
+                }
+                group
             };
-            if !batch.is_empty() {
-                self.run_batch(&guard.digest, batch).await;
+            let mut guard = GroupGuard {
+                store: self.clone(),
+                digests: group.iter().map(|(d, _)| d.clone()).collect(),
+                done: false,
+            };
+            self.run_group(group).await;
+            guard.done = true;
+            self.queues.lock().finish(std::mem::take(&mut guard.digests));
+        }
+    }
+
+    /// Settles one group: a single token's batch as [`Store::run_batch`]
+    /// does; several tokens in one transaction, falling back to one
+    /// transaction per token if that fails for any reason but an unreachable
+    /// database (a statement one token's calls make fail must not fail the
+    /// others').
+    async fn run_group(&self, group: Vec<(KeyDigest, Vec<Pending>)>) {
+        let mut group: Vec<(KeyDigest, Vec<Pending>)> =
+            group.into_iter().filter(|(_, b)| !b.is_empty()).collect();
+        if group.len() <= 1 {
+            if let Some((digest, batch)) = group.pop() {
+                self.run_batch(&digest, batch).await;
+            }
+            return;
+        }
+        let work: Vec<Work<'_>> = group
+            .iter()
+            .map(|(digest, batch)| (digest, batch.iter().map(|p| (&p.op, p.now)).collect()))
+            .collect();
+        let result = self.apply_group(&work).await;
+        drop(work);
+        match result {
+            Ok(outcomes) => {
+                for ((_, batch), outcomes) in group.into_iter().zip(outcomes) {
+                    for (p, outcome) in batch.into_iter().zip(outcomes) {
+                        let _ = p.reply.send(outcome);
+                    }
+                }
+            }
+            Err(BatchError::Failed(err @ QuotaError::Unavailable(_))) => {
+                for p in group.into_iter().flat_map(|(_, batch)| batch) {
+                    let _ = p.reply.send(Err(err.clone()));
+                }
+            }
+            Err(_) => {
+                for (digest, batch) in group {
+                    self.run_batch(&digest, batch).await;
+                }
             }
         }
     }
 
-    /// Settles one batch: a lone debit with the single conditional UPDATE,
-    /// anything else in one transaction under the token's row lock.
+    /// Settles one token's batch: a lone debit with the single conditional
+    /// UPDATE, anything else in one transaction under the token's row lock.
     async fn run_batch(&self, digest: &KeyDigest, mut batch: Vec<Pending>) {
         if let [
             Pending {
@@ -206,7 +328,8 @@ impl Store {
             return;
         }
         let ops: Vec<(&Op, i64)> = batch.iter().map(|p| (&p.op, p.now)).collect();
-        match self.apply_batch(digest, &ops).await {
+        let result = self.apply_batch(digest, ops).await;
+        match result {
             Ok(outcomes) => {
                 for (p, outcome) in batch.into_iter().zip(outcomes) {
                     let _ = p.reply.send(outcome);

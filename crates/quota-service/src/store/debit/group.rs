@@ -1,0 +1,360 @@
+//! Group commit: one transaction settles the waiting debits and hold calls
+//! of several tokens, each in arrival order, each with its own outcome.
+//!
+//! The tokens' rows are locked first, in ascending id order, so that two
+//! groups (on one replica or on several sharing the database) never wait for
+//! each other in a cycle. Then one SELECT looks up the holds the group's
+//! request ids name, together with the live holds of its tokens that have
+//! expired by the group's latest time, and one SELECT the ledger rows those
+//! request ids name. Each token's operations run in memory against its own
+//! counters ([`Book`]); the result is written with one UPDATE of every changed
+//! token row, one INSERT of the new holds, one UPDATE per hold state, one
+//! INSERT of the ledger rows and one upsert of the usage per token and UTC
+//! day, then one commit for all of them.
+
+use super::batch::Book;
+use super::queue::{Op, Outcome};
+use super::sql::{BatchError, ledger_insert};
+use crate::domain::{Hold, HoldState, KeyDigest, QuotaError, Token};
+use crate::store::entity::{hold, ledger, token};
+use crate::store::usage::{UsageDays, add_usage_days};
+use crate::store::{Store, to_domain};
+use sea_orm::sea_query::{Expr, ExprTrait, InsertStatement, Query, SimpleExpr};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect,
+};
+use std::collections::HashMap;
+
+/// One token's operations in a group, each with its time.
+pub(super) type Work<'a> = (&'a KeyDigest, Vec<(&'a Op, i64)>);
+
+/// Each token's outcomes, in the order of its operations.
+pub(super) type Outcomes = Vec<Vec<Result<Outcome, QuotaError>>>;
+
+impl Store {
+    /// Runs the operations of every token of `group` in one transaction;
+    /// returns each token's outcomes, in order. A token that does not exist
+    /// answers `TokenNotFound` to each of its operations and leaves the
+    /// others unaffected.
+    pub(super) async fn apply_group(&self, group: &[Work<'_>]) -> Result<Outcomes, BatchError> {
+        let digests: Vec<&str> = group.iter().map(|(d, _)| d.as_str()).collect();
+        // MySQL locks rows in the order its index scan meets them; a scan of
+        // the primary key meets them by id. Ids never change, so they may be
+        // read before the transaction.
+        let ids = if digests.len() > 1 && self.db.get_database_backend() == DatabaseBackend::MySql
+        {
+            Some(
+                token::Entity::find()
+                    .select_only()
+                    .column(token::Column::Id)
+                    .filter(token::Column::KeyDigest.is_in(digests.iter().copied()))
+                    .into_tuple::<i64>()
+                    .all(&self.read)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let txn = self.begin_write().await?;
+        let rows = lock_tokens(&txn, &digests, ids).await?;
+        let latest = group
+            .iter()
+            .flat_map(|(_, ops)| ops.iter().map(|(_, now)| *now))
+            .max()
+            .unwrap_or(0);
+        let tokens: Vec<Token> = rows.into_iter().map(to_domain_with_digest).collect();
+        let mut books = load(&txn, tokens, group, latest).await?;
+
+        let mut outcomes = Vec::with_capacity(group.len());
+        for (digest, ops) in group {
+            let answers = match books.get_mut(digest.as_str()) {
+                Some(book) => ops.iter().map(|(op, now)| book.apply(op, *now)).collect(),
+                None => ops.iter().map(|_| Err(QuotaError::TokenNotFound)).collect(),
+            };
+            outcomes.push(answers);
+        }
+        let mut writes = Writes::default();
+        for (_, book) in books {
+            book.write_into(&mut writes);
+        }
+        writes.execute(&txn).await?;
+        txn.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Runs `batch` (operations of the token whose key has `digest`, each
+    /// with its time) in one transaction; returns each operation's outcome, in order.
+    pub(super) async fn apply_batch(
+        &self,
+        digest: &KeyDigest,
+        batch: Vec<(&Op, i64)>,
+    ) -> Result<Vec<Result<Outcome, QuotaError>>, BatchError> {
+        let mut outcomes = self.apply_group(&[(digest, batch)]).await?;
+        Ok(outcomes.pop().unwrap_or_default())
+    }
+
+    /// Runs one operation under the token's row lock: the exact answer, for
+    /// the cases the single conditional UPDATE does not decide.
+    pub(super) async fn apply_one(
+        &self,
+        digest: &KeyDigest,
+        op: &Op,
+        now: i64,
+    ) -> Result<Outcome, QuotaError> {
+        match self.apply_batch(digest, vec![(op, now)]).await {
+            Ok(mut outcomes) => outcomes.pop().unwrap_or_else(|| {
+                Err(QuotaError::Internal("a batch of one had no outcome".into()))
+            }),
+            // Under the row lock no other writer can have used the id: the
+            // unique index disagreeing is a fault, not a race.
+            Err(BatchError::Duplicate) => Err(QuotaError::Internal(
+                "a request id was written while its token was locked".into(),
+            )),
+            Err(BatchError::Failed(err)) => Err(err),
+        }
+    }
+}
+
+/// The token and the digest it was found by.
+fn to_domain_with_digest(row: token::Model) -> (String, Token) {
+    let digest = row.key_digest.clone();
+    (digest, to_domain(row))
+}
+
+/// Locks the rows of the tokens with `digests`, in ascending id order (by
+/// `ids` when given: their ids, read beforehand).
+async fn lock_tokens(
+    txn: &DatabaseTransaction,
+    digests: &[&str],
+    ids: Option<Vec<i64>>,
+) -> Result<Vec<token::Model>, BatchError> {
+    let find = token::Entity::find();
+    let find = match ids {
+        Some(ids) if ids.is_empty() => return Ok(Vec::new()),
+        Some(ids) => find.filter(token::Column::Id.is_in(ids)),
+        None => find.filter(token::Column::KeyDigest.is_in(digests.iter().copied())),
+    };
+    // PostgreSQL locks the rows after sorting them; SQLite has one writer.
+    let rows = find
+        .order_by_asc(token::Column::Id)
+        .lock_exclusive()
+        .all(txn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|row| digests.contains(&row.key_digest.as_str()))
+        .collect())
+}
+
+/// Looks up, for every locked token, the holds and ledger rows its
+/// operations name and its live holds expired by `latest`; one book each,
+/// by key digest.
+async fn load(
+    txn: &DatabaseTransaction,
+    tokens: Vec<(String, Token)>,
+    group: &[Work<'_>],
+    latest: i64,
+) -> Result<HashMap<String, Book>, BatchError> {
+    let request_ids: Vec<&str> = group
+        .iter()
+        .flat_map(|(_, ops)| ops.iter().filter_map(|(op, _)| op.request_id()))
+        .collect();
+    let token_ids: Vec<i64> = tokens.iter().map(|(_, t)| t.id).collect();
+    let holding: Vec<i64> = tokens
+        .iter()
+        .filter(|(_, t)| t.held != 0)
+        .map(|(_, t)| t.id)
+        .collect();
+    let mut condition = Condition::any();
+    if !request_ids.is_empty() {
+        condition = condition.add(hold::Column::RequestId.is_in(request_ids.iter().copied()));
+    }
+    if !holding.is_empty() {
+        condition = condition.add(
+            Condition::all()
+                .add(hold::Column::TokenId.is_in(holding))
+                .add(hold::Column::State.eq(HoldState::Live.code()))
+                .add(hold::Column::ExpiresAt.lte(latest)),
+        );
+    }
+    let mut holds: HashMap<i64, Vec<hold::Model>> = HashMap::new();
+    if !condition.is_empty() && !token_ids.is_empty() {
+        let rows = hold::Entity::find()
+            .filter(hold::Column::TokenId.is_in(token_ids.iter().copied()))
+            .filter(condition)
+            .all(txn)
+            .await?;
+        for row in rows {
+            holds.entry(row.token_id).or_default().push(row);
+        }
+    }
+    let mut debits: HashMap<i64, Vec<String>> = HashMap::new();
+    if !request_ids.is_empty() && !token_ids.is_empty() {
+        let rows = ledger::Entity::find()
+            .select_only()
+            .column(ledger::Column::TokenId)
+            .column(ledger::Column::RequestId)
+            .filter(ledger::Column::TokenId.is_in(token_ids))
+            .filter(ledger::Column::RequestId.is_in(request_ids))
+            .into_tuple::<(i64, Option<String>)>()
+            .all(txn)
+            .await?;
+        for (token_id, request_id) in rows {
+            if let Some(id) = request_id {
+                debits.entry(token_id).or_default().push(id);
+            }
+        }
+    }
+    let mut books = HashMap::with_capacity(tokens.len());
+    for (digest, token) in tokens {
+        let id = token.id;
+        let book = Book::new(
+            token,
+            holds.remove(&id).unwrap_or_default(),
+            debits.remove(&id).unwrap_or_default(),
+            latest,
+        )?;
+        books.insert(digest, book);
+    }
+    Ok(books)
+}
+
+/// What a group writes, gathered from every token's [`Book`].
+#[derive(Default)]
+pub(super) struct Writes {
+    /// Changed counters: id, remaining, used, held, updated at.
+    tokens: Vec<[i64; 5]>,
+    /// New holds: token id, request id, units, expiry, state, time.
+    new_holds: Vec<[SimpleExpr; 7]>,
+    /// Hold ids whose state changed, by new state and time.
+    states: HashMap<(i16, i64), Vec<i64>>,
+    /// Ledger rows.
+    ledger: Vec<[SimpleExpr; 5]>,
+    /// The same debits summed per token and UTC day.
+    days: UsageDays,
+}
+
+impl Writes {
+    /// The counters of `token` changed, last at `now`.
+    pub(super) fn token(&mut self, token: &Token, now: i64) {
+        let b = &token.balance;
+        self.tokens
+            .push([token.id, b.remaining, b.used, token.held, now]);
+    }
+
+    /// A hold made at `now`.
+    pub(super) fn new_hold(
+        &mut self,
+        token_id: i64,
+        request_id: String,
+        hold: &Hold,
+        now: i64,
+    ) {
+        self.new_holds.push([
+            token_id.into(),
+            request_id.into(),
+            hold.units.into(),
+            hold.expires_at.into(),
+            hold.state.code().into(),
+            now.into(),
+            now.into(),
+        ]);
+    }
+
+    /// A hold whose state changed, last at `now`.
+    pub(super) fn hold_state(&mut self, id: i64, state: HoldState, now: i64) {
+        self.states.entry((state.code(), now)).or_default().push(id);
+    }
+
+    /// Ledger rows to insert.
+    pub(super) fn ledger(&mut self, rows: Vec<[SimpleExpr; 5]>) {
+        self.ledger.extend(rows);
+    }
+
+    /// A debit of `units` of token `token_id` at `at`, for the usage per day.
+    pub(super) fn spent(&mut self, token_id: i64, at: i64, units: i64) {
+        self.days.add(token_id, at, units);
+    }
+
+    /// Writes everything in `txn`.
+    async fn execute(self, txn: &DatabaseTransaction) -> Result<(), BatchError> {
+        if !self.tokens.is_empty() {
+            txn.execute(&counters_update(&self.tokens)).await?;
+        }
+        if !self.new_holds.is_empty() {
+            txn.execute(&holds_insert(self.new_holds)?)
+                .await
+                .map_err(BatchError::from_insert)?;
+        }
+        for ((state, now), ids) in self.states {
+            let update = Query::update()
+                .table(hold::Entity)
+                .value(hold::Column::State, state)
+                .value(hold::Column::UpdatedAt, now)
+                .and_where(Expr::col(hold::Column::Id).is_in(ids))
+                .to_owned();
+            txn.execute(&update).await?;
+        }
+        if !self.ledger.is_empty() {
+            txn.execute(&ledger_insert(self.ledger)?)
+                .await
+                .map_err(BatchError::from_insert)?;
+        }
+        add_usage_days(txn, &self.days).await?;
+        Ok(())
+    }
+}
+
+/// One UPDATE of the counters of every row in `rows` (id, remaining, used,
+/// held, updated at): a plain one for a single row, `CASE id WHEN …` for several.
+fn counters_update(rows: &[[i64; 5]]) -> sea_orm::sea_query::UpdateStatement {
+    use token::Column as C;
+    let mut update = Query::update().table(token::Entity).to_owned();
+    if let [[id, remaining, used, held, now]] = rows {
+        return update
+            .value(C::Remaining, *remaining)
+            .value(C::Used, *used)
+            .value(C::Held, *held)
+            .value(C::UpdatedAt, *now)
+            .and_where(Expr::col(C::Id).eq(*id))
+            .to_owned();
+    }
+    let column = |i: usize, col: C| -> SimpleExpr {
+        let mut case = Expr::case(Expr::col(C::Id).eq(rows[0][0]), rows[0][i]);
+        for row in &rows[1..] {
+            case = case.case(Expr::col(C::Id).eq(row[0]), row[i]);
+        }
+        case.finally(Expr::col(col)).into()
+    };
+    update
+        .value(C::Remaining, column(1, C::Remaining))
+        .value(C::Used, column(2, C::Used))
+        .value(C::Held, column(3, C::Held))
+        .value(C::UpdatedAt, column(4, C::UpdatedAt))
+        .and_where(Expr::col(C::Id).is_in(rows.iter().map(|r| r[0])))
+        .to_owned()
+}
+
+/// `INSERT INTO quota_holds (...) VALUES (...), ...`.
+fn holds_insert(rows: Vec<[SimpleExpr; 7]>) -> Result<InsertStatement, BatchError> {
+    use hold::Column as C;
+    let mut insert = Query::insert()
+        .into_table(hold::Entity)
+        .columns([
+            C::TokenId,
+            C::RequestId,
+            C::Units,
+            C::ExpiresAt,
+            C::State,
+            C::CreatedAt,
+            C::UpdatedAt,
+        ])
+        .to_owned();
+    for row in rows {
+        insert
+            .values(row)
+            .map_err(|e| QuotaError::Internal(format!("hold insert: {e}")))?;
+    }
+    Ok(insert)
+}

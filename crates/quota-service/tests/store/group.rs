@@ -1,0 +1,255 @@
+//! Group commit: a burst of debits over many tokens, from many callers at
+//! once, is settled in transactions that span tokens; each debit still gets
+//! its own answer, and the ledger equals the counters.
+
+use crate::helpers::*;
+use quota_service::domain::HoldTtl;
+use std::collections::HashMap;
+
+/// Callers at once.
+const CALLERS: usize = 32;
+/// Tokens that can pay, each debited by [`DEBITS_PER_TOKEN`] distinct ids.
+const PAYING: usize = 150;
+const DEBITS_PER_TOKEN: i64 = 4;
+/// Each paying token's quota: more than its debits cost.
+const QUOTA: i64 = 1_000;
+/// Tokens refused whatever they ask: disabled, exhausted (no quota), unknown.
+const DISABLED: usize = 20;
+const EXHAUSTED: usize = 20;
+const UNKNOWN: usize = 10;
+/// One token that affords exactly [`TIGHT_AFFORDS`] of its [`TIGHT_DEBITS`] one-unit debits.
+const TIGHT_AFFORDS: i64 = 25;
+const TIGHT_DEBITS: i64 = 40;
+
+/// What a debit of the burst is, and so what it must be answered.
+#[derive(Clone, Debug)]
+enum Case {
+    /// A distinct id of a paying token, sent twice: debited once, a repeat once.
+    Paying { token: usize, units: i64 },
+    /// A paying token's debit without a request id: debited.
+    Anonymous { token: usize },
+    /// An id that names a hold of the token: ALREADY_EXISTS.
+    NamesHold { token: usize },
+    Disabled,
+    Exhausted,
+    Unknown,
+    /// One unit of the tight token.
+    Tight,
+}
+
+struct Call {
+    case: Case,
+    key: TokenKey,
+    units: i64,
+    request_id: Option<String>,
+}
+
+/// The burst: every call, in an order that interleaves tokens and puts the
+/// two copies of each duplicated id far apart.
+fn burst(paying: &[TokenKey], refused: &[(Case, TokenKey)], tight: &TokenKey) -> Vec<Call> {
+    let mut calls = Vec::new();
+    for round in 0..2 {
+        for j in 0..DEBITS_PER_TOKEN {
+            for (t, key) in paying.iter().enumerate() {
+                let units = j + 1;
+                calls.push(Call {
+                    case: Case::Paying { token: t, units },
+                    key: key.clone(),
+                    units,
+                    request_id: Some(format!("pay-{j}")),
+                });
+                if round == 0 && j == 0 {
+                    calls.push(Call {
+                        case: Case::Anonymous { token: t },
+                        key: key.clone(),
+                        units: 1,
+                        request_id: None,
+                    });
+                    calls.push(Call {
+                        case: Case::NamesHold { token: t },
+                        key: key.clone(),
+                        units: 1,
+                        request_id: Some("held".into()),
+                    });
+                }
+            }
+        }
+        for (i, (case, key)) in refused.iter().enumerate() {
+            calls.push(Call {
+                case: case.clone(),
+                key: key.clone(),
+                units: i as i64 % 3 + 1,
+                request_id: Some(format!("refused-{round}")),
+            });
+        }
+    }
+    for i in 0..TIGHT_DEBITS {
+        calls.push(Call {
+            case: Case::Tight,
+            key: tight.clone(),
+            units: 1,
+            request_id: Some(format!("tight-{i}")),
+        });
+    }
+    // A fixed stride through the calls: a shuffle without a random generator.
+    let n = calls.len();
+    let stride = (0..).map(|k| 97 + k).find(|s| gcd(*s, n) == 1).unwrap();
+    let mut slots: Vec<Option<Call>> = calls.into_iter().map(Some).collect();
+    (0..n).map(|i| slots[(i * stride) % n].take().unwrap()).collect()
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Sends `calls` from [`CALLERS`] tasks, spread over `stores` in turn;
+/// returns every answer with its call.
+async fn send(stores: &[Store], calls: Vec<Call>) -> Vec<(Call, Result<Debit, QuotaError>)> {
+    let mut lanes: Vec<Vec<Call>> = (0..CALLERS).map(|_| Vec::new()).collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        lanes[i % CALLERS].push(call);
+    }
+    let mut tasks = Vec::new();
+    for (i, lane) in lanes.into_iter().enumerate() {
+        let store = stores[i % stores.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for call in lane {
+                let answer = store
+                    .consume(
+                        &call.key.digest(),
+                        units(call.units),
+                        call.request_id.as_deref(),
+                        NOW,
+                    )
+                    .await;
+                answers.push((call, answer));
+            }
+            answers
+        }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.extend(task.await.expect("caller task"));
+    }
+    answers
+}
+
+async fn burst_over_many_tokens(stores: &[Store]) {
+    let store = &stores[0];
+    let mut paying = Vec::new();
+    for _ in 0..PAYING {
+        let (tok, key) = new_token(store, QUOTA).await;
+        // A live hold of 10 units named "held".
+        store
+            .reserve(&key.digest(), units(10), "held", HoldTtl::parse(600).unwrap(), NOW)
+            .await
+            .expect("reserve");
+        paying.push((tok, key));
+    }
+    let mut refused = Vec::new();
+    for _ in 0..DISABLED {
+        let (tok, key) = new_token(store, QUOTA).await;
+        let off = TokenChanges {
+            enabled: Some(false),
+            ..TokenChanges::default()
+        };
+        store
+            .update_token(&TokenLocator::Id(tok.id), off, NOW)
+            .await
+            .expect("disable");
+        refused.push((Case::Disabled, key));
+    }
+    for _ in 0..EXHAUSTED {
+        let (_, key) = new_token(store, 0).await;
+        refused.push((Case::Exhausted, key));
+    }
+    for _ in 0..UNKNOWN {
+        refused.push((Case::Unknown, TokenKey::generate().unwrap()));
+    }
+    let (tight, tight_key) = new_token(store, TIGHT_AFFORDS).await;
+    let keys: Vec<TokenKey> = paying.iter().map(|(_, k)| k.clone()).collect();
+    let calls = burst(&keys, &refused, &tight_key);
+    let total = calls.len();
+    assert_eq!(
+        total,
+        PAYING * (2 * DEBITS_PER_TOKEN as usize + 2)
+            + 2 * (DISABLED + EXHAUSTED + UNKNOWN)
+            + TIGHT_DEBITS as usize
+    );
+
+    let answers = send(stores, calls).await;
+    assert_eq!(answers.len(), total);
+    // Per paying token and id: (first answers, repeats).
+    let mut paid: HashMap<(usize, String), (i64, i64)> = HashMap::new();
+    let (mut tight_debited, mut tight_refused) = (0, 0);
+    for (call, answer) in answers {
+        match (&call.case, answer) {
+            (Case::Paying { token, units }, Ok(debit)) => {
+                assert_eq!(call.units, *units);
+                let id = call.request_id.clone().unwrap();
+                let seen = paid.entry((*token, id)).or_default();
+                if debit.repeat {
+                    seen.1 += 1;
+                } else {
+                    seen.0 += 1;
+                }
+            }
+            (Case::Anonymous { .. }, Ok(debit)) => assert!(!debit.repeat),
+            (Case::NamesHold { .. }, Err(QuotaError::RequestIdInUse(what))) => {
+                assert_eq!(what, "a hold")
+            }
+            (Case::Disabled, Err(QuotaError::TokenDisabled)) => {}
+            (Case::Exhausted, Err(QuotaError::QuotaExhausted { remaining, requested })) => {
+                assert_eq!((remaining, requested), (0, call.units));
+            }
+            (Case::Unknown, Err(QuotaError::TokenNotFound)) => {}
+            (Case::Tight, Ok(debit)) => {
+                assert!(!debit.repeat);
+                tight_debited += 1;
+            }
+            (Case::Tight, Err(QuotaError::QuotaExhausted { remaining, requested })) => {
+                assert_eq!((remaining, requested), (0, 1));
+                tight_refused += 1;
+            }
+            (case, answer) => panic!("{case:?} ({:?}) was answered {answer:?}", call.request_id),
+        }
+    }
+    assert_eq!(paid.len(), PAYING * DEBITS_PER_TOKEN as usize);
+    assert!(paid.values().all(|seen| *seen == (1, 1)), "{paid:?}");
+    assert_eq!((tight_debited, tight_refused), (TIGHT_AFFORDS, TIGHT_DEBITS - TIGHT_AFFORDS));
+
+    // Each paying token: 1 + 2 + 3 + 4 by id, 1 without; 10 still held.
+    let spent = (1..=DEBITS_PER_TOKEN).sum::<i64>() + 1;
+    for (tok, _) in &paying {
+        let after = store.token(&TokenLocator::Id(tok.id)).await.unwrap();
+        assert_eq!(after.balance, limited(QUOTA - spent, spent));
+        assert_eq!(after.held, 10);
+        let debits = debits_of(store, tok.id).await;
+        assert_eq!(debits.len() as i64, DEBITS_PER_TOKEN + 1);
+        assert_eq!(debits.iter().map(|r| r.units).sum::<i64>(), spent);
+    }
+    assert_eq!(balance(store, tight.id).await, limited(0, TIGHT_AFFORDS));
+    assert_eq!(debits_of(store, tight.id).await.len() as i64, TIGHT_AFFORDS);
+    for (case, key) in &refused {
+        if let Some(tok) = store.token_by_digest(&key.digest()).await.unwrap() {
+            assert!(debits_of(store, tok.id).await.is_empty(), "{case:?}");
+        }
+    }
+    let verification = store.verify().await.expect("verify");
+    assert!(verification.agrees(), "{:?}", verification.disagreeing);
+    assert_eq!(
+        verification.tokens,
+        (PAYING + DISABLED + EXHAUSTED + 1) as u64
+    );
+}
+
+on_every_database!(a_burst_over_many_tokens_answers_each_debit, one_store);
+async fn one_store(db: TestDb) {
+    burst_over_many_tokens(&[db.store().await]).await;
+}
+
+on_every_database!(a_burst_over_many_tokens_on_two_replicas_answers_each_debit, two_replicas);
+async fn two_replicas(db: TestDb) {
+    burst_over_many_tokens(&[db.store().await, db.store().await]).await;
+}
