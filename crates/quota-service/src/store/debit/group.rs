@@ -63,7 +63,7 @@ impl Store {
             .flat_map(|(_, ops)| ops.iter().map(|(_, now)| *now))
             .max()
             .unwrap_or(0);
-        let tokens: Vec<Token> = rows.into_iter().map(to_domain_with_digest).collect();
+        let tokens: Vec<(String, Token)> = rows.into_iter().map(to_domain_with_digest).collect();
         let mut books = load(&txn, tokens, group, latest).await?;
 
         let mut outcomes = Vec::with_capacity(group.len());
