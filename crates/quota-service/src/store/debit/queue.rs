@@ -229,10 +229,12 @@ impl Store {
                 )));
             }
             queue.waiting.push(pending);
-            if !was_ready && !queue.running {
+            // A token that just became ready may want a committer of its own.
+            let newly_ready = !was_ready && !queue.running;
+            if newly_ready {
                 state.ready.push_back(digest.clone());
             }
-            state.want_committer()
+            newly_ready && state.want_committer()
         };
         if start_committer {
             tokio::spawn(self.clone().commit());
