@@ -19,7 +19,9 @@ impl Store {
     /// Samples every gauge the store feeds: the pools, then the live holds.
     pub async fn record_metrics(self) {
         self.record_pool_metrics();
-        if let Ok(Ok(live)) = tokio::time::timeout(HOLDS_SAMPLE_WAIT, self.live_holds(unix_now())).await {
+        if let Ok(Ok(live)) =
+            tokio::time::timeout(HOLDS_SAMPLE_WAIT, self.live_holds(unix_now())).await
+        {
             metrics::holds_live(live);
         }
     }

@@ -175,8 +175,17 @@ async fn live_holds_count(db: TestDb) {
     let (_, a) = token(&store, 1_000).await;
     let (_, b) = token(&store, 1_000).await;
     assert_eq!(store.live_holds(T).await.unwrap(), 0);
-    for (key, id, seconds) in [(&a, "a1", 600), (&a, "a2", 600), (&a, "a3", 10), (&b, "b1", 600), (&b, "b2", 600)] {
-        store.reserve(&key.digest(), units(5), id, ttl(seconds), T).await.unwrap();
+    for (key, id, seconds) in [
+        (&a, "a1", 600),
+        (&a, "a2", 600),
+        (&a, "a3", 10),
+        (&b, "b1", 600),
+        (&b, "b2", 600),
+    ] {
+        store
+            .reserve(&key.digest(), units(5), id, ttl(seconds), T)
+            .await
+            .unwrap();
     }
     assert_eq!(store.live_holds(T).await.unwrap(), 5);
     store.settle(&a.digest(), "a1", 3, T).await.unwrap();

@@ -25,11 +25,14 @@ const TIGHT_DEBITS: i64 = 40;
 #[derive(Clone, Debug)]
 enum Case {
     /// A distinct id of a paying token, sent twice: debited once, a repeat once.
-    Paying { token: usize, units: i64 },
+    Paying {
+        token: usize,
+        units: i64,
+    },
     /// A paying token's debit without a request id: debited.
-    Anonymous { token: usize },
+    Anonymous,
     /// An id that names a hold of the token: ALREADY_EXISTS.
-    NamesHold { token: usize },
+    NamesHold,
     Disabled,
     Exhausted,
     Unknown,
@@ -60,13 +63,13 @@ fn burst(paying: &[TokenKey], refused: &[(Case, TokenKey)], tight: &TokenKey) ->
                 });
                 if round == 0 && j == 0 {
                     calls.push(Call {
-                        case: Case::Anonymous { token: t },
+                        case: Case::Anonymous,
                         key: key.clone(),
                         units: 1,
                         request_id: None,
                     });
                     calls.push(Call {
-                        case: Case::NamesHold { token: t },
+                        case: Case::NamesHold,
                         key: key.clone(),
                         units: 1,
                         request_id: Some("held".into()),
@@ -95,7 +98,9 @@ fn burst(paying: &[TokenKey], refused: &[(Case, TokenKey)], tight: &TokenKey) ->
     let n = calls.len();
     let stride = (0..).map(|k| 97 + k).find(|s| gcd(*s, n) == 1).unwrap();
     let mut slots: Vec<Option<Call>> = calls.into_iter().map(Some).collect();
-    (0..n).map(|i| slots[(i * stride) % n].take().unwrap()).collect()
+    (0..n)
+        .map(|i| slots[(i * stride) % n].take().unwrap())
+        .collect()
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -142,7 +147,13 @@ async fn burst_over_many_tokens(stores: &[Store]) {
         let (tok, key) = new_token(store, QUOTA).await;
         // A live hold of 10 units named "held".
         store
-            .reserve(&key.digest(), units(10), "held", HoldTtl::parse(600).unwrap(), NOW)
+            .reserve(
+                &key.digest(),
+                units(10),
+                "held",
+                HoldTtl::parse(600).unwrap(),
+                NOW,
+            )
             .await
             .expect("reserve");
         paying.push((tok, key));
@@ -195,12 +206,18 @@ async fn burst_over_many_tokens(stores: &[Store]) {
                     seen.0 += 1;
                 }
             }
-            (Case::Anonymous { .. }, Ok(debit)) => assert!(!debit.repeat),
-            (Case::NamesHold { .. }, Err(QuotaError::RequestIdInUse(what))) => {
+            (Case::Anonymous, Ok(debit)) => assert!(!debit.repeat),
+            (Case::NamesHold, Err(QuotaError::RequestIdInUse(what))) => {
                 assert_eq!(what, "a hold")
             }
             (Case::Disabled, Err(QuotaError::TokenDisabled)) => {}
-            (Case::Exhausted, Err(QuotaError::QuotaExhausted { remaining, requested })) => {
+            (
+                Case::Exhausted,
+                Err(QuotaError::QuotaExhausted {
+                    remaining,
+                    requested,
+                }),
+            ) => {
                 assert_eq!((remaining, requested), (0, call.units));
             }
             (Case::Unknown, Err(QuotaError::TokenNotFound)) => {}
@@ -208,7 +225,13 @@ async fn burst_over_many_tokens(stores: &[Store]) {
                 assert!(!debit.repeat);
                 tight_debited += 1;
             }
-            (Case::Tight, Err(QuotaError::QuotaExhausted { remaining, requested })) => {
+            (
+                Case::Tight,
+                Err(QuotaError::QuotaExhausted {
+                    remaining,
+                    requested,
+                }),
+            ) => {
                 assert_eq!((remaining, requested), (0, 1));
                 tight_refused += 1;
             }
@@ -217,7 +240,10 @@ async fn burst_over_many_tokens(stores: &[Store]) {
     }
     assert_eq!(paid.len(), PAYING * DEBITS_PER_TOKEN as usize);
     assert!(paid.values().all(|seen| *seen == (1, 1)), "{paid:?}");
-    assert_eq!((tight_debited, tight_refused), (TIGHT_AFFORDS, TIGHT_DEBITS - TIGHT_AFFORDS));
+    assert_eq!(
+        (tight_debited, tight_refused),
+        (TIGHT_AFFORDS, TIGHT_DEBITS - TIGHT_AFFORDS)
+    );
 
     // Each paying token: 1 + 2 + 3 + 4 by id, 1 without; 10 still held.
     let spent = (1..=DEBITS_PER_TOKEN).sum::<i64>() + 1;
@@ -249,7 +275,10 @@ async fn one_store(db: TestDb) {
     burst_over_many_tokens(&[db.store().await]).await;
 }
 
-on_every_database!(a_burst_over_many_tokens_on_two_replicas_answers_each_debit, two_replicas);
+on_every_database!(
+    a_burst_over_many_tokens_on_two_replicas_answers_each_debit,
+    two_replicas
+);
 async fn two_replicas(db: TestDb) {
     burst_over_many_tokens(&[db.store().await, db.store().await]).await;
 }

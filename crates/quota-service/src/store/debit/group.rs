@@ -42,8 +42,7 @@ impl Store {
         // MySQL locks rows in the order its index scan meets them; a scan of
         // the primary key meets them by id. Ids never change, so they may be
         // read before the transaction.
-        let ids = if digests.len() > 1 && self.db.get_database_backend() == DatabaseBackend::MySql
-        {
+        let ids = if digests.len() > 1 && self.db.get_database_backend() == DatabaseBackend::MySql {
             Some(
                 token::Entity::find()
                     .select_only()
@@ -244,13 +243,7 @@ impl Writes {
     }
 
     /// A hold made at `now`.
-    pub(super) fn new_hold(
-        &mut self,
-        token_id: i64,
-        request_id: String,
-        hold: &Hold,
-        now: i64,
-    ) {
+    pub(super) fn new_hold(&mut self, token_id: i64, request_id: String, hold: &Hold, now: i64) {
         self.new_holds.push([
             token_id.into(),
             request_id.into(),

@@ -264,7 +264,9 @@ impl Store {
             };
             self.run_group(group).await;
             guard.done = true;
-            self.queues.lock().finish(std::mem::take(&mut guard.digests));
+            self.queues
+                .lock()
+                .finish(std::mem::take(&mut guard.digests));
         }
     }
 
