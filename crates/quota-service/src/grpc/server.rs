@@ -6,9 +6,9 @@ use quota::pb::token_admin_server::TokenAdminServer;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, ServerTlsConfig};
 use tower::BoxError;
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -108,7 +108,12 @@ pub async fn serve_with(
             QuotaServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(token_admin_server(api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            // Answers are small frames written one after another: without
+            // TCP_NODELAY, Nagle holds each next one for the caller's delayed ACK.
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     Ok(())
 }
