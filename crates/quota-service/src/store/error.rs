@@ -17,20 +17,39 @@ impl From<DbErr> for QuotaError {
 }
 
 /// Errors that say "not now" rather than "wrong": lock and statement
-/// timeouts, broken deadlocks and serialization failures (PostgreSQL),
-/// lock wait timeouts and deadlocks (MySQL), a busy or locked database (SQLite).
+/// timeouts, broken deadlocks and serialization failures (PostgreSQL), lock
+/// wait timeouts and deadlocks (MySQL, by error number: its SQLSTATE for a
+/// lock wait timeout is the catch-all `HY000`), a busy or locked database
+/// (SQLite).
 fn is_transient(err: &DbErr) -> bool {
-    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err
-    else {
+    let Some(db) = database_error(err) else {
         return false;
     };
-    let sea_orm::sqlx::Error::Database(db) = e.as_ref() else {
-        return false;
-    };
+    if let Some(mysql) = db.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>() {
+        return matches!(mysql.number(), 1205 | 1213) || is_deadlock(err);
+    }
     matches!(
         db.code().as_deref(),
-        Some("55P03" | "57014" | "40001" | "40P01" | "1205" | "1213" | "5" | "6" | "517" | "261")
+        Some("55P03" | "57014" | "40001" | "40P01" | "5" | "6" | "517" | "261")
     )
+}
+
+/// True when the database rolled the transaction back to break a deadlock
+/// or a serialization conflict (PostgreSQL `40P01`, `40001`; MySQL 1213,
+/// SQLSTATE `40001`): nothing of it was written, so it may run again at once.
+pub(super) fn is_deadlock(err: &DbErr) -> bool {
+    database_error(err).is_some_and(|db| matches!(db.code().as_deref(), Some("40001" | "40P01")))
+}
+
+fn database_error(err: &DbErr) -> Option<&(dyn sea_orm::sqlx::error::DatabaseError + 'static)> {
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err
+    else {
+        return None;
+    };
+    match e.as_ref() {
+        sea_orm::sqlx::Error::Database(db) => Some(db.as_ref()),
+        _ => None,
+    }
 }
 
 fn is_unreachable(err: &DbErr) -> bool {

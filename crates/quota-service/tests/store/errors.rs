@@ -30,3 +30,129 @@ async fn database_errors_are_classed_for_the_caller() {
         .unwrap_err();
     assert!(matches!(QuotaError::from(broken), QuotaError::Internal(_)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mysql_lock_wait_timeout_is_busy() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let Some(db) = TestDb::mysql().await else {
+        return;
+    };
+    let store = db.store().await;
+    let (tok, _) = new_token(&store, 100).await;
+    let lock = format!(
+        "SELECT id FROM quota_tokens WHERE id = {} FOR UPDATE",
+        tok.id
+    );
+    let holder = store.connection().begin().await.unwrap();
+    holder.execute_unprepared(&lock).await.unwrap();
+    let waiter = store.connection().begin().await.unwrap();
+    waiter
+        .execute_unprepared("SET SESSION innodb_lock_wait_timeout = 1")
+        .await
+        .unwrap();
+    // MySQL's SQLSTATE for this is the catch-all HY000: its number (1205) says busy.
+    let gave_up = waiter.execute_unprepared(&lock).await.unwrap_err();
+    assert!(
+        matches!(QuotaError::from(gave_up), QuotaError::Busy(_)),
+        "a lock wait timeout is busy"
+    );
+}
+
+/// A trigger that fails the first `times` writes of a day total as the
+/// database fails a transaction it picked to break a deadlock. Its count is
+/// a sequence, which no rollback takes back.
+fn deadlocks(backend: sea_orm::DatabaseBackend, times: u32) -> Vec<String> {
+    match backend {
+        sea_orm::DatabaseBackend::Postgres => vec![
+            "CREATE SEQUENCE deadlocks".to_owned(),
+            format!(
+                "CREATE FUNCTION deadlock() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                 IF nextval('deadlocks') <= {times} THEN \
+                 RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; END IF; \
+                 RETURN NEW; END $$"
+            ),
+            "CREATE TRIGGER deadlock BEFORE INSERT ON quota_usage_days \
+             FOR EACH ROW EXECUTE FUNCTION deadlock()"
+                .to_owned(),
+        ],
+        _ => vec![
+            "CREATE SEQUENCE deadlocks".to_owned(),
+            format!(
+                "CREATE TRIGGER deadlock BEFORE INSERT ON quota_usage_days FOR EACH ROW BEGIN \
+                 IF NEXTVAL(deadlocks) <= {times} THEN SIGNAL SQLSTATE '40001' \
+                 SET MYSQL_ERRNO = 1213, MESSAGE_TEXT = 'Deadlock found when trying to get lock'; \
+                 END IF; END"
+            ),
+        ],
+    }
+}
+
+/// A debit the database rolls back to break a deadlock wrote nothing and
+/// runs again: the caller sees one success, not a busy answer.
+async fn a_deadlocked_debit_runs_again(db: TestDb) {
+    use sea_orm::ConnectionTrait;
+    let store = db.store().await;
+    let (tok, key) = new_token(&store, 100).await;
+    // The single debit's transaction and the first run under the row lock lose.
+    for sql in deadlocks(store.connection().get_database_backend(), 2) {
+        store.connection().execute_unprepared(&sql).await.unwrap();
+    }
+    let debit = consume(&store, &key, 30, Some("a")).await.unwrap();
+    assert_eq!((debit.balance, debit.repeat), (limited(70, 30), false));
+    assert_eq!(balance(&store, tok.id).await, limited(70, 30));
+    let rows: Vec<(Option<String>, i64)> = debits_of(&store, tok.id)
+        .await
+        .into_iter()
+        .map(|r| (r.request_id, r.units))
+        .collect();
+    assert_eq!(rows, [(Some("a".to_owned()), 30)]);
+}
+
+/// Past its retries, a deadlocked debit is answered busy (retryable) and
+/// leaves nothing behind; the same request id then succeeds once.
+async fn a_debit_deadlocked_past_its_retries_is_busy_and_writes_nothing(db: TestDb) {
+    use sea_orm::ConnectionTrait;
+    let store = db.store().await;
+    let (tok, key) = new_token(&store, 100).await;
+    // The single debit, then the first run under the row lock and its 3 retries.
+    for sql in deadlocks(store.connection().get_database_backend(), 5) {
+        store.connection().execute_unprepared(&sql).await.unwrap();
+    }
+    let refused = consume(&store, &key, 30, Some("a")).await.unwrap_err();
+    assert!(matches!(refused, QuotaError::Busy(_)), "{refused:?}");
+    assert_eq!(balance(&store, tok.id).await, limited(100, 0));
+    assert!(debits_of(&store, tok.id).await.is_empty());
+
+    let debit = consume(&store, &key, 30, Some("a")).await.unwrap();
+    assert_eq!((debit.balance, debit.repeat), (limited(70, 30), false));
+    let again = consume(&store, &key, 30, Some("a")).await.unwrap();
+    assert_eq!((again.balance, again.repeat), (limited(70, 30), true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlocked_debit_runs_again_on_postgres() {
+    if let Some(db) = TestDb::postgres().await {
+        a_deadlocked_debit_runs_again(db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlocked_debit_runs_again_on_mysql() {
+    if let Some(db) = TestDb::mysql().await {
+        a_deadlocked_debit_runs_again(db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debit_deadlocked_past_its_retries_is_busy_on_postgres() {
+    if let Some(db) = TestDb::postgres().await {
+        a_debit_deadlocked_past_its_retries_is_busy_and_writes_nothing(db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debit_deadlocked_past_its_retries_is_busy_on_mysql() {
+    if let Some(db) = TestDb::mysql().await {
+        a_debit_deadlocked_past_its_retries_is_busy_and_writes_nothing(db).await;
+    }
+}

@@ -27,6 +27,9 @@ use sea_orm::{
 use std::collections::HashMap;
 
 /// One token's operations in a group, each with its time.
+/// How many times a group the database rolled back to break a deadlock runs again.
+const DEADLOCK_RETRIES: u32 = 3;
+
 pub(super) type Work<'a> = (&'a KeyDigest, Vec<(&'a Op, i64)>);
 
 /// Each token's outcomes, in the order of its operations.
@@ -37,7 +40,21 @@ impl Store {
     /// returns each token's outcomes, in order. A token that does not exist
     /// answers `TokenNotFound` to each of its operations and leaves the
     /// others unaffected.
+    ///
+    /// A transaction the database rolls back to break a deadlock (between
+    /// replicas, or gap locks of the day totals' upserts on MySQL) wrote
+    /// nothing and runs again, up to [`DEADLOCK_RETRIES`] times.
     pub(super) async fn apply_group(&self, group: &[Work<'_>]) -> Result<Outcomes, BatchError> {
+        let mut retries = 0;
+        loop {
+            match self.apply_group_once(group).await {
+                Err(BatchError::Deadlock(_)) if retries < DEADLOCK_RETRIES => retries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn apply_group_once(&self, group: &[Work<'_>]) -> Result<Outcomes, BatchError> {
         let digests: Vec<&str> = group.iter().map(|(d, _)| d.as_str()).collect();
         // MySQL locks rows in the order its index scan meets them; a scan of
         // the primary key meets them by id. Ids never change, so they may be
@@ -110,7 +127,7 @@ impl Store {
             Err(BatchError::Duplicate) => Err(QuotaError::Internal(
                 "a request id was written while its token was locked".into(),
             )),
-            Err(BatchError::Failed(err)) => Err(err),
+            Err(BatchError::Deadlock(err) | BatchError::Failed(err)) => Err(err),
         }
     }
 }

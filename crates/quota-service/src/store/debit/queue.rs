@@ -347,7 +347,7 @@ impl Store {
                     let _ = p.reply.send(outcome);
                 }
             }
-            Err(BatchError::Failed(err)) => {
+            Err(BatchError::Deadlock(err) | BatchError::Failed(err)) => {
                 for p in batch {
                     let _ = p.reply.send(Err(err.clone()));
                 }

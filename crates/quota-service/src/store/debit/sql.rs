@@ -5,7 +5,7 @@ use super::queue::{Op, Outcome};
 use crate::domain::{Balance, Debit, KeyDigest, QuotaError, QuotaUnits};
 use crate::store::Store;
 use crate::store::entity::{KIND_DEBIT, STATUS_ENABLED, hold, ledger, token};
-use crate::store::error::is_unique_violation;
+use crate::store::error::{is_deadlock, is_unique_violation};
 use crate::store::usage::{UsageDays, add_usage_days};
 use sea_orm::sea_query::{
     Expr, ExprTrait, InsertStatement, Query, ReturningClause, SimpleExpr, UpdateStatement,
@@ -28,27 +28,13 @@ impl Store {
         request_id: Option<&str>,
         now: i64,
     ) -> Result<Debit, QuotaError> {
-        let txn = self.db.begin().await?;
-        if let Some((token_id, balance)) = debit_counters(&txn, digest, units, now).await? {
-            match txn
-                .execute(&debit_insert(token_id, units.get(), request_id, now)?)
-                .await
-            {
-                Ok(done) if done.rows_affected() == 1 => {
-                    let day = UsageDays::one(token_id, now, units.get());
-                    add_usage_days(&txn, &day).await?;
-                    txn.commit().await?;
-                    return Ok(Debit {
-                        balance,
-                        repeat: false,
-                    });
-                }
-                Ok(_) => {}
-                Err(e) if is_unique_violation(&e) => {}
-                Err(e) => return Err(e.into()),
-            }
+        match self.debit_alone(digest, units, request_id, now).await {
+            Ok(Some(debit)) => return Ok(debit),
+            Ok(None) => {}
+            // Rolled back to break a deadlock: nothing was written.
+            Err(e) if is_deadlock(&e) => {}
+            Err(e) => return Err(e.into()),
         }
-        txn.rollback().await?;
         let op = Op::Consume {
             units,
             request_id: request_id.map(str::to_owned),
@@ -60,6 +46,39 @@ impl Store {
             )),
         }
     }
+
+    /// The single debit's transaction: the debit, or `None` (rolled back)
+    /// when the conditional `UPDATE` or the ledger row did not take it.
+    async fn debit_alone(
+        &self,
+        digest: &KeyDigest,
+        units: QuotaUnits,
+        request_id: Option<&str>,
+        now: i64,
+    ) -> Result<Option<Debit>, DbErr> {
+        let txn = self.db.begin().await?;
+        if let Some((token_id, balance)) = debit_counters(&txn, digest, units, now).await? {
+            match txn
+                .execute(&debit_insert(token_id, units.get(), request_id, now)?)
+                .await
+            {
+                Ok(done) if done.rows_affected() == 1 => {
+                    let day = UsageDays::one(token_id, now, units.get());
+                    add_usage_days(&txn, &day).await?;
+                    txn.commit().await?;
+                    return Ok(Some(Debit {
+                        balance,
+                        repeat: false,
+                    }));
+                }
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        txn.rollback().await?;
+        Ok(None)
+    }
 }
 
 /// The conditional debit of the counters. Returns the token id and the
@@ -69,7 +88,7 @@ async fn debit_counters(
     digest: &KeyDigest,
     units: QuotaUnits,
     now: i64,
-) -> Result<Option<(i64, Balance)>, QuotaError> {
+) -> Result<Option<(i64, Balance)>, DbErr> {
     use token::Column as C;
     let mut update = debit_update(digest.as_str(), units.get(), now);
     let row = if txn.support_returning() {
@@ -245,6 +264,9 @@ pub fn pgbench_debit_script(
 pub(super) enum BatchError {
     /// A request id of the batch is in the ledger after all.
     Duplicate,
+    /// The database rolled the transaction back to break a deadlock:
+    /// nothing was written, and the batch may run again.
+    Deadlock(QuotaError),
     /// The database failed; every debit of the batch gets this answer.
     Failed(QuotaError),
 }
@@ -254,14 +276,18 @@ impl BatchError {
         if is_unique_violation(&err) {
             BatchError::Duplicate
         } else {
-            BatchError::Failed(err.into())
+            err.into()
         }
     }
 }
 
 impl From<DbErr> for BatchError {
     fn from(err: DbErr) -> Self {
-        BatchError::Failed(err.into())
+        if is_deadlock(&err) {
+            BatchError::Deadlock(err.into())
+        } else {
+            BatchError::Failed(err.into())
+        }
     }
 }
 
