@@ -224,8 +224,12 @@ def usage(ctx, table):
             continue
         p50 = _number(fields["p50_ms"])
         p99 = f", p99 {_number(fields['p99_ms']):.2f} ms" if "p99_ms" in fields else ""
-        table.add(f"usage route: {found.group(1)}", f"p50 {p50:.2f} ms{p99}", "5 ms",
-                  p50 / 5.0, 1.0, at_least=False)
+        what = f"usage route: {found.group(1)}"
+        if "ledger-scan" in found.group(1):
+            # The former way, shown for comparison: not held to the target.
+            table.add(what, f"p50 {p50:.2f} ms{p99}", note="the former ledger scan, for comparison")
+        else:
+            table.add(what, f"p50 {p50:.2f} ms{p99}", "5 ms", p50 / 5.0, 1.0, at_least=False)
         rows += 1
     if not rows:
         raise BenchError("usage_bench printed no `usage … p50_ms=…` line")

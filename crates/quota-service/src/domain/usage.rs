@@ -34,9 +34,11 @@ fn parse_day_start(date: &str, field: &'static str) -> Result<Option<i64>, Quota
     if date.is_empty() {
         return Ok(None);
     }
-    let day = NaiveDate::parse_from_str(date, "%Y-%m-%d")
-        .ok()
-        .filter(|_| date.len() == 10)
+    // chrono alone also takes leading white space, signs and short fields
+    // ("\n\n  -7-7-7"): the shape is checked first, the calendar by chrono.
+    let day = Some(date)
+        .filter(|d| is_date_shaped(d))
+        .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
         .ok_or_else(|| QuotaError::InvalidDate {
             field,
             message: format!("{field} must be a date as YYYY-MM-DD, got {date:?}"),
@@ -44,6 +46,16 @@ fn parse_day_start(date: &str, field: &'static str) -> Result<Option<i64>, Quota
     Ok(Some(
         day.and_time(chrono::NaiveTime::MIN).and_utc().timestamp(),
     ))
+}
+
+/// Exactly `YYYY-MM-DD` in ASCII digits.
+fn is_date_shaped(date: &str) -> bool {
+    let b = date.as_bytes();
+    b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            _ => c.is_ascii_digit(),
+        })
 }
 
 /// Spend on one UTC day.
@@ -79,6 +91,12 @@ mod tests {
             "2026-1-1",
             "yesterday",
             "2026-11-01T00:00:00Z",
+            // Found by the usage_dates fuzz target: chrono takes these.
+            "\n\n  -7-7-7",
+            " 2026-11-1",
+            "+2026-11-1",
+            "0002026-1-1",
+            "2026-11-0\u{0661}",
         ] {
             assert!(
                 matches!(
