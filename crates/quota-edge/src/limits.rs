@@ -7,15 +7,19 @@
 //! answered at once with 503 and `Retry-After: 1`, never queued.
 
 use crate::error::EdgeError;
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::Request;
 use axum::http::{HeaderMap, Uri, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use pin_project_lite::pin_project;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio::sync::Semaphore;
-use tower::BoxError;
+use tower::{BoxError, Layer, Service};
 
 /// The most a URI may hold (414 beyond).
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -41,26 +45,116 @@ pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
 /// chunked body) is bounded too; tower-http's `RequestBodyLimitLayer` bounds
 /// only what a handler reads and answers in plain text, so the same
 /// `http_body_util::Limited` it uses is applied here directly.
-pub(crate) async fn bounds(request: Request, next: Next) -> Response {
-    if uri_bytes(request.uri()) > MAX_URI_BYTES {
-        return EdgeError::UriTooLong.into_response();
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BoundsLayer;
+
+impl<S> Layer<S> for BoundsLayer {
+    type Service = Bounds<S>;
+
+    fn layer(&self, inner: S) -> Bounds<S> {
+        Bounds { inner }
     }
-    if header_bytes(request.headers()) > MAX_HEADER_BYTES {
-        return EdgeError::HeadersTooLarge.into_response();
+}
+
+/// The service of [`BoundsLayer`].
+#[derive(Clone, Debug)]
+pub(crate) struct Bounds<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for Bounds<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Bounded<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
     }
-    if content_length(request.headers()).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return EdgeError::PayloadTooLarge.into_response();
-    }
-    let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Body::from(collected.to_bytes()),
-        Err(e) if is_length_limit(&e) => return EdgeError::PayloadTooLarge.into_response(),
-        Err(e) => {
-            tracing::debug!(error = %e, "request body could not be read");
-            return EdgeError::UnreadableBody.into_response();
+
+    fn call(&mut self, request: Request) -> Bounded<S::Future> {
+        if let Some(refusal) = refusal(&request) {
+            return Bounded::Answered {
+                response: Some(refusal.into_response()),
+            };
         }
-    };
-    next.run(Request::from_parts(parts, body)).await
+        // A request without a body (every GET a client sends) goes on as it is.
+        if HttpBody::is_end_stream(request.body()) {
+            return Bounded::Passed {
+                inner: self.inner.call(request),
+            };
+        }
+        // The service made ready goes with the body; its clone serves the next request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Bounded::Reading {
+            read: Box::pin(async move {
+                let (parts, body) = request.into_parts();
+                let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+                    Ok(collected) => Body::from(collected.to_bytes()),
+                    Err(e) if is_length_limit(&e) => {
+                        return EdgeError::PayloadTooLarge.into_response();
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "request body could not be read");
+                        return EdgeError::UnreadableBody.into_response();
+                    }
+                };
+                match inner.call(Request::from_parts(parts, body)).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }),
+        }
+    }
+}
+
+/// What a request's head is refused for, if anything.
+fn refusal(request: &Request) -> Option<EdgeError> {
+    if uri_bytes(request.uri()) > MAX_URI_BYTES {
+        Some(EdgeError::UriTooLong)
+    } else if header_bytes(request.headers()) > MAX_HEADER_BYTES {
+        Some(EdgeError::HeadersTooLarge)
+    } else if content_length(request.headers()).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        Some(EdgeError::PayloadTooLarge)
+    } else {
+        None
+    }
+}
+
+pin_project! {
+    /// The response future of [`Bounds`].
+    #[project = BoundedProj]
+    pub(crate) enum Bounded<F> {
+        /// Refused at once.
+        Answered { response: Option<Response> },
+        /// Within bounds, without a body.
+        Passed { #[pin] inner: F },
+        /// A body being read within its bound, then the request.
+        Reading { read: Pin<Box<dyn Future<Output = Response> + Send>> },
+    }
+}
+
+impl<F> Future for Bounded<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            BoundedProj::Answered { response } => {
+                Poll::Ready(Ok(response.take().unwrap_or_else(|| {
+                    EdgeError::Internal("a refusal was polled twice".into()).into_response()
+                })))
+            }
+            BoundedProj::Passed { inner } => inner.poll(cx),
+            BoundedProj::Reading { read } => read.as_mut().poll(cx).map(Ok),
+        }
+    }
 }
 
 /// `Limited` reports its bound as a boxed [`LengthLimitError`]; any other

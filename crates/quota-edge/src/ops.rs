@@ -10,6 +10,7 @@ use serde::Serialize;
 use std::time::Duration;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use utoipa::ToSchema;
 
 /// How long `/readyz` waits for the gRPC service's health answer.
@@ -60,7 +61,7 @@ pub(crate) async fn readyz(
     });
     crate::routes::forward_request_id(&mut request, &headers);
     request.set_timeout(READY_TIMEOUT);
-    let mut health = upstream.health.clone();
+    let mut health = HealthClient::clone(&upstream.health);
     let answer = tokio::time::timeout(READY_TIMEOUT, health.check(request)).await;
     let not_ready = |detail: String| Err(EdgeError::NotReady(detail));
     match answer {

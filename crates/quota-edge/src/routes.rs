@@ -2,17 +2,17 @@
 
 use crate::error::EdgeError;
 use crate::limits::{self, MAX_AUTHORIZATION_BYTES};
-use crate::throttle::{self, Throttle, ThrottleConfig};
+use crate::throttle::{Throttle, ThrottleConfig, ThrottleLayer};
 use crate::tls::{ClientTls, InvalidUrl, endpoint};
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
 use quota::pb;
 use quota::pb::quota_service_client::QuotaServiceClient;
+use quota::pb::quota_service_server::QuotaService;
 use quota_telemetry::request_id;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -70,10 +70,53 @@ where
 /// for every request, or the service itself in the same process.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: QuotaServiceClient<Transport>,
-    /// Its `grpc.health.v1.Health`, for `/readyz`.
-    pub(crate) health: HealthClient<Transport>,
+    quota: Quota,
+    /// Its `grpc.health.v1.Health`, for `/readyz`; shared, so that the
+    /// clone of the upstream every request takes costs no clone of it.
+    pub(crate) health: Arc<HealthClient<Transport>>,
     timeout: Duration,
+}
+
+/// How the edge reaches `quota.v1.QuotaService`.
+#[derive(Clone)]
+enum Quota {
+    /// A tonic client over a channel to another process.
+    Client(QuotaServiceClient<Transport>),
+    /// The service of this process, called through the trait tonic generates
+    /// for its servers: the same messages, metadata and statuses as over a
+    /// channel, with nothing encoded, framed or copied in between.
+    Local(Arc<dyn QuotaService>),
+}
+
+impl std::fmt::Debug for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Quota::Client(client) => f.debug_tuple("Client").field(client).finish(),
+            Quota::Local(_) => f.write_str("Local"),
+        }
+    }
+}
+
+impl Quota {
+    async fn get_subscription(
+        self,
+        request: tonic::Request<pb::GetSubscriptionRequest>,
+    ) -> Result<tonic::Response<pb::Subscription>, tonic::Status> {
+        match self {
+            Quota::Client(mut client) => client.get_subscription(request).await,
+            Quota::Local(service) => service.get_subscription(request).await,
+        }
+    }
+
+    async fn get_usage(
+        self,
+        request: tonic::Request<pb::GetUsageRequest>,
+    ) -> Result<tonic::Response<pb::Usage>, tonic::Status> {
+        match self {
+            Quota::Client(mut client) => client.get_usage(request).await,
+            Quota::Local(service) => service.get_usage(request).await,
+        }
+    }
 }
 
 impl Upstream {
@@ -96,25 +139,20 @@ impl Upstream {
 
     /// Over an existing channel.
     pub fn from_channel(channel: Channel) -> Upstream {
-        Upstream::in_process(channel.clone(), channel)
+        Upstream {
+            quota: Quota::Client(QuotaServiceClient::new(transport(channel.clone()))),
+            health: Arc::new(HealthClient::new(transport(channel))),
+            timeout: UPSTREAM_TIMEOUT,
+        }
     }
 
-    /// Calls `quota` (`quota.v1.QuotaService`) and `health`
-    /// (`grpc.health.v1.Health`) directly: services of this process, still
-    /// spoken to in gRPC (messages, codec, statuses, metadata), with no
-    /// socket in between. The edge stays free of the store: it sees only
-    /// gRPC services.
-    pub fn in_process<Q, H>(quota: Q, health: H) -> Upstream
+    /// Calls `quota` (`quota.v1.QuotaService`, as the trait tonic generates
+    /// for its servers) and `health` (`grpc.health.v1.Health`, a tower
+    /// service) directly: services of this process, spoken to in gRPC's
+    /// messages, metadata and statuses, with no socket and no encoding in
+    /// between. The edge stays free of the store: it sees only gRPC services.
+    pub fn in_process<H>(quota: Arc<dyn QuotaService>, health: H) -> Upstream
     where
-        Q: tower::Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<tonic::body::Body>,
-            > + Clone
-            + Send
-            + Sync
-            + 'static,
-        Q::Error: Into<tower::BoxError>,
-        Q::Future: Send + 'static,
         H: tower::Service<
                 http::Request<tonic::body::Body>,
                 Response = http::Response<tonic::body::Body>,
@@ -126,8 +164,8 @@ impl Upstream {
         H::Future: Send + 'static,
     {
         Upstream {
-            client: QuotaServiceClient::new(transport(quota)),
-            health: HealthClient::new(transport(health)),
+            quota: Quota::Local(quota),
+            health: Arc::new(HealthClient::new(transport(health))),
             timeout: UPSTREAM_TIMEOUT,
         }
     }
@@ -144,14 +182,14 @@ impl Upstream {
         &self,
         message: Req,
         headers: &HeaderMap,
-        method: impl FnOnce(QuotaServiceClient<Transport>, tonic::Request<Req>) -> F,
+        method: impl FnOnce(Quota, tonic::Request<Req>) -> F,
     ) -> Result<Resp, EdgeError>
     where
         F: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let mut request = with_caller(message, headers)?;
         request.set_timeout(self.timeout + Duration::from_secs(1));
-        match tokio::time::timeout(self.timeout, method(self.client.clone(), request)).await {
+        match tokio::time::timeout(self.timeout, method(self.quota.clone(), request)).await {
             Ok(answer) => Ok(answer?.into_inner()),
             Err(_) => Err(EdgeError::Upstream(tonic::Status::deadline_exceeded(
                 "the quota service did not answer in time",
@@ -198,7 +236,7 @@ pub fn app_with(upstream: Upstream, config: EdgeConfig) -> Router {
         )
         .route("/v1/dashboard/billing/usage", only_get(get(usage)))
         .route("/dashboard/billing/usage", only_get(get(usage)))
-        .route_layer(middleware::from_fn_with_state(throttle, throttle::throttle))
+        .route_layer(ThrottleLayer(throttle))
         .route("/healthz", only_get(get(crate::ops::healthz)))
         .route("/readyz", only_get(get(crate::ops::readyz)))
         .route("/openapi.json", only_get(get(crate::openapi::openapi_json)))
@@ -227,17 +265,18 @@ fn layers(router: Router, config: &EdgeConfig) -> Router {
             header::RETRY_AFTER,
             request_id::HEADER,
         ])
-        .max_age(Duration::from_secs(86_400));
+        .max_age(Duration::from_secs(86_400))
+        // Every origin gets the same answer (`*`, fixed methods and
+        // headers), so no response varies by the request's CORS headers;
+        // without a `Vary` list the layer also clones no list per request.
+        .vary([]);
     let shed = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(limits::overloaded))
         .layer(LoadShedLayer::new())
         .layer(GlobalConcurrencyLimitLayer::with_semaphore(
             limits::concurrency(config.max_concurrency),
         ));
-    let router = router
-        .layer(middleware::from_fn(limits::bounds))
-        .layer(shed)
-        .layer(cors);
+    let router = router.layer(limits::BoundsLayer).layer(shed).layer(cors);
     crate::telemetry::layers(router)
 }
 
@@ -292,7 +331,7 @@ pub(crate) async fn subscription(
         .call(
             pb::GetSubscriptionRequest {},
             &headers,
-            |mut c, r| async move { c.get_subscription(r).await },
+            Quota::get_subscription,
         )
         .await?;
     let body = Subscription {
@@ -415,11 +454,7 @@ pub(crate) async fn usage(
     // The service checks the key first, then the dates; a date it refuses
     // comes back naming its field.
     let u = upstream
-        .call(
-            window,
-            &headers,
-            |mut c, r| async move { c.get_usage(r).await },
-        )
+        .call(window, &headers, Quota::get_usage)
         .await
         .map_err(|e| match e {
             EdgeError::Upstream(s)

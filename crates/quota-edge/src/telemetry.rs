@@ -8,12 +8,16 @@
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
-use axum::middleware::{self, Next};
 use axum::response::Response;
+use http::Method;
+use pin_project_lite::pin_project;
 use quota_telemetry::{metrics, request_id};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
-use tower::ServiceBuilder;
 use tower::util::MapRequestLayer;
+use tower::{Layer, Service, ServiceBuilder};
 use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
 use tracing::Span;
 
@@ -41,7 +45,7 @@ pub(crate) fn layers(router: Router) -> Router {
                     .on_response(AccessLog)
                     .on_failure(()),
             )
-            .layer(middleware::from_fn(record)),
+            .layer(RecordLayer),
     )
 }
 
@@ -59,11 +63,14 @@ struct RequestSpan;
 
 impl<B> MakeSpan<B> for RequestSpan {
     fn make_span(&mut self, request: &http::Request<B>) -> Span {
+        // Displayed, not debugged: a template and an id of visible ASCII
+        // need no quotes or escapes, and span fields are formatted for
+        // every request.
         tracing::info_span!(
             "http",
             method = %request.method(),
-            route = route_of(request),
-            request_id = request_id::of(request),
+            route = %route_of(request),
+            request_id = %request_id::of(request),
         )
     }
 }
@@ -91,15 +98,73 @@ impl<B> OnResponse<B> for AccessLog {
     }
 }
 
-/// Counts the request by route template, method and status, and times it.
-async fn record(request: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let method = request.method().clone();
-    let response = next.run(request).await;
-    let route = route
-        .as_ref()
-        .map_or(metrics::UNKNOWN_ROUTE, MatchedPath::as_str);
-    metrics::http_request(route, &method, response.status(), start.elapsed());
-    response
+/// Counts every request by route template, method and status, and times it.
+#[derive(Clone, Copy, Debug)]
+struct RecordLayer;
+
+impl<S> Layer<S> for RecordLayer {
+    type Service = Record<S>;
+
+    fn layer(&self, inner: S) -> Record<S> {
+        Record { inner }
+    }
+}
+
+/// The service of [`RecordLayer`].
+#[derive(Clone, Debug)]
+struct Record<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for Record<S>
+where
+    S: Service<http::Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Recorded<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Recorded<S::Future> {
+        Recorded {
+            route: request.extensions().get::<MatchedPath>().cloned(),
+            method: request.method().clone(),
+            start: Instant::now(),
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Record`].
+    struct Recorded<F> {
+        #[pin]
+        inner: F,
+        route: Option<MatchedPath>,
+        method: Method,
+        start: Instant,
+    }
+}
+
+impl<F, E> Future for Recorded<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        if let Ok(response) = &result {
+            let route = this
+                .route
+                .as_ref()
+                .map_or(metrics::UNKNOWN_ROUTE, MatchedPath::as_str);
+            metrics::http_request(route, this.method, response.status(), this.start.elapsed());
+        }
+        Poll::Ready(result)
+    }
 }

@@ -3,21 +3,26 @@
 //! not seen succeed lately, answered without a call to the gRPC service.
 //!
 //! Both tables are bounded caches (moka): failure windows per client
-//! address, and SHA-256 digests (never keys) of keys that recently
+//! address, and keyed 64-bit hashes (never keys) of keys that recently
 //! succeeded. Millions of passing addresses cost at most their capacity.
 
 use crate::error::EdgeError;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
 use moka::ops::compute::Op;
 use moka::sync::Cache;
-use sha2::{Digest, Sha256};
+use pin_project_lite::pin_project;
+use std::convert::Infallible;
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
+use tower::{Layer, Service};
 
 /// Failed authentications per address and window when not configured.
 pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u32 = 60;
@@ -64,7 +69,10 @@ struct Window {
 pub(crate) struct Throttle {
     config: ThrottleConfig,
     failures: Cache<IpAddr, Window>,
-    succeeded: Option<Cache<[u8; 32], ()>>,
+    succeeded: Option<Cache<u64, ()>>,
+    /// The hash of [`Throttle::key_hash`], seeded at random per process, so
+    /// that no one outside can aim a guess at a remembered key's hash.
+    hasher: RandomState,
 }
 
 impl Throttle {
@@ -83,6 +91,7 @@ impl Throttle {
             config,
             failures,
             succeeded,
+            hasher: RandomState::new(),
         }
     }
 
@@ -111,13 +120,19 @@ impl Throttle {
         });
     }
 
-    fn record_success(&self, key: [u8; 32]) {
-        if let Some(succeeded) = &self.succeeded {
+    /// Remembers that `key` succeeded, for the TTL from the first success
+    /// it remembers: a key that keeps succeeding is looked up, not written
+    /// again (a write costs a read path far more), and written anew once
+    /// its entry has expired.
+    fn record_success(&self, key: u64) {
+        if let Some(succeeded) = &self.succeeded
+            && !succeeded.contains_key(&key)
+        {
             succeeded.insert(key, ());
         }
     }
 
-    fn succeeded_lately(&self, key: &[u8; 32]) -> bool {
+    fn succeeded_lately(&self, key: &u64) -> bool {
         self.succeeded.as_ref().is_some_and(|s| s.contains_key(key))
     }
 
@@ -151,54 +166,140 @@ impl Throttle {
     }
 }
 
-/// The SHA-256 digest of the request's bearer credential, if it has one.
-fn key_digest(headers: &HeaderMap) -> Option<[u8; 32]> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, credential) = value.trim().split_once(' ')?;
-    let credential = credential.trim_start();
-    if !scheme.eq_ignore_ascii_case("bearer") || credential.is_empty() {
-        return None;
+impl Throttle {
+    /// The keyed hash of the request's bearer credential, if it has one: all
+    /// the throttle needs to recognise a key it saw succeed (a collision
+    /// would only let one guess past the throttle to the key check), at a
+    /// fraction of a cryptographic digest's cost on every request.
+    fn key_hash(&self, headers: &HeaderMap) -> Option<u64> {
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, credential) = value.trim().split_once(' ')?;
+        let credential = credential.trim_start();
+        if !scheme.eq_ignore_ascii_case("bearer") || credential.is_empty() {
+            return None;
+        }
+        Some(self.hasher.hash_one(credential))
     }
-    Some(Sha256::digest(credential.as_bytes()).into())
 }
 
-/// The throttle as a middleware of the authenticated routes.
-pub(crate) async fn throttle(
-    State(throttle): State<Arc<Throttle>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let client = peer.map(|peer| throttle.client(peer, request.headers()));
-    let key = key_digest(request.headers());
-    if let Some(wait) = client.and_then(|c| throttle.throttled(c, Instant::now()))
-        && !key.is_some_and(|k| throttle.succeeded_lately(&k))
-    {
-        let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        quota_telemetry::metrics::throttle_refused();
-        return EdgeError::Throttled {
-            retry_after: retry_after.max(1),
+/// The throttle as a layer of the authenticated routes.
+#[derive(Clone, Debug)]
+pub(crate) struct ThrottleLayer(pub(crate) Arc<Throttle>);
+
+impl<S> Layer<S> for ThrottleLayer {
+    type Service = Throttled<S>;
+
+    fn layer(&self, inner: S) -> Throttled<S> {
+        Throttled {
+            inner,
+            throttle: self.0.clone(),
         }
-        .into_response();
     }
-    let response = next.run(request).await;
-    match response.status() {
-        StatusCode::UNAUTHORIZED => {
-            if let Some(client) = client {
-                throttle.record_failure(client, Instant::now());
+}
+
+/// The service of [`ThrottleLayer`].
+#[derive(Clone, Debug)]
+pub(crate) struct Throttled<S> {
+    inner: S,
+    throttle: Arc<Throttle>,
+}
+
+impl<S> Service<Request> for Throttled<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ThrottledFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> ThrottledFuture<S::Future> {
+        let throttle = &self.throttle;
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let client = peer.map(|peer| throttle.client(peer, request.headers()));
+        let key = throttle.key_hash(request.headers());
+        if let Some(wait) = client.and_then(|c| throttle.throttled(c, Instant::now()))
+            && !key.is_some_and(|k| throttle.succeeded_lately(&k))
+        {
+            let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            quota_telemetry::metrics::throttle_refused();
+            let refusal = EdgeError::Throttled {
+                retry_after: retry_after.max(1),
+            };
+            return ThrottledFuture::Refused {
+                response: Some(refusal.into_response()),
+            };
+        }
+        ThrottledFuture::Passed {
+            inner: self.inner.call(request),
+            throttle: throttle.clone(),
+            client,
+            key,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Throttled`]: counts a 401 against the
+    /// client, remembers the key of a success.
+    #[project = ThrottledProj]
+    pub(crate) enum ThrottledFuture<F> {
+        /// Throttled: answered at once, with no call to the service.
+        Refused { response: Option<Response> },
+        /// Passed on.
+        Passed {
+            #[pin]
+            inner: F,
+            throttle: Arc<Throttle>,
+            client: Option<IpAddr>,
+            key: Option<u64>,
+        },
+    }
+}
+
+impl<F> Future for ThrottledFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ThrottledProj::Refused { response } => {
+                Poll::Ready(Ok(response.take().unwrap_or_else(|| {
+                    EdgeError::Internal("a refusal was polled twice".into()).into_response()
+                })))
+            }
+            ThrottledProj::Passed {
+                inner,
+                throttle,
+                client,
+                key,
+            } => {
+                let Ok(response) = ready!(inner.poll(cx));
+                match response.status() {
+                    StatusCode::UNAUTHORIZED => {
+                        if let Some(client) = client {
+                            throttle.record_failure(*client, Instant::now());
+                        }
+                    }
+                    status if status.is_success() => {
+                        if let Some(key) = key {
+                            throttle.record_success(*key);
+                        }
+                    }
+                    _ => {}
+                }
+                Poll::Ready(Ok(response))
             }
         }
-        status if status.is_success() => {
-            if let Some(key) = key {
-                throttle.record_success(key);
-            }
-        }
-        _ => {}
     }
-    response
 }
 
 #[cfg(test)]
@@ -277,13 +378,20 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_remembered_by_digest_and_not_at_all_with_ttl_zero() {
+    fn keys_are_remembered_by_hash_and_not_at_all_with_ttl_zero() {
         let mut headers = HeaderMap::new();
         headers.insert(header::AUTHORIZATION, "bearer sk-abc".parse().unwrap());
-        let key = key_digest(&headers).unwrap();
         let t = throttle(1, &[]);
+        let key = t.key_hash(&headers).unwrap();
         t.record_success(key);
         assert!(t.succeeded_lately(&key));
+        // The same credential, however the header spells the scheme, is the same key.
+        let mut spelled = HeaderMap::new();
+        spelled.insert(header::AUTHORIZATION, "Bearer   sk-abc".parse().unwrap());
+        assert_eq!(t.key_hash(&spelled), Some(key));
+        let mut other = HeaderMap::new();
+        other.insert(header::AUTHORIZATION, "Bearer sk-abd".parse().unwrap());
+        assert!(!t.succeeded_lately(&t.key_hash(&other).unwrap()));
         let off = Throttle::new(ThrottleConfig {
             success_ttl: Duration::ZERO,
             ..ThrottleConfig::default()

@@ -75,10 +75,13 @@ pub struct CallSpan;
 
 impl<B> MakeSpan<B> for CallSpan {
     fn make_span(&mut self, request: &Request<B>) -> Span {
+        // Displayed, not debugged: a method path and an id of visible ASCII
+        // need no quotes or escapes, and span fields are formatted for
+        // every call.
         tracing::info_span!(
             "grpc",
-            method = request.uri().path(),
-            request_id = request_id::of(request),
+            method = %request.uri().path(),
+            request_id = %request_id::of(request),
         )
     }
 }

@@ -51,9 +51,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             )?;
             let grpc = grpc.listen(tls.is_some())?;
             let http = http.listen(tls.is_some())?;
-            // The edge calls its own service in process: still gRPC, with no
-            // socket in between (TLS or not). The watch keeps the health
-            // service it asks true to the database, as long as it runs.
+            // The edge calls its own service in process: gRPC's messages and
+            // statuses, with no socket or encoding in between (TLS or not).
+            // The watch keeps the health service it asks true to the
+            // database, as long as it runs.
             let LocalServices {
                 quota,
                 health,

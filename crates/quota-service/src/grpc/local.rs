@@ -1,20 +1,18 @@
-//! The services called in process: `quotad serve`'s edge calls its own
-//! `QuotaService` and `grpc.health.v1.Health` through these, with no
-//! socket, no HTTP/2 and no second task in between.
-//!
-//! A tonic client over one of them still speaks gRPC: the same messages
-//! and codec (the request is encoded, the server decodes it), the same
-//! statuses and metadata (`authorization`, `x-request-id`), and the same
-//! server-side telemetry ([`quota_telemetry::grpc::server_layers`]: a span
-//! per call carrying its request id, the call's log line and metrics). What
-//! the socket's server adds for remote callers (the concurrency limit, the
-//! 30 s backstop) is the edge's own business here: it bounds requests in
-//! flight and waits for each answer with its deadline.
+//! What `quotad serve`'s edge calls in process. Its reads go straight to
+//! [`QuotaApi`] through the `QuotaService` trait tonic generates (same
+//! messages, metadata and statuses as over a channel; nothing encoded): a
+//! REST read is one request, with one span and one log line, the edge's,
+//! whose request id is in scope for whatever the service logs. `/readyz`
+//! asks the `grpc.health.v1.Health` service below, a tower service called
+//! by a tonic client with no socket in between. What the socket's server
+//! adds for remote callers (its telemetry layers, the concurrency limit, the
+//! 30 s backstop) is the edge's own business here: it logs, counts and
+//! bounds requests and waits for each answer with its deadline.
 
 use super::{MAX_MESSAGE_BYTES, QuotaApi};
 use crate::health::{DatabaseWatch, watch_database};
-use quota::pb::quota_service_server::QuotaServiceServer;
 use std::convert::Infallible;
+use std::sync::Arc;
 use tonic::body::Body;
 use tonic::codegen::http::{Request, Response};
 use tower::util::BoxCloneSyncService;
@@ -27,21 +25,20 @@ pub type LocalService = BoxCloneSyncService<Request<Body>, Response<Body>, Infal
 /// The services of one [`QuotaApi`], to be called in process.
 #[derive(Debug)]
 pub struct LocalServices {
-    /// `quota.v1.QuotaService`.
-    pub quota: LocalService,
+    /// `quota.v1.QuotaService` itself.
+    pub quota: Arc<QuotaApi>,
     /// `grpc.health.v1.Health`, true to the database while `watch` lives.
     pub health: LocalService,
     /// Keeps the health service up to date; keep it as long as `health`.
     pub watch: DatabaseWatch,
 }
 
-/// `api`'s `QuotaService` and health, each behind the server's telemetry
-/// layers, as services a tonic client calls directly.
+/// `api`, and its health behind the server's telemetry layers as a service
+/// a tonic client calls directly.
 pub async fn local_services(api: QuotaApi) -> LocalServices {
     let (health, watch) = watch_database(api.store.clone()).await;
-    let quota = QuotaServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE_BYTES);
     LocalServices {
-        quota: local(quota),
+        quota: Arc::new(api),
         health: local(health.max_decoding_message_size(MAX_MESSAGE_BYTES)),
         watch,
     }
