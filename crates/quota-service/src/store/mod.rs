@@ -3,7 +3,7 @@
 //! Every function takes domain types and returns `Result<_, QuotaError>`; no
 //! `DbErr` leaves this module. SQLite, PostgreSQL and MySQL run the same code.
 //! On PostgreSQL and MySQL no call waits longer than [`DATABASE_WAIT`] for
-//! the database: past it the call is UNAVAILABLE ([`wait`]).
+//! the database: past it the call is UNAVAILABLE (`wait.rs`).
 
 mod debit;
 pub mod entity;
@@ -46,7 +46,7 @@ pub struct Store {
     /// How long a call waits for the database: [`DATABASE_WAIT`] on a
     /// server database, no bound of its own on SQLite.
     wait: Option<Duration>,
-    /// When a call last gave up waiting (see [`wait`]).
+    /// When a call last gave up waiting (see `wait.rs`).
     gave_up: Arc<GaveUp>,
 }
 

@@ -335,7 +335,15 @@ impl Store {
             Err(_) => {
                 let mut unavailable = None;
                 for (digest, batch) in group {
-                    unavailable = unavailable.or(self.run_batch(&digest, batch).await);
+                    match &unavailable {
+                        // The database is not answering: the rest would wait as long.
+                        Some(err) => {
+                            for p in batch {
+                                let _ = p.reply.send(Err(QuotaError::clone(err)));
+                            }
+                        }
+                        None => unavailable = self.run_batch(&digest, batch).await,
+                    }
                 }
                 unavailable
             }
@@ -379,7 +387,10 @@ impl Store {
             Err(BatchError::Duplicate) => {
                 let mut unavailable = None;
                 for p in batch {
-                    let outcome = self.bounded(self.apply_one(digest, &p.op, p.now)).await;
+                    let outcome = match &unavailable {
+                        Some(err) => Err(QuotaError::clone(err)),
+                        None => self.bounded(self.apply_one(digest, &p.op, p.now)).await,
+                    };
                     unavailable = unavailable.or(unreachable(&outcome));
                     let _ = p.reply.send(outcome);
                 }
