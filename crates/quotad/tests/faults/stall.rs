@@ -1,14 +1,14 @@
 //! The database stops answering and closes nothing (a frozen server, a
-//! network that drops every packet): 503 / UNAVAILABLE within 3 s, a debit
-//! already on the wire included, and the same process serves again within
-//! 5 s of the database answering again. The debit whose outcome its caller
-//! never learnt is retried under its request id and counted once.
+//! network that drops every packet): 503 / UNAVAILABLE within 3 s, a read
+//! and a debit already on the wire included, and the same process serves
+//! again within 5 s of the database answering again. The debit whose outcome
+//! its caller never learnt is retried under its request id and counted once.
 
 use crate::helpers::{Server, consume, subscription, verify};
 use crate::proxy::{Proxy, server_of};
 use quota::pb::quota_service_client::QuotaServiceClient;
 use quota_service::testing::TestDb;
-use sea_orm::{ConnectionTrait, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseBackend, TransactionTrait};
 use std::time::{Duration, Instant};
 
 /// The contract's bounds.
@@ -18,7 +18,7 @@ const RECOVERED_WITHIN: Duration = Duration::from_secs(5);
 async fn the_database_stalls_and_answers_again(db: TestDb) {
     let proxy = Proxy::start(server_of(&db.url).await).await;
     let mut server = Server::start(&proxy.url_for(&db.url)).await;
-    let (key, id) = server.create_token(5 * 500_000).await;
+    let (key, _) = server.create_token(5 * 500_000).await;
     let mut grpc = QuotaServiceClient::new(server.channel().await);
     // Warm: the pool holds connections that are open when the database stalls.
     for i in 0..4 {
@@ -28,25 +28,44 @@ async fn the_database_stalls_and_answers_again(db: TestDb) {
             .unwrap();
     }
 
-    // A debit on the wire as the database stalls: it waits for the token's
-    // row, locked from outside the proxy, whose answer is then held back.
+    // A read and a debit on the wire as the database stalls: they wait for
+    // the tokens table, locked from outside the proxy, and their answers are
+    // then held back.
     let outside = db.store().await;
     let lock = outside.connection().begin().await.unwrap();
-    lock.execute_unprepared(&format!(
-        "SELECT id FROM quota_tokens WHERE id = {id} FOR UPDATE"
-    ))
+    let mysql = lock.get_database_backend() == DatabaseBackend::MySql;
+    lock.execute_unprepared(if mysql {
+        "LOCK TABLES quota_tokens WRITE"
+    } else {
+        "LOCK TABLE quota_tokens IN ACCESS EXCLUSIVE MODE"
+    })
     .await
     .unwrap();
-    let (mut client, in_flight_key) = (grpc.clone(), key.clone());
+    let (mut client, debit_key, http, read_key) =
+        (grpc.clone(), key.clone(), server.http, key.clone());
     let sent = Instant::now();
-    let in_flight = tokio::spawn(async move {
-        let answer = consume(&mut client, &in_flight_key, "in-flight").await;
+    let debit_on_the_wire = tokio::spawn(async move {
+        let answer = consume(&mut client, &debit_key, "in-flight").await;
+        (answer, sent.elapsed())
+    });
+    let read_on_the_wire = tokio::spawn(async move {
+        let answer = subscription(http, &read_key).await;
         (answer, sent.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.stall();
+    if mysql {
+        lock.execute_unprepared("UNLOCK TABLES").await.unwrap();
+    }
     lock.rollback().await.unwrap();
-    let (answer, in_flight_took) = in_flight.await.unwrap();
+    let (answer, read_in_flight_took) = read_on_the_wire.await.unwrap();
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(answer.body.contains("service_unavailable"), "{answer:?}");
+    assert!(
+        read_in_flight_took < UNAVAILABLE_WITHIN,
+        "the read on the wire: 503 after {read_in_flight_took:?}"
+    );
+    let (answer, in_flight_took) = debit_on_the_wire.await.unwrap();
     let status = answer.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(
@@ -111,9 +130,10 @@ async fn the_database_stalls_and_answers_again(db: TestDb) {
         "read after {read_again:?}, debited after {debit_again:?}"
     );
     eprintln!(
-        "database stalled: the debit on the wire UNAVAILABLE after {in_flight_took:.2?}, \
-         503 after {rest_took:.2?}, UNAVAILABLE after {grpc_took:.2?}; read again \
-         {read_again:.2?} and debited again {debit_again:.2?} after it answered again"
+        "database stalled: on the wire, the read 503 after {read_in_flight_took:.2?} and \
+         the debit UNAVAILABLE after {in_flight_took:.2?}; then 503 after {rest_took:.2?}, \
+         UNAVAILABLE after {grpc_took:.2?}; read again {read_again:.2?} and debited again \
+         {debit_again:.2?} after it answered again"
     );
     let repeat = consume(&mut grpc, &key, "in-flight").await.unwrap();
     assert!(repeat.repeat, "a retry of a retried debit is a repeat");
