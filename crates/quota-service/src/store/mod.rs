@@ -2,6 +2,8 @@
 //!
 //! Every function takes domain types and returns `Result<_, QuotaError>`; no
 //! `DbErr` leaves this module. SQLite, PostgreSQL and MySQL run the same code.
+//! On PostgreSQL and MySQL no call waits longer than [`DATABASE_WAIT`] for
+//! the database: past it the call is UNAVAILABLE (`wait.rs`).
 
 mod debit;
 pub mod entity;
@@ -10,6 +12,7 @@ mod migrate;
 mod pool;
 mod usage;
 pub mod verify;
+mod wait;
 
 use debit::insert_ledger;
 #[cfg(feature = "testing")]
@@ -17,6 +20,7 @@ pub use debit::pgbench_debit_script;
 pub use migrate::{
     DEFAULT_LOCK_WAIT, MigrateError, MigrationLock, MigrationStatus, migration_names,
 };
+pub use wait::DATABASE_WAIT;
 
 use crate::domain::{Balance, KeyDigest, QuotaError, QuotaUnits, Token, TokenKey, TokenLocator};
 use entity::{KIND_GRANT, STATUS_DISABLED, STATUS_ENABLED, ledger, token, usage_day};
@@ -26,7 +30,9 @@ use sea_orm::{
     DatabaseBackend, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
+use std::sync::Arc;
 use std::time::Duration;
+use wait::GaveUp;
 
 /// The database behind the service.
 #[derive(Clone, Debug)]
@@ -36,7 +42,12 @@ pub struct Store {
     /// Plain reads. On a SQLite file a pool of its own, since WAL lets readers
     /// run beside the one writer; elsewhere the same pool as `db`.
     read: DatabaseConnection,
-    queues: std::sync::Arc<debit::Queues>,
+    queues: Arc<debit::Queues>,
+    /// How long a call waits for the database: [`DATABASE_WAIT`] on a
+    /// server database, no bound of its own on SQLite.
+    wait: Option<Duration>,
+    /// When a call last gave up waiting (see `wait.rs`).
+    gave_up: Arc<GaveUp>,
 }
 
 /// A new token's settings.
@@ -80,15 +91,18 @@ impl Store {
     /// writer. WAL and a busy timeout cover other processes on the same file
     /// (`quotad migrate`).
     pub async fn connect(url: &str) -> Result<Store, QuotaError> {
+        let gave_up = Arc::<GaveUp>::default();
         if !url.starts_with("sqlite:") {
-            let db = open(url, DEFAULT_MAX_CONNECTIONS).await?;
+            let db = open(url, DEFAULT_MAX_CONNECTIONS, &gave_up).await?;
             return Ok(Store {
                 read: db.clone(),
                 db,
                 queues: Default::default(),
+                wait: Some(DATABASE_WAIT),
+                gave_up,
             });
         }
-        let db = open(url, 1).await?;
+        let db = open(url, 1, &gave_up).await?;
         // An in-memory or temporary database (no file name) exists only on
         // its one connection.
         let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
@@ -99,12 +113,14 @@ impl Store {
         let read = if private {
             db.clone()
         } else {
-            open(url, SQLITE_READERS).await?
+            open(url, SQLITE_READERS, &gave_up).await?
         };
         Ok(Store {
             db,
             read,
             queues: Default::default(),
+            wait: None,
+            gave_up,
         })
     }
 
@@ -143,70 +159,83 @@ impl Store {
         new: NewToken,
         now: i64,
     ) -> Result<(Token, TokenKey), QuotaError> {
-        if new.quota < 0 {
-            return Err(QuotaError::InvalidArgument(format!(
-                "quota must not be negative, got {}",
-                new.quota
-            )));
-        }
-        let key = TokenKey::generate()?;
-        let txn = self.db.begin().await?;
-        let row = token::ActiveModel {
-            key_digest: Set(key.digest().as_str().to_owned()),
-            display_prefix: Set(key.display_prefix()),
-            name: Set(new.name),
-            remaining: Set(new.quota),
-            used: Set(0),
-            unlimited: Set(new.unlimited),
-            expires_at: Set(new.expires_at),
-            status: Set(STATUS_ENABLED),
-            created_at: Set(now),
-            updated_at: Set(now),
-            ..Default::default()
-        }
-        .insert(&txn)
-        .await?;
-        if new.quota > 0 {
-            insert_ledger(&txn, row.id, KIND_GRANT, new.quota, None, now).await?;
-        }
-        txn.commit().await?;
-        Ok((to_domain(row), key))
+        self.bounded(async {
+            if new.quota < 0 {
+                return Err(QuotaError::InvalidArgument(format!(
+                    "quota must not be negative, got {}",
+                    new.quota
+                )));
+            }
+            let key = TokenKey::generate()?;
+            let txn = self.db.begin().await?;
+            let row = token::ActiveModel {
+                key_digest: Set(key.digest().as_str().to_owned()),
+                display_prefix: Set(key.display_prefix()),
+                name: Set(new.name),
+                remaining: Set(new.quota),
+                used: Set(0),
+                unlimited: Set(new.unlimited),
+                expires_at: Set(new.expires_at),
+                status: Set(STATUS_ENABLED),
+                created_at: Set(now),
+                updated_at: Set(now),
+                ..Default::default()
+            }
+            .insert(&txn)
+            .await?;
+            if new.quota > 0 {
+                insert_ledger(&txn, row.id, KIND_GRANT, new.quota, None, now).await?;
+            }
+            txn.commit().await?;
+            Ok((to_domain(row), key))
+        })
+        .await
     }
 
     /// The token whose key has this digest, if any.
     pub async fn token_by_digest(&self, digest: &KeyDigest) -> Result<Option<Token>, QuotaError> {
-        let row = token::Entity::find()
-            .filter(token::Column::KeyDigest.eq(digest.as_str()))
-            .one(&self.read)
-            .await?;
-        Ok(row.map(to_domain))
+        self.bounded(async {
+            let row = token::Entity::find()
+                .filter(token::Column::KeyDigest.eq(digest.as_str()))
+                .one(&self.read)
+                .await?;
+            Ok(row.map(to_domain))
+        })
+        .await
     }
 
     /// The digest of the key of the token with this id, if there is one.
     pub async fn key_digest(&self, id: i64) -> Result<Option<KeyDigest>, QuotaError> {
-        let digest: Option<String> = token::Entity::find_by_id(id)
-            .select_only()
-            .column(token::Column::KeyDigest)
-            .into_tuple()
-            .one(&self.read)
-            .await?;
-        Ok(digest.as_deref().and_then(KeyDigest::from_hex))
+        self.bounded(async {
+            let digest: Option<String> = token::Entity::find_by_id(id)
+                .select_only()
+                .column(token::Column::KeyDigest)
+                .into_tuple()
+                .one(&self.read)
+                .await?;
+            Ok(digest.as_deref().and_then(KeyDigest::from_hex))
+        })
+        .await
     }
 
     /// One token, or `TokenNotFound`.
     pub async fn token(&self, at: &TokenLocator) -> Result<Token, QuotaError> {
-        find(&self.read, at).await.map(to_domain)
+        self.bounded(async { find(&self.read, at).await.map(to_domain) })
+            .await
     }
 
     /// Up to `limit` tokens with ids above `after_id`, by ascending id.
     pub async fn list_tokens(&self, after_id: i64, limit: u64) -> Result<Vec<Token>, QuotaError> {
-        let rows = token::Entity::find()
-            .filter(token::Column::Id.gt(after_id))
-            .order_by_asc(token::Column::Id)
-            .limit(limit)
-            .all(&self.read)
-            .await?;
-        Ok(rows.into_iter().map(to_domain).collect())
+        self.bounded(async {
+            let rows = token::Entity::find()
+                .filter(token::Column::Id.gt(after_id))
+                .order_by_asc(token::Column::Id)
+                .limit(limit)
+                .all(&self.read)
+                .await?;
+            Ok(rows.into_iter().map(to_domain).collect())
+        })
+        .await
     }
 
     /// Adds `units` to the token's remaining quota, and so to its limit.
@@ -216,28 +245,32 @@ impl Store {
         units: QuotaUnits,
         now: i64,
     ) -> Result<Token, QuotaError> {
-        let txn = self.begin_write().await?;
-        let row = find(&txn, at).await?;
-        let update = Query::update()
-            .table(token::Entity)
-            .value(
-                token::Column::Remaining,
-                Expr::col(token::Column::Remaining).add(units.get()),
-            )
-            .value(token::Column::UpdatedAt, now)
-            .and_where(Expr::col(token::Column::Id).eq(row.id))
-            .and_where(Expr::col(token::Column::Remaining).lte(i64::MAX - units.get()))
-            .and_where(Expr::col(token::Column::Used).lte(i64::MAX - units.get()))
-            .to_owned();
-        if txn.execute(&update).await?.rows_affected() != 1 {
-            return Err(QuotaError::InvalidArgument(
-                "grant refused: the token's quota would exceed the largest number of units".into(),
-            ));
-        }
-        insert_ledger(&txn, row.id, KIND_GRANT, units.get(), None, now).await?;
-        let row = find(&txn, &TokenLocator::Id(row.id)).await?;
-        txn.commit().await?;
-        Ok(to_domain(row))
+        self.bounded(async {
+            let txn = self.begin_write().await?;
+            let row = find(&txn, at).await?;
+            let update = Query::update()
+                .table(token::Entity)
+                .value(
+                    token::Column::Remaining,
+                    Expr::col(token::Column::Remaining).add(units.get()),
+                )
+                .value(token::Column::UpdatedAt, now)
+                .and_where(Expr::col(token::Column::Id).eq(row.id))
+                .and_where(Expr::col(token::Column::Remaining).lte(i64::MAX - units.get()))
+                .and_where(Expr::col(token::Column::Used).lte(i64::MAX - units.get()))
+                .to_owned();
+            if txn.execute(&update).await?.rows_affected() != 1 {
+                return Err(QuotaError::InvalidArgument(
+                    "grant refused: the token's quota would exceed the largest number of units"
+                        .into(),
+                ));
+            }
+            insert_ledger(&txn, row.id, KIND_GRANT, units.get(), None, now).await?;
+            let row = find(&txn, &TokenLocator::Id(row.id)).await?;
+            txn.commit().await?;
+            Ok(to_domain(row))
+        })
+        .await
     }
 
     /// Changes a token's name, status, expiry or unlimited flag.
@@ -247,48 +280,54 @@ impl Store {
         changes: TokenChanges,
         now: i64,
     ) -> Result<Token, QuotaError> {
-        let row = find(&self.db, at).await?;
-        let mut active: token::ActiveModel = row.into();
-        if let Some(name) = changes.name {
-            active.name = Set(name);
-        }
-        if let Some(enabled) = changes.enabled {
-            active.status = Set(if enabled {
-                STATUS_ENABLED
-            } else {
-                STATUS_DISABLED
-            });
-        }
-        if let Some(expires_at) = changes.expires_at {
-            active.expires_at = Set(expires_at);
-        }
-        if let Some(unlimited) = changes.unlimited {
-            active.unlimited = Set(unlimited);
-        }
-        active.updated_at = Set(now);
-        Ok(to_domain(active.update(&self.db).await?))
+        self.bounded(async {
+            let row = find(&self.db, at).await?;
+            let mut active: token::ActiveModel = row.into();
+            if let Some(name) = changes.name {
+                active.name = Set(name);
+            }
+            if let Some(enabled) = changes.enabled {
+                active.status = Set(if enabled {
+                    STATUS_ENABLED
+                } else {
+                    STATUS_DISABLED
+                });
+            }
+            if let Some(expires_at) = changes.expires_at {
+                active.expires_at = Set(expires_at);
+            }
+            if let Some(unlimited) = changes.unlimited {
+                active.unlimited = Set(unlimited);
+            }
+            active.updated_at = Set(now);
+            Ok(to_domain(active.update(&self.db).await?))
+        })
+        .await
     }
 
     /// Deletes a token, its ledger, its usage per day and its holds.
     pub async fn delete_token(&self, at: &TokenLocator) -> Result<(), QuotaError> {
-        let txn = self.begin_write().await?;
-        // The token's row first, as debits take it: no lock-order deadlock.
-        let row = find_locked(&txn, at).await?;
-        ledger::Entity::delete_many()
-            .filter(ledger::Column::TokenId.eq(row.id))
-            .exec(&txn)
-            .await?;
-        usage_day::Entity::delete_many()
-            .filter(usage_day::Column::TokenId.eq(row.id))
-            .exec(&txn)
-            .await?;
-        entity::hold::Entity::delete_many()
-            .filter(entity::hold::Column::TokenId.eq(row.id))
-            .exec(&txn)
-            .await?;
-        token::Entity::delete_by_id(row.id).exec(&txn).await?;
-        txn.commit().await?;
-        Ok(())
+        self.bounded(async {
+            let txn = self.begin_write().await?;
+            // The token's row first, as debits take it: no lock-order deadlock.
+            let row = find_locked(&txn, at).await?;
+            ledger::Entity::delete_many()
+                .filter(ledger::Column::TokenId.eq(row.id))
+                .exec(&txn)
+                .await?;
+            usage_day::Entity::delete_many()
+                .filter(usage_day::Column::TokenId.eq(row.id))
+                .exec(&txn)
+                .await?;
+            entity::hold::Entity::delete_many()
+                .filter(entity::hold::Column::TokenId.eq(row.id))
+                .exec(&txn)
+                .await?;
+            token::Entity::delete_by_id(row.id).exec(&txn).await?;
+            txn.commit().await?;
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -318,8 +357,14 @@ async fn find_locked(
 }
 
 /// A pool of `connections` on `url`; SQLite connections in WAL mode with a
-/// busy timeout, and kept open (an in-memory database dies with its connection).
-async fn open(url: &str, connections: u32) -> Result<DatabaseConnection, QuotaError> {
+/// busy timeout, and kept open (an in-memory database dies with its
+/// connection); server connections checked on release after a call gave up
+/// on them ([`wait::check_released`]).
+async fn open(
+    url: &str,
+    connections: u32,
+    gave_up: &Arc<GaveUp>,
+) -> Result<DatabaseConnection, QuotaError> {
     // sqlx has one timeout for both (the pool's acquire, a new connection
     // included). A server database: 2 s, so that one that has gone away is
     // answered UNAVAILABLE (503) within the contract's 3 s, with room for the
@@ -348,6 +393,11 @@ async fn open(url: &str, connections: u32) -> Result<DatabaseConnection, QuotaEr
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true)
             });
+    } else {
+        let pg = Arc::clone(gave_up);
+        let mysql = Arc::clone(gave_up);
+        opts.map_sqlx_postgres_pool_opts(move |o| wait::check_released(o, Arc::clone(&pg)))
+            .map_sqlx_mysql_pool_opts(move |o| wait::check_released(o, Arc::clone(&mysql)));
     }
     // The driver's messages may quote the URL, password and all.
     Database::connect(opts)

@@ -98,35 +98,38 @@ impl Store {
         token_id: i64,
         window: UsageWindow,
     ) -> Result<Vec<DaySpend>, QuotaError> {
-        let backend = self.read.get_database_backend();
-        let mut sql = format!(
-            "SELECT day, units FROM quota_usage_days WHERE token_id = {}",
-            placeholder(backend, 1)
-        );
-        let mut values: Vec<sea_orm::Value> = vec![token_id.into()];
-        for (bound, op) in [(window.start, ">="), (window.end, "<")] {
-            if let Some(at) = bound {
-                values.push(at.into());
-                sql.push_str(&format!(
-                    " AND day {op} {}",
-                    placeholder(backend, values.len())
-                ));
+        self.bounded(async {
+            let backend = self.read.get_database_backend();
+            let mut sql = format!(
+                "SELECT day, units FROM quota_usage_days WHERE token_id = {}",
+                placeholder(backend, 1)
+            );
+            let mut values: Vec<sea_orm::Value> = vec![token_id.into()];
+            for (bound, op) in [(window.start, ">="), (window.end, "<")] {
+                if let Some(at) = bound {
+                    values.push(at.into());
+                    sql.push_str(&format!(
+                        " AND day {op} {}",
+                        placeholder(backend, values.len())
+                    ));
+                }
             }
-        }
-        sql.push_str(" ORDER BY day");
-        let rows = self
-            .read
-            .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(DaySpend {
-                    day: row.try_get_by_index(0)?,
-                    units: row.try_get_by_index(1)?,
+            sql.push_str(" ORDER BY day");
+            let rows = self
+                .read
+                .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(DaySpend {
+                        day: row.try_get_by_index(0)?,
+                        units: row.try_get_by_index(1)?,
+                    })
                 })
-            })
-            .collect::<Result<_, DbErr>>()
-            .map_err(QuotaError::from)
+                .collect::<Result<_, DbErr>>()
+                .map_err(QuotaError::from)
+        })
+        .await
     }
 }
 

@@ -1,13 +1,15 @@
 //! The per-token queue: its bound (8192 waiting debits, then busy), callers
 //! that give up before their debit starts, and the batch that falls back to
 //! one transaction per debit when the unique index finds a request id the
-//! batch did not see.
+//! batch did not see; a transaction held past the bound, given up on with
+//! the calls behind it.
 //!
-//! These tests run on one thread: the token's worker is a task the first
+//! Most of these tests run on one thread: the token's worker is a task the first
 //! debit spawns, so it runs only when the test yields, and the queue can be
 //! filled and inspected while nothing of it has started.
 
 use crate::helpers::*;
+use quota_service::store::DATABASE_WAIT;
 use sea_orm::{ConnectionTrait, DatabaseBackend, TransactionTrait};
 use std::future::Future;
 use std::pin::Pin;
@@ -229,4 +231,62 @@ async fn a_batch_with_a_duplicate_id_falls_back_to_one_debit_at_a_time(db: TestD
         .collect();
     let rows: Vec<(&str, i64)> = rows.iter().map(|(id, u)| (id.as_str(), *u)).collect();
     assert_eq!(rows, [("dup", 10), ("a", 10), ("b", 10), ("c", 10)]);
+}
+
+/// A token's row held by another writer past the bound: its transaction is
+/// given up on (UNAVAILABLE) in [`DATABASE_WAIT`], and so is the call waiting
+/// behind it, neither debited; once the row is free, the same ids succeed.
+async fn a_transaction_past_the_bound_is_unavailable_with_the_calls_behind_it(db: TestDb) {
+    let store = db.store().await;
+    let (tok, key) = new_token(&store, 1_000).await;
+    let other = db.store().await;
+    let blocker = other.connection().begin().await.unwrap();
+    blocker
+        .execute_unprepared(&format!(
+            "SELECT id FROM quota_tokens WHERE id = {} FOR UPDATE",
+            tok.id
+        ))
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let first = tokio::spawn(call(&store, &key, 5, "first"));
+    tokio::time::sleep(Duration::from_millis(200)).await; // its transaction waits for the row
+    let behind = tokio::spawn(call(&store, &key, 5, "behind"));
+    for (id, answer) in [("first", first.await), ("behind", behind.await)] {
+        assert!(
+            matches!(answer.unwrap(), Err(QuotaError::Unavailable(_))),
+            "{id}"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= DATABASE_WAIT && took < DATABASE_WAIT + Duration::from_millis(400),
+        "answered after {took:?}"
+    );
+
+    blocker.rollback().await.unwrap();
+    for (id, used) in [("first", 5), ("behind", 10)] {
+        let debit = call(&store, &key, 5, id).await.unwrap();
+        assert_eq!(
+            (debit.balance, debit.repeat),
+            (limited(1_000 - used, used), false),
+            "{id}"
+        );
+    }
+    assert_eq!(debited_ids(&store, tok.id).await, ["behind", "first"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_past_the_bound_is_unavailable_with_the_calls_behind_it_on_postgres() {
+    if let Some(db) = TestDb::postgres().await {
+        a_transaction_past_the_bound_is_unavailable_with_the_calls_behind_it(db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_past_the_bound_is_unavailable_with_the_calls_behind_it_on_mysql() {
+    if let Some(db) = TestDb::mysql().await {
+        a_transaction_past_the_bound_is_unavailable_with_the_calls_behind_it(db).await;
+    }
 }

@@ -2,6 +2,9 @@
 //!
 //! - the database cut and restored through a TCP proxy: 503 within 3 s,
 //!   recovery within 5 s of its return, with no restart ([`cut`]);
+//! - the database stalled (connections open, nothing answered) and answering
+//!   again: the same bounds, a debit on the wire when it stalled included,
+//!   retried safely under its request id ([`stall`]);
 //! - SIGTERM under load from 16 keep-alive clients: every request received
 //!   gets its whole answer, exit 0 ([`sigterm`]);
 //! - SIGKILL during a storm of debits: after a restart every acknowledged
@@ -22,4 +25,5 @@ mod helpers;
 mod proxy;
 mod sigkill;
 mod sigterm;
+mod stall;
 mod verify;

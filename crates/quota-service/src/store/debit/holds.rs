@@ -73,19 +73,22 @@ impl Store {
     /// The units of `token`'s holds that are unexpired at `now`: its `held`
     /// less the live holds that have expired but are not yet swept.
     pub async fn held_at(&self, token: &Token, now: i64) -> Result<i64, QuotaError> {
-        if token.held == 0 {
-            return Ok(0);
-        }
-        let expired: Vec<i64> = hold::Entity::find()
-            .select_only()
-            .column(hold::Column::Units)
-            .filter(hold::Column::TokenId.eq(token.id))
-            .filter(hold::Column::State.eq(HoldState::Live.code()))
-            .filter(hold::Column::ExpiresAt.lte(now))
-            .into_tuple()
-            .all(&self.read)
-            .await?;
-        Ok((token.held - expired.iter().sum::<i64>()).max(0))
+        self.bounded(async {
+            if token.held == 0 {
+                return Ok(0);
+            }
+            let expired: Vec<i64> = hold::Entity::find()
+                .select_only()
+                .column(hold::Column::Units)
+                .filter(hold::Column::TokenId.eq(token.id))
+                .filter(hold::Column::State.eq(HoldState::Live.code()))
+                .filter(hold::Column::ExpiresAt.lte(now))
+                .into_tuple()
+                .all(&self.read)
+                .await?;
+            Ok((token.held - expired.iter().sum::<i64>()).max(0))
+        })
+        .await
     }
 
     /// `token` with `held` counting only its holds unexpired at `now`, as reads show it.

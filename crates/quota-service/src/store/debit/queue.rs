@@ -144,6 +144,22 @@ impl State {
         }
     }
 
+    /// Takes every waiting call of every token: once a transaction found the
+    /// database unreachable or silent, the calls behind it would only wait
+    /// as long again (a token's next transaction, or a free committer)
+    /// before meeting the same database. None of them has started.
+    fn take_all_waiting(&mut self) -> Vec<Pending> {
+        let mut taken = Vec::new();
+        for queue in self.tokens.values_mut() {
+            taken.append(&mut queue.waiting);
+        }
+        // A token no committer holds has nothing left: forgotten, and no
+        // longer ready. Those held are finished by their committers.
+        self.tokens.retain(|_, queue| queue.running);
+        self.ready.clear();
+        taken
+    }
+
     /// Counts a new committer if one is wanted: work is ready and fewer than
     /// [`MAX_COMMITTERS`] run.
     fn want_committer(&mut self) -> bool {
@@ -262,11 +278,21 @@ impl Store {
                 digests: group.iter().map(|(d, _)| d.clone()).collect(),
                 done: false,
             };
-            self.run_group(group).await;
+            let unavailable = self.run_group(group).await;
             guard.done = true;
-            self.queues
-                .lock()
-                .finish(std::mem::take(&mut guard.digests));
+            let failed = {
+                let mut state = self.queues.lock();
+                state.finish(std::mem::take(&mut guard.digests));
+                match &unavailable {
+                    Some(_) => state.take_all_waiting(),
+                    None => Vec::new(),
+                }
+            };
+            if let Some(err) = unavailable {
+                for p in failed {
+                    let _ = p.reply.send(Err(err.clone()));
+                }
+            }
         }
     }
 
@@ -274,21 +300,22 @@ impl Store {
     /// does; several tokens in one transaction, falling back to one
     /// transaction per token if that fails for any reason but an unreachable
     /// database (a statement one token's calls make fail must not fail the
-    /// others').
-    async fn run_group(&self, group: Vec<(KeyDigest, Vec<Pending>)>) {
+    /// others'). Every transaction is bounded ([`Store::bounded`]), so a
+    /// database that stops answering holds neither the group's tokens nor
+    /// the committer for longer. Returns the error of an unreachable or
+    /// silent database, if one answered a call.
+    async fn run_group(&self, group: Vec<(KeyDigest, Vec<Pending>)>) -> Option<QuotaError> {
         let mut group: Vec<(KeyDigest, Vec<Pending>)> =
             group.into_iter().filter(|(_, b)| !b.is_empty()).collect();
         if group.len() <= 1 {
-            if let Some((digest, batch)) = group.pop() {
-                self.run_batch(&digest, batch).await;
-            }
-            return;
+            let (digest, batch) = group.pop()?;
+            return self.run_batch(&digest, batch).await;
         }
         let work: Vec<Work<'_>> = group
             .iter()
             .map(|(digest, batch)| (digest, batch.iter().map(|p| (&p.op, p.now)).collect()))
             .collect();
-        let result = self.apply_group(&work).await;
+        let result = self.bounded(self.apply_group(&work)).await;
         drop(work);
         match result {
             Ok(outcomes) => {
@@ -297,23 +324,37 @@ impl Store {
                         let _ = p.reply.send(outcome);
                     }
                 }
+                None
             }
             Err(BatchError::Failed(err @ QuotaError::Unavailable(_))) => {
                 for p in group.into_iter().flat_map(|(_, batch)| batch) {
                     let _ = p.reply.send(Err(err.clone()));
                 }
+                Some(err)
             }
             Err(_) => {
+                let mut unavailable = None;
                 for (digest, batch) in group {
-                    self.run_batch(&digest, batch).await;
+                    match &unavailable {
+                        // The database is not answering: the rest would wait as long.
+                        Some(err) => {
+                            for p in batch {
+                                let _ = p.reply.send(Err(QuotaError::clone(err)));
+                            }
+                        }
+                        None => unavailable = self.run_batch(&digest, batch).await,
+                    }
                 }
+                unavailable
             }
         }
     }
 
     /// Settles one token's batch: a lone debit with the single conditional
     /// UPDATE, anything else in one transaction under the token's row lock.
-    async fn run_batch(&self, digest: &KeyDigest, mut batch: Vec<Pending>) {
+    /// Returns the error of an unreachable or silent database, if one
+    /// answered a call.
+    async fn run_batch(&self, digest: &KeyDigest, mut batch: Vec<Pending>) -> Option<QuotaError> {
         if let [
             Pending {
                 op: Op::Consume { units, request_id },
@@ -323,35 +364,52 @@ impl Store {
         ] = batch.as_slice()
         {
             let outcome = self
-                .consume_one(digest, *units, request_id.as_deref(), *now)
+                .bounded(self.consume_one(digest, *units, request_id.as_deref(), *now))
                 .await
                 .map(Outcome::Debit);
+            let unavailable = unreachable(&outcome);
             if let Some(p) = batch.pop() {
                 let _ = p.reply.send(outcome);
             }
-            return;
+            return unavailable;
         }
         let ops: Vec<(&Op, i64)> = batch.iter().map(|p| (&p.op, p.now)).collect();
-        let result = self.apply_batch(digest, ops).await;
+        let result = self.bounded(self.apply_batch(digest, ops)).await;
         match result {
             Ok(outcomes) => {
                 for (p, outcome) in batch.into_iter().zip(outcomes) {
                     let _ = p.reply.send(outcome);
                 }
+                None
             }
             // Not expected under the row lock, but the index has the last word:
             // settle each call on its own.
             Err(BatchError::Duplicate) => {
+                let mut unavailable = None;
                 for p in batch {
-                    let outcome = self.apply_one(digest, &p.op, p.now).await;
+                    let outcome = match &unavailable {
+                        Some(err) => Err(QuotaError::clone(err)),
+                        None => self.bounded(self.apply_one(digest, &p.op, p.now)).await,
+                    };
+                    unavailable = unavailable.or(unreachable(&outcome));
                     let _ = p.reply.send(outcome);
                 }
+                unavailable
             }
             Err(BatchError::Deadlock(err) | BatchError::Failed(err)) => {
                 for p in batch {
                     let _ = p.reply.send(Err(err.clone()));
                 }
+                matches!(err, QuotaError::Unavailable(_)).then_some(err)
             }
         }
+    }
+}
+
+/// The error of an outcome that says the database is unreachable or silent.
+fn unreachable<T>(outcome: &Result<T, QuotaError>) -> Option<QuotaError> {
+    match outcome {
+        Err(err @ QuotaError::Unavailable(_)) => Some(err.clone()),
+        _ => None,
     }
 }

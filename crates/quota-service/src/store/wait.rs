@@ -1,0 +1,141 @@
+//! How long the service waits for a server database.
+//!
+//! A database that stops answering without closing its connections (a frozen
+//! server, a network that drops every packet) would hold a call, a committer
+//! and a pooled connection for as long as TCP takes to notice: minutes. So
+//! every store call on PostgreSQL or MySQL is bounded by [`DATABASE_WAIT`]
+//! and answered UNAVAILABLE past it ([`Store::bounded`]), and a connection
+//! left on a query no one waits for is closed instead of going back to the
+//! pool ([`check_released`]), so that the pool opens fresh ones once the
+//! database answers again.
+//!
+//! Work given up at the bound may have reached the database: a write's
+//! outcome is then unknown to its caller, who was told UNAVAILABLE. A retry
+//! under the same request id is safe: the ledger's unique (token, request
+//! id) index makes it a repeat if the first attempt committed.
+//!
+//! A SQLite file has no connection to lose; its waits (the queue behind its
+//! one writer, the busy timeout of other processes) stay as they are.
+
+use super::Store;
+use crate::domain::QuotaError;
+use sea_orm::sqlx::pool::PoolOptions;
+use sea_orm::sqlx::{Connection, Database};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The longest a store call waits for PostgreSQL or MySQL before it is
+/// answered UNAVAILABLE (503 at the edge). 2.5 s: the contract answers a
+/// database that has gone away within 3 s, and the edge's own work and its
+/// hop to the service come on top; above the pool's 2 s acquire timeout, so
+/// that a database refusing connections is still reported as the pool sees it.
+pub const DATABASE_WAIT: Duration = Duration::from_millis(2500);
+
+/// How long a connection released soon after a call gave up may take to
+/// answer a ping before it is closed rather than pooled again.
+const RELEASE_CHECK: Duration = Duration::from_secs(1);
+
+/// When a store call last gave up waiting for the database.
+#[derive(Debug)]
+pub(super) struct GaveUp {
+    start: Instant,
+    /// Milliseconds from `start` to the last give-up, plus one; 0: never.
+    last: AtomicU64,
+}
+
+impl Default for GaveUp {
+    fn default() -> Self {
+        GaveUp {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+}
+
+impl GaveUp {
+    fn millis(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    fn now(&self) {
+        self.last.store(self.millis(), Ordering::Relaxed);
+    }
+
+    /// Whether a call gave up within the last `window`.
+    fn within(&self, window: Duration) -> bool {
+        let last = self.last.load(Ordering::Relaxed);
+        let window = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        last != 0 && self.millis().saturating_sub(last) <= window
+    }
+}
+
+impl Store {
+    /// `work`, or UNAVAILABLE once it has waited [`DATABASE_WAIT`] (on a
+    /// server database; on SQLite, `work` as it is). Dropped at the bound,
+    /// `work` releases whatever connection it held mid-query, which
+    /// [`check_released`] then closes unless it answers at once.
+    pub(super) async fn bounded<T, E: From<QuotaError>>(
+        &self,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let Some(wait) = self.wait else {
+            return work.await;
+        };
+        let mut work = std::pin::pin!(work);
+        match tokio::time::timeout(wait, &mut work).await {
+            Ok(done) => done,
+            Err(_) => {
+                // Noted before `work`, and the connection it may hold, is dropped.
+                self.gave_up.now();
+                Err(
+                    QuotaError::Unavailable(format!("the database did not answer within {wait:?}"))
+                        .into(),
+                )
+            }
+        }
+    }
+}
+
+/// `options` with a check of every connection released within
+/// [`DATABASE_WAIT`] of a call giving up: it must answer a ping within
+/// [`RELEASE_CHECK`], or it is closed (without a word to the server, which
+/// may not be listening) instead of going back to the pool. At other times
+/// the check costs nothing.
+pub(super) fn check_released<DB: Database>(
+    options: PoolOptions<DB>,
+    gave_up: std::sync::Arc<GaveUp>,
+) -> PoolOptions<DB> {
+    options.after_release(move |conn, _| {
+        let suspect = gave_up.within(DATABASE_WAIT);
+        Box::pin(async move {
+            if !suspect {
+                return Ok(true);
+            }
+            match tokio::time::timeout(RELEASE_CHECK, conn.ping()).await {
+                Ok(answered) => answered.map(|()| true),
+                // An error makes the pool close it without a word.
+                Err(_) => Err(sea_orm::sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer to a ping after a call gave up on the database",
+                ))),
+            }
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_give_up_is_recent_for_its_window_only() {
+        let gave_up = GaveUp::default();
+        assert!(!gave_up.within(DATABASE_WAIT), "never gave up");
+        gave_up.now();
+        assert!(gave_up.within(DATABASE_WAIT));
+        assert!(gave_up.within(Duration::ZERO));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!gave_up.within(Duration::from_millis(5)));
+    }
+}
