@@ -17,6 +17,10 @@ use tokio::net::TcpListener;
 /// Installs the Prometheus recorder for the whole process and describes
 /// every metric. Both duration metrics are histograms with
 /// [`crate::metrics::DURATION_BUCKETS`]. Fails if a recorder is already installed.
+///
+/// From then on [`crate::metrics`] keeps the handle of each series it
+/// records. No idle timeout is set, so no series is ever dropped from the
+/// registry behind a kept handle.
 pub fn install() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
@@ -25,6 +29,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         )?
         .install_recorder()?;
     crate::metrics::describe();
+    crate::metrics::keep_handles();
     Ok(handle)
 }
 

@@ -5,6 +5,10 @@
 //! no-op of a few nanoseconds. Label values are route templates, gRPC method
 //! paths, status names and fixed words: never a key, never a raw URL path.
 
+use metrics::{Counter, Histogram};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// REST requests answered: `route` (the template, or [`UNKNOWN_ROUTE`]), `method`, `status`.
@@ -81,27 +85,62 @@ pub fn describe() {
 /// Records one answered REST request. `route` is the matched template (or
 /// [`UNKNOWN_ROUTE`]), never the request's path.
 pub fn http_request(route: &str, method: &http::Method, status: http::StatusCode, took: Duration) {
-    let route = route.to_owned();
-    metrics::counter!(
-        HTTP_REQUESTS,
-        "route" => route.clone(),
-        "method" => method_name(method),
-        "status" => status_name(status),
-    )
-    .increment(1);
-    metrics::histogram!(HTTP_DURATION, "route" => route).record(took.as_secs_f64());
+    let (method, status) = (method_name(method), status_name(status));
+    let kept = with_kept(|kept| {
+        kept.routes.with(
+            route,
+            || metrics::histogram!(HTTP_DURATION, "route" => route.to_owned()),
+            |series| {
+                series.duration.record(took.as_secs_f64());
+                series.count((method, status), || {
+                    metrics::counter!(
+                        HTTP_REQUESTS,
+                        "route" => route.to_owned(),
+                        "method" => method,
+                        "status" => status,
+                    )
+                });
+            },
+        );
+    });
+    if kept.is_none() {
+        let route = route.to_owned();
+        metrics::counter!(
+            HTTP_REQUESTS,
+            "route" => route.clone(),
+            "method" => method,
+            "status" => status,
+        )
+        .increment(1);
+        metrics::histogram!(HTTP_DURATION, "route" => route).record(took.as_secs_f64());
+    }
 }
 
 /// Records one finished gRPC call.
 pub fn grpc_request(method: &str, code: tonic::Code, took: Duration) {
     let method = if code == tonic::Code::Unimplemented {
-        UNKNOWN_METHOD.to_owned()
+        UNKNOWN_METHOD
     } else {
-        method.to_owned()
+        method
     };
-    metrics::counter!(GRPC_REQUESTS, "method" => method.clone(), "code" => code_name(code))
-        .increment(1);
-    metrics::histogram!(GRPC_DURATION, "method" => method).record(took.as_secs_f64());
+    let code = code_name(code);
+    let kept = with_kept(|kept| {
+        kept.grpc_methods.with(
+            method,
+            || metrics::histogram!(GRPC_DURATION, "method" => method.to_owned()),
+            |series| {
+                series.duration.record(took.as_secs_f64());
+                series.count(("", code), || {
+                    metrics::counter!(GRPC_REQUESTS, "method" => method.to_owned(), "code" => code)
+                });
+            },
+        );
+    });
+    if kept.is_none() {
+        let method = method.to_owned();
+        metrics::counter!(GRPC_REQUESTS, "method" => method.clone(), "code" => code).increment(1);
+        metrics::histogram!(GRPC_DURATION, "method" => method).record(took.as_secs_f64());
+    }
 }
 
 /// What became of a debit (`Consume`, or a settle).
@@ -134,16 +173,44 @@ impl DebitOutcome {
 
 /// Records one decided debit; `units` counts only when it was [`DebitOutcome::Debited`].
 pub fn debit(outcome: DebitOutcome, units: i64) {
-    metrics::counter!(DEBITS, "outcome" => outcome.as_str()).increment(1);
-    if outcome == DebitOutcome::Debited {
-        metrics::counter!(DEBITED_UNITS).increment(u64::try_from(units).unwrap_or(0));
+    let units = u64::try_from(units).unwrap_or(0);
+    let kept = with_kept(|kept| {
+        kept.debits[outcome as usize]
+            .get_or_insert_with(|| metrics::counter!(DEBITS, "outcome" => outcome.as_str()))
+            .increment(1);
+        if outcome == DebitOutcome::Debited {
+            kept.debited_units
+                .get_or_insert_with(|| metrics::counter!(DEBITED_UNITS))
+                .increment(units);
+        }
+    });
+    if kept.is_none() {
+        metrics::counter!(DEBITS, "outcome" => outcome.as_str()).increment(1);
+        if outcome == DebitOutcome::Debited {
+            metrics::counter!(DEBITED_UNITS).increment(units);
+        }
     }
 }
 
 /// Records a cache look-up of the cache named `cache` (e.g. `"key"` in the service, `"edge"`).
 pub fn cache_lookup(cache: &'static str, hit: bool) {
     let result = if hit { "hit" } else { "miss" };
-    metrics::counter!(CACHE_LOOKUPS, "cache" => cache, "result" => result).increment(1);
+    let register = || metrics::counter!(CACHE_LOOKUPS, "cache" => cache, "result" => result);
+    let kept = with_kept(|kept| {
+        let at = match kept.caches.iter().position(|(name, _)| *name == cache) {
+            Some(at) => at,
+            None => {
+                kept.caches.push((cache, [None, None]));
+                kept.caches.len() - 1
+            }
+        };
+        kept.caches[at].1[usize::from(hit)]
+            .get_or_insert_with(register)
+            .increment(1);
+    });
+    if kept.is_none() {
+        register().increment(1);
+    }
 }
 
 /// Sets the number of live holds (sampled or kept up to date by the caller).
@@ -153,13 +220,118 @@ pub fn holds_live(count: u64) {
 
 /// Records one request refused by the key-guessing throttle.
 pub fn throttle_refused() {
-    metrics::counter!(THROTTLE_REFUSALS).increment(1);
+    let register = || metrics::counter!(THROTTLE_REFUSALS);
+    let kept = with_kept(|kept| {
+        kept.throttle_refusals
+            .get_or_insert_with(register)
+            .increment(1);
+    });
+    if kept.is_none() {
+        register().increment(1);
+    }
 }
 
 /// Sets the connection counts of the pool named `pool` (`"write"`, `"read"`).
 pub fn db_pool(pool: &'static str, in_use: u32, idle: u32, max: u32) {
     for (state, n) in [("in_use", in_use), ("idle", idle), ("max", max)] {
         metrics::gauge!(DB_CONNECTIONS, "pool" => pool, "state" => state).set(f64::from(n));
+    }
+}
+
+/// Whether [`crate::exporter::install`] has installed its recorder. Until
+/// then no handle is kept: one taken without a recorder would stay a no-op
+/// for good, so each call asks the `metrics` facade afresh (a no-op without
+/// a recorder, and correct with any recorder installed some other way).
+static KEEP: AtomicBool = AtomicBool::new(false);
+
+/// From now on, each thread keeps the handles of the series it records
+/// ([`Kept`]). Called by [`crate::exporter::install`] once its recorder is
+/// the process's own.
+pub(crate) fn keep_handles() {
+    KEEP.store(true, Ordering::Release);
+}
+
+thread_local! {
+    static KEPT: RefCell<Kept> = RefCell::new(Kept::default());
+}
+
+/// The handles of every series a thread has recorded, so that recording is
+/// an atomic add (or a histogram sample) rather than a label set allocated,
+/// hashed and looked up in the recorder's registry at every call. Each
+/// thread keeps its own (no lock, no shared cache line); the handles of one
+/// series all point at the recorder's one value, so counts add up across
+/// threads. Label values come from bounded sets (route templates, gRPC
+/// method paths, status names, fixed words), so this stays small; it never
+/// holds a key.
+#[derive(Default)]
+struct Kept {
+    /// By route template: the duration histogram and a counter per (method, status).
+    routes: Named,
+    /// By gRPC method path: the duration histogram and a counter per ("", code).
+    grpc_methods: Named,
+    /// By [`DebitOutcome`] (its discriminant).
+    debits: [Option<Counter>; 5],
+    debited_units: Option<Counter>,
+    /// By cache name: the counter of misses, then of hits.
+    caches: Vec<(&'static str, [Option<Counter>; 2])>,
+    throttle_refusals: Option<Counter>,
+}
+
+/// Runs `record` with this thread's [`Kept`] handles, or returns `None`
+/// when handles are not kept (no recorder of ours yet, or the thread is
+/// being torn down): the caller then records through the facade.
+fn with_kept<R>(record: impl FnOnce(&mut Kept) -> R) -> Option<R> {
+    if !KEEP.load(Ordering::Acquire) {
+        return None;
+    }
+    KEPT.try_with(|kept| kept.try_borrow_mut().ok().map(|mut kept| record(&mut kept)))
+        .ok()
+        .flatten()
+}
+
+/// Series named by a label that is not `'static` (a route template, a gRPC
+/// method path), looked up by `&str` without allocating.
+#[derive(Default)]
+struct Named(HashMap<Box<str>, Series>);
+
+impl Named {
+    /// Runs `record` on the series of `name`, registering its histogram
+    /// with `duration` the first time.
+    fn with(
+        &mut self,
+        name: &str,
+        duration: impl FnOnce() -> Histogram,
+        record: impl FnOnce(&mut Series),
+    ) {
+        match self.0.get_mut(name) {
+            Some(series) => record(series),
+            None => record(self.0.entry(name.into()).or_insert_with(|| Series {
+                duration: duration(),
+                counts: Vec::new(),
+            })),
+        }
+    }
+}
+
+/// One route's (or gRPC method's) duration histogram and request counters.
+struct Series {
+    duration: Histogram,
+    /// The counter of each pair of further label values seen: (method,
+    /// status) for a route, ("", code) for a gRPC method. A handful each.
+    counts: Vec<((&'static str, &'static str), Counter)>,
+}
+
+impl Series {
+    /// Adds one to the counter of `labels`, registering it the first time.
+    fn count(&mut self, labels: (&'static str, &'static str), register: impl FnOnce() -> Counter) {
+        match self.counts.iter().find(|(l, _)| *l == labels) {
+            Some((_, counter)) => counter.increment(1),
+            None => {
+                let counter = register();
+                counter.increment(1);
+                self.counts.push((labels, counter));
+            }
+        }
     }
 }
 
@@ -232,6 +404,106 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each sample of a rendered scrape, by `name{labels}`.
+    fn samples(text: &str) -> HashMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn kept_handles_count_each_label_set_once_across_threads() {
+        fn record_some() {
+            let (get, took) = (http::Method::GET, Duration::from_micros(700));
+            let (ok, missing) = (http::StatusCode::OK, http::StatusCode::NOT_FOUND);
+            for _ in 0..3 {
+                http_request("/kept", &get, ok, took);
+            }
+            http_request("/kept", &get, missing, took);
+            http_request("/kept/other", &get, ok, took);
+            grpc_request("/kept.v1.S/M", tonic::Code::Ok, took);
+            grpc_request("/kept.v1.S/M", tonic::Code::NotFound, took);
+            grpc_request("/kept.v1.S/Nope", tonic::Code::Unimplemented, took);
+            cache_lookup("kept", true);
+            cache_lookup("kept", false);
+            debit(DebitOutcome::Debited, 5);
+            debit(DebitOutcome::Repeat, 5);
+            throttle_refused();
+        }
+        // Before any recorder: nothing recorded, nothing kept.
+        record_some();
+        // The only test of this binary that installs a recorder.
+        let handle = crate::exporter::install().unwrap();
+        record_some();
+        std::thread::spawn(record_some).join().unwrap();
+        record_some();
+
+        let text = handle.render();
+        let got = samples(&text);
+        let at = |series: &str| got.get(series).copied().unwrap_or(f64::NAN);
+        let http_count = |route: &str, status: &str| {
+            at(&format!(
+                r#"quota_http_requests_total{{route="{route}",method="GET",status="{status}"}}"#
+            ))
+        };
+        assert_eq!(http_count("/kept", "200"), 9.0, "{text}");
+        assert_eq!(http_count("/kept", "404"), 3.0, "{text}");
+        assert_eq!(http_count("/kept/other", "200"), 3.0, "{text}");
+        assert_eq!(
+            at(r#"quota_http_request_duration_seconds_count{route="/kept"}"#),
+            12.0,
+            "{text}"
+        );
+        assert_eq!(
+            at(r#"quota_http_request_duration_seconds_bucket{route="/kept",le="0.0005"}"#),
+            0.0,
+            "{text}"
+        );
+        assert_eq!(
+            at(r#"quota_http_request_duration_seconds_bucket{route="/kept",le="0.001"}"#),
+            12.0,
+            "{text}"
+        );
+        let grpc_count = |method: &str, code: &str| {
+            at(&format!(
+                r#"quota_grpc_requests_total{{method="{method}",code="{code}"}}"#
+            ))
+        };
+        assert_eq!(grpc_count("/kept.v1.S/M", "OK"), 3.0, "{text}");
+        assert_eq!(grpc_count("/kept.v1.S/M", "NOT_FOUND"), 3.0, "{text}");
+        assert_eq!(grpc_count(UNKNOWN_METHOD, "UNIMPLEMENTED"), 3.0, "{text}");
+        assert!(!text.contains("/kept.v1.S/Nope"), "{text}");
+        assert_eq!(
+            at(r#"quota_grpc_request_duration_seconds_count{method="/kept.v1.S/M"}"#),
+            6.0,
+            "{text}"
+        );
+        assert_eq!(
+            at(r#"quota_cache_lookups_total{cache="kept",result="hit"}"#),
+            3.0,
+            "{text}"
+        );
+        assert_eq!(
+            at(r#"quota_cache_lookups_total{cache="kept",result="miss"}"#),
+            3.0,
+            "{text}"
+        );
+        assert_eq!(
+            at(r#"quota_debits_total{outcome="debited"}"#),
+            3.0,
+            "{text}"
+        );
+        assert_eq!(at(r#"quota_debits_total{outcome="repeat"}"#), 3.0, "{text}");
+        assert_eq!(at("quota_debited_units_total"), 15.0, "{text}");
+        assert_eq!(at("quota_throttle_refusals_total"), 3.0, "{text}");
+        // Only what was recorded is exported: no outcome never decided.
+        assert!(!text.contains(r#"outcome="failed""#), "{text}");
+    }
 
     #[test]
     fn status_labels_stay_bounded() {
