@@ -5,8 +5,9 @@
 //! groups (on one replica or on several sharing the database) never wait for
 //! each other in a cycle. Then one SELECT looks up the holds the group's
 //! request ids name, together with the live holds of its tokens that have
-//! expired by the group's latest time, and one SELECT the ledger rows those
-//! request ids name. Each token's operations run in memory against its own
+//! expired by the group's latest time, and one SELECT the ledger rows that
+//! the request ids naming no hold of their token name (none when every id
+//! names a hold). Each token's operations run in memory against its own
 //! counters ([`Book`]); the result is written with one UPDATE of every changed
 //! token row, one INSERT of the new holds, one UPDATE per hold state, one
 //! INSERT of the ledger rows and one upsert of the usage per token and UTC
@@ -24,7 +25,7 @@ use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait,
     QueryFilter, QueryOrder, QuerySelect,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// One token's operations in a group, each with its time.
 /// How many times a group the database rolled back to break a deadlock runs again.
@@ -205,6 +206,27 @@ async fn load(
             holds.entry(row.token_id).or_default().push(row);
         }
     }
+    // A request id that names a hold of its token is a hold, whatever the
+    // ledger says ([`Book::new`] drops such ids): only the others are
+    // looked up there, and a group whose ids all name holds (settles and
+    // releases) skips the ledger.
+    let request_ids: Vec<&str> = {
+        let named: HashSet<(i64, &str)> = holds
+            .iter()
+            .flat_map(|(id, rows)| rows.iter().map(move |h| (*id, h.request_id.as_str())))
+            .collect();
+        let id_of: HashMap<&str, i64> = tokens.iter().map(|(d, t)| (d.as_str(), t.id)).collect();
+        let named = &named;
+        group
+            .iter()
+            .flat_map(|(digest, ops)| {
+                let token = id_of.get(digest.as_str()).copied();
+                ops.iter()
+                    .filter_map(|(op, _)| op.request_id())
+                    .filter(move |r| token.is_some_and(|t| !named.contains(&(t, *r))))
+            })
+            .collect()
+    };
     let mut debits: HashMap<i64, Vec<String>> = HashMap::new();
     if !request_ids.is_empty() && !token_ids.is_empty() {
         let rows = ledger::Entity::find()
