@@ -6,6 +6,7 @@
 //! `tonic::transport::Server::builder().layer(server_layers())`.
 
 use crate::{metrics, request_id};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response};
 use pin_project_lite::pin_project;
 use std::future::Future;
@@ -87,8 +88,8 @@ impl<B> MakeSpan<B> for CallSpan {
 }
 
 /// Records every call once its status is known: the counter and histogram
-/// of [`metrics::grpc_request`] and one `info` line with the code and the
-/// time taken, in the call's span.
+/// of [`metrics::grpc_request`] and one line with the code and the time
+/// taken, in the call's span (`debug` for OK, `info` otherwise).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RecordCallsLayer;
 
@@ -120,7 +121,8 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let call = Call {
-            method: request.uri().path().to_owned(),
+            // A clone of the URI's own bytes (a reference count), not a copy.
+            method: request.uri().path_and_query().cloned(),
             start: Instant::now(),
             span: Span::current(),
             done: false,
@@ -136,7 +138,7 @@ where
 /// CANCELLED if it is dropped before (the caller went away).
 #[derive(Debug)]
 struct Call {
-    method: String,
+    method: Option<PathAndQuery>,
     start: Instant,
     span: Span,
     done: bool,
@@ -150,13 +152,18 @@ impl Call {
     fn record(&mut self, code: tonic::Code) {
         self.done = true;
         let took = self.start.elapsed();
-        metrics::grpc_request(&self.method, code, took);
+        let method = self.method.as_ref().map_or("", PathAndQuery::path);
+        metrics::grpc_request(method, code, took);
+        let latency_ms = took.as_secs_f64() * 1e3;
+        let code_name = metrics::code_name(code);
+        // An answered call is `debug` (at `info` that line alone costs a
+        // cached read a fifth of its throughput); any other code is `info`.
         self.span.in_scope(|| {
-            tracing::info!(
-                code = metrics::code_name(code),
-                latency_ms = took.as_secs_f64() * 1e3,
-                "call finished"
-            );
+            if code == tonic::Code::Ok {
+                tracing::debug!(code = code_name, latency_ms, "call finished");
+            } else {
+                tracing::info!(code = code_name, latency_ms, "call finished");
+            }
         });
     }
 }

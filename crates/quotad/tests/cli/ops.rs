@@ -285,12 +285,17 @@ fn every_line_is_json(log: &str, what: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The filter an operator sets to see every answered request, not only
+/// refusals and failures, as the README's Logs section says.
+const EVERY_REQUEST: &str = "info,quota_edge::telemetry=debug,quota_telemetry::grpc=debug";
+
 #[test]
 fn a_request_id_is_followed_across_edge_and_service_in_json_logs() {
     let dir = TempDir::new();
     let mut grpc = quotad();
     grpc.args(["grpc", "--database-url", &dir.sqlite_url("quota.db")])
         .args(["--grpc-addr", "127.0.0.1:0"])
+        .env("QUOTA_LOG", EVERY_REQUEST)
         .env("QUOTA_LOG_FORMAT", "json");
     let service = Server::spawn(
         grpc,
@@ -302,12 +307,9 @@ fn a_request_id_is_followed_across_edge_and_service_in_json_logs() {
     );
     let (key, _) = create_key(&service, "5");
     let mut edge = quotad();
-    edge.args(["edge", "--upstream", &service.grpc_url]).args([
-        "--http-addr",
-        "127.0.0.1:0",
-        "--log-format",
-        "json",
-    ]);
+    edge.args(["edge", "--upstream", &service.grpc_url])
+        .args(["--http-addr", "127.0.0.1:0", "--log-format", "json"])
+        .env("QUOTA_LOG", EVERY_REQUEST);
     let edge = Server::spawn(
         edge,
         dir.path(),
@@ -358,6 +360,62 @@ fn a_request_id_is_followed_across_edge_and_service_in_json_logs() {
             .collect();
         assert!(!with_id.is_empty(), "{what}: no line carries {id}:\n{log}");
         assert!(!log.contains(&key), "{what} logged a key:\n{log}");
+    }
+}
+
+#[test]
+fn at_the_default_level_refusals_are_logged_and_answered_reads_are_not() {
+    let dir = TempDir::new();
+    let mut grpc = quotad();
+    grpc.args(["grpc", "--database-url", &dir.sqlite_url("quota.db")])
+        .args(["--grpc-addr", "127.0.0.1:0"]);
+    let service = Server::spawn(
+        grpc,
+        dir.path(),
+        Serves {
+            grpc: true,
+            http: false,
+        },
+    );
+    let (key, _) = create_key(&service, "5");
+    let mut edge = quotad();
+    edge.args(["edge", "--upstream", &service.grpc_url])
+        .args(["--http-addr", "127.0.0.1:0"]);
+    let edge = Server::spawn(
+        edge,
+        dir.path(),
+        Serves {
+            grpc: false,
+            http: true,
+        },
+    );
+    const SUB: &str = "/v1/dashboard/billing/subscription";
+    let pid = std::process::id();
+    let (served, refused) = (format!("served-{pid}"), format!("refused-{pid}"));
+    let auth = format!("Bearer {key}");
+    let unknown = format!("Bearer sk-{}", "x".repeat(48));
+    for (id, auth, status) in [(&served, &auth, 200), (&refused, &unknown, 401)] {
+        let response = http_request(
+            edge.http.unwrap(),
+            "GET",
+            SUB,
+            &[("Authorization", auth), ("X-Request-Id", id)],
+        );
+        assert_eq!(response.status, status, "{response:?}");
+    }
+    // The refusal is one `info` line on each side, carrying its id.
+    let in_span = format!("request_id={refused}");
+    wait_for_line(&edge, &[&in_span, "request finished", "status=401"]);
+    wait_for_line(&service, &[&in_span, "call finished", "UNAUTHENTICATED"]);
+    let (status, edge_log) = edge.stop_with("TERM");
+    assert!(status.success(), "{edge_log}");
+    let (status, service_log) = service.stop_with("TERM");
+    assert!(status.success(), "{service_log}");
+    for log in [&edge_log, &service_log] {
+        assert!(
+            !log.contains(&served),
+            "an answered read logged at info:\n{log}"
+        );
     }
 }
 
