@@ -16,7 +16,6 @@ use quota::pb::quota_service_server::QuotaService;
 use quota_telemetry::request_id;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
@@ -190,22 +189,12 @@ impl Upstream {
     {
         let mut request = with_caller(message, headers)?;
         request.set_timeout(self.timeout + Duration::from_secs(1));
-        let mut call = std::pin::pin!(method(self.quota.clone(), request));
-        // A call answered at its first poll (in `serve`, a cached key) needs
-        // no timer: arming and dropping one costs a read a tenth of its time.
-        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
-        let answer = match first {
-            Poll::Ready(answer) => answer,
-            Poll::Pending => match tokio::time::timeout(self.timeout, call).await {
-                Ok(answer) => answer,
-                Err(_) => {
-                    return Err(EdgeError::Upstream(tonic::Status::deadline_exceeded(
-                        "the quota service did not answer in time",
-                    )));
-                }
-            },
-        };
-        Ok(answer?.into_inner())
+        match tokio::time::timeout(self.timeout, method(self.quota.clone(), request)).await {
+            Ok(answer) => Ok(answer?.into_inner()),
+            Err(_) => Err(EdgeError::Upstream(tonic::Status::deadline_exceeded(
+                "the quota service did not answer in time",
+            ))),
+        }
     }
 }
 
