@@ -76,7 +76,7 @@ impl<B> MakeSpan<B> for RequestSpan {
 }
 
 /// One line per request, in its span: `debug` for an answer below 400 (a
-/// read served: at `info` that line alone costs a cached read a fifth of
+/// read served: at `info` that line alone costs a cached read a sixth of
 /// its throughput), `info` for a refusal (401, 404, 429, ...), `error`
 /// (500) or `warn` (503, 504) with the internal detail when there is one.
 #[derive(Clone, Copy, Debug)]

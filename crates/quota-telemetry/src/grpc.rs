@@ -157,7 +157,7 @@ impl Call {
         let latency_ms = took.as_secs_f64() * 1e3;
         let code_name = metrics::code_name(code);
         // An answered call is `debug` (at `info` that line alone costs a
-        // cached read a fifth of its throughput); any other code is `info`.
+        // cached read a sixth of its throughput); any other code is `info`.
         self.span.in_scope(|| {
             if code == tonic::Code::Ok {
                 tracing::debug!(code = code_name, latency_ms, "call finished");

@@ -17,7 +17,9 @@ use std::process::ExitCode;
 /// mimalloc rather than the system's allocator: a request allocates and
 /// frees a hundred small blocks on its way through hyper, axum and tower,
 /// and mimalloc's thread-local free lists make each of those a few
-/// instructions rather than glibc's bins and locks.
+/// instructions rather than glibc's bins and locks. Built without
+/// transparent huge pages (`no_thp`): with them its arenas held 33 MiB of
+/// resident memory at start instead of 18, for no measurable speed.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
