@@ -285,18 +285,13 @@ fn every_line_is_json(log: &str, what: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The filter an operator sets to see every answered request, not only
-/// refusals and failures, as the README's Logs section says.
-const EVERY_REQUEST: &str = "info,quota_edge::telemetry=debug,quota_telemetry::grpc=debug";
-
-#[test]
-fn a_request_id_is_followed_across_edge_and_service_in_json_logs() {
-    let dir = TempDir::new();
+/// `quotad grpc` on a SQLite file in `dir`, a `$5` key of it, and `quotad
+/// edge` in front of it, both with `env` set.
+fn edge_and_service(dir: &TempDir, env: &[(&str, &str)]) -> (Server, Server, String) {
     let mut grpc = quotad();
     grpc.args(["grpc", "--database-url", &dir.sqlite_url("quota.db")])
         .args(["--grpc-addr", "127.0.0.1:0"])
-        .env("QUOTA_LOG", EVERY_REQUEST)
-        .env("QUOTA_LOG_FORMAT", "json");
+        .envs(env.iter().copied());
     let service = Server::spawn(
         grpc,
         dir.path(),
@@ -308,8 +303,8 @@ fn a_request_id_is_followed_across_edge_and_service_in_json_logs() {
     let (key, _) = create_key(&service, "5");
     let mut edge = quotad();
     edge.args(["edge", "--upstream", &service.grpc_url])
-        .args(["--http-addr", "127.0.0.1:0", "--log-format", "json"])
-        .env("QUOTA_LOG", EVERY_REQUEST);
+        .args(["--http-addr", "127.0.0.1:0"])
+        .envs(env.iter().copied());
     let edge = Server::spawn(
         edge,
         dir.path(),
@@ -317,6 +312,20 @@ fn a_request_id_is_followed_across_edge_and_service_in_json_logs() {
             grpc: false,
             http: true,
         },
+    );
+    (service, edge, key)
+}
+
+/// The filter an operator sets to see every answered request, not only
+/// refusals and failures, as the README's Logs section says.
+const EVERY_REQUEST: &str = "info,quota_edge::telemetry=debug,quota_telemetry::grpc=debug";
+
+#[test]
+fn a_request_id_is_followed_across_edge_and_service_in_json_logs() {
+    let dir = TempDir::new();
+    let (service, edge, key) = edge_and_service(
+        &dir,
+        &[("QUOTA_LOG", EVERY_REQUEST), ("QUOTA_LOG_FORMAT", "json")],
     );
 
     let id = format!("trace-{}", std::process::id());
@@ -366,29 +375,7 @@ fn a_request_id_is_followed_across_edge_and_service_in_json_logs() {
 #[test]
 fn at_the_default_level_refusals_are_logged_and_answered_reads_are_not() {
     let dir = TempDir::new();
-    let mut grpc = quotad();
-    grpc.args(["grpc", "--database-url", &dir.sqlite_url("quota.db")])
-        .args(["--grpc-addr", "127.0.0.1:0"]);
-    let service = Server::spawn(
-        grpc,
-        dir.path(),
-        Serves {
-            grpc: true,
-            http: false,
-        },
-    );
-    let (key, _) = create_key(&service, "5");
-    let mut edge = quotad();
-    edge.args(["edge", "--upstream", &service.grpc_url])
-        .args(["--http-addr", "127.0.0.1:0"]);
-    let edge = Server::spawn(
-        edge,
-        dir.path(),
-        Serves {
-            grpc: false,
-            http: true,
-        },
-    );
+    let (service, edge, key) = edge_and_service(&dir, &[]);
     const SUB: &str = "/v1/dashboard/billing/subscription";
     let pid = std::process::id();
     let (served, refused) = (format!("served-{pid}"), format!("refused-{pid}"));

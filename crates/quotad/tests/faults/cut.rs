@@ -1,15 +1,13 @@
 //! The database goes away and comes back: 503 within 3 s while it is away,
 //! and the same process serves again within 5 s of its return.
 
-use crate::helpers::{Server, consume, subscription};
+use crate::helpers::{
+    RECOVERED_WITHIN, Server, assert_unavailable, consume, read_again, subscription,
+};
 use crate::proxy::{Proxy, server_of};
 use quota::pb::quota_service_client::QuotaServiceClient;
 use quota_service::testing::TestDb;
 use std::time::{Duration, Instant};
-
-/// The contract's bounds.
-const UNAVAILABLE_WITHIN: Duration = Duration::from_secs(3);
-const RECOVERED_WITHIN: Duration = Duration::from_secs(5);
 
 async fn the_database_is_cut_and_restored(db: TestDb) {
     let proxy = Proxy::start(server_of(&db.url).await).await;
@@ -20,39 +18,10 @@ async fn the_database_is_cut_and_restored(db: TestDb) {
     consume(&mut grpc, &key, "before").await.unwrap();
 
     proxy.cut();
-    let cut = Instant::now();
-    let answer = subscription(server.http, &key).await;
-    let rest_took = cut.elapsed();
-    assert_eq!(answer.status, 503, "{answer:?}");
-    assert!(answer.body.contains("service_unavailable"), "{answer:?}");
-    assert!(rest_took < UNAVAILABLE_WITHIN, "503 after {rest_took:?}");
-    let started = Instant::now();
-    let status = consume(&mut grpc, &key, "while-cut").await.unwrap_err();
-    let grpc_took = started.elapsed();
-    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    assert!(
-        grpc_took < UNAVAILABLE_WITHIN,
-        "UNAVAILABLE after {grpc_took:?}"
-    );
+    let (rest_took, grpc_took) = assert_unavailable(&server, &mut grpc, &key, "while-cut").await;
 
     proxy.restore();
-    let restored = Instant::now();
-    loop {
-        let answer = subscription(server.http, &key).await;
-        if answer.status == 200 {
-            break;
-        }
-        assert_eq!(answer.status, 503, "{answer:?}");
-        assert!(
-            restored.elapsed() < RECOVERED_WITHIN,
-            "still {} {:?} after the database came back; stderr:\n{}",
-            answer.status,
-            restored.elapsed(),
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let recovered = restored.elapsed();
+    let recovered = read_again(&server, &key, Instant::now()).await;
     assert!(
         recovered < RECOVERED_WITHIN,
         "recovered after {recovered:?}"

@@ -149,3 +149,55 @@ pub async fn subscription(http: SocketAddr, key: &str) -> Answer {
         body: body.to_owned(),
     }
 }
+
+/// How soon a database that went away is answered as unavailable.
+pub const UNAVAILABLE_WITHIN: Duration = Duration::from_secs(3);
+/// How soon the service serves again once the database is back.
+pub const RECOVERED_WITHIN: Duration = Duration::from_secs(5);
+
+/// While the database is away: a REST read is 503 `service_unavailable` and
+/// a debit (under `request_id`) UNAVAILABLE, each within [`UNAVAILABLE_WITHIN`];
+/// how long each took.
+pub async fn assert_unavailable(
+    server: &Server,
+    grpc: &mut QuotaServiceClient<Channel>,
+    key: &str,
+    request_id: &str,
+) -> (Duration, Duration) {
+    let started = std::time::Instant::now();
+    let answer = subscription(server.http, key).await;
+    let rest_took = started.elapsed();
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(answer.body.contains("service_unavailable"), "{answer:?}");
+    assert!(rest_took < UNAVAILABLE_WITHIN, "503 after {rest_took:?}");
+    let started = std::time::Instant::now();
+    let status = consume(grpc, key, request_id).await.unwrap_err();
+    let grpc_took = started.elapsed();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        grpc_took < UNAVAILABLE_WITHIN,
+        "UNAVAILABLE after {grpc_took:?}"
+    );
+    (rest_took, grpc_took)
+}
+
+/// Reads `key` until it is served again (503 meanwhile), failing past
+/// [`RECOVERED_WITHIN`] from `back` (when the database came back); how
+/// long that took.
+pub async fn read_again(server: &Server, key: &str, back: std::time::Instant) -> Duration {
+    loop {
+        let answer = subscription(server.http, key).await;
+        if answer.status == 200 {
+            return back.elapsed();
+        }
+        assert_eq!(answer.status, 503, "{answer:?}");
+        assert!(
+            back.elapsed() < RECOVERED_WITHIN,
+            "still {} {:?} after the database came back; stderr:\n{}",
+            answer.status,
+            back.elapsed(),
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

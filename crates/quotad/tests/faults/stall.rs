@@ -4,16 +4,15 @@
 //! again within 5 s of the database answering again. The debit whose outcome
 //! its caller never learnt is retried under its request id and counted once.
 
-use crate::helpers::{Server, consume, subscription, verify};
+use crate::helpers::{
+    RECOVERED_WITHIN, Server, UNAVAILABLE_WITHIN, assert_unavailable, consume, read_again,
+    subscription, verify,
+};
 use crate::proxy::{Proxy, server_of};
 use quota::pb::quota_service_client::QuotaServiceClient;
 use quota_service::testing::TestDb;
 use sea_orm::{ConnectionTrait, DatabaseBackend, TransactionTrait};
 use std::time::{Duration, Instant};
-
-/// The contract's bounds.
-const UNAVAILABLE_WITHIN: Duration = Duration::from_secs(3);
-const RECOVERED_WITHIN: Duration = Duration::from_secs(5);
 
 async fn the_database_stalls_and_answers_again(db: TestDb) {
     let proxy = Proxy::start(server_of(&db.url).await).await;
@@ -74,39 +73,12 @@ async fn the_database_stalls_and_answers_again(db: TestDb) {
     );
 
     // Calls made while it stalls.
-    let started = Instant::now();
-    let answer = subscription(server.http, &key).await;
-    let rest_took = started.elapsed();
-    assert_eq!(answer.status, 503, "{answer:?}");
-    assert!(answer.body.contains("service_unavailable"), "{answer:?}");
-    assert!(rest_took < UNAVAILABLE_WITHIN, "503 after {rest_took:?}");
-    let started = Instant::now();
-    let status = consume(&mut grpc, &key, "while-stalled").await.unwrap_err();
-    let grpc_took = started.elapsed();
-    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    assert!(
-        grpc_took < UNAVAILABLE_WITHIN,
-        "UNAVAILABLE after {grpc_took:?}"
-    );
+    let (rest_took, grpc_took) =
+        assert_unavailable(&server, &mut grpc, &key, "while-stalled").await;
 
     proxy.restore();
     let restored = Instant::now();
-    loop {
-        let answer = subscription(server.http, &key).await;
-        if answer.status == 200 {
-            break;
-        }
-        assert_eq!(answer.status, 503, "{answer:?}");
-        assert!(
-            restored.elapsed() < RECOVERED_WITHIN,
-            "still {} {:?} after the database answered again; stderr:\n{}",
-            answer.status,
-            restored.elapsed(),
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let read_again = restored.elapsed();
+    let read_again = read_again(&server, &key, restored).await;
     // The caller of the debit on the wire retries it: applied once, whether
     // or not the first attempt reached the ledger.
     let retried = loop {
