@@ -36,17 +36,22 @@ impl QuotaApi {
         let digest = caller_key(request.metadata())?.digest();
         let token = self
             .cache
-            .get_or_load(&digest, || async {
-                match self.store.token_by_digest(&digest).await? {
-                    Some(token) => {
-                        let held = self.held_now(&token).await?;
-                        Ok(Some(CallerToken {
-                            held,
-                            ..CallerToken::from(&token)
-                        }))
+            // The look-up is boxed: the database's futures are kilobytes,
+            // and inline they would make every read's future as large, to
+            // be copied into the box of every call, cache hit or not.
+            .get_or_load(&digest, || {
+                Box::pin(async {
+                    match self.store.token_by_digest(&digest).await? {
+                        Some(token) => {
+                            let held = self.held_now(&token).await?;
+                            Ok(Some(CallerToken {
+                                held,
+                                ..CallerToken::from(&token)
+                            }))
+                        }
+                        None => Ok(None),
                     }
-                    None => Ok(None),
-                }
+                })
             })
             .await?
             .ok_or(QuotaError::CallerKeyUnknown)?;
