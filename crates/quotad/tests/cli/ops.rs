@@ -54,49 +54,55 @@ fn grpc_series(method: &str, code: &str) -> String {
     )
 }
 
-/// `GetSubscription` over gRPC, as `key`.
-fn get_subscription(grpc_url: &str, key: &str) -> tonic::Code {
+/// The code a gRPC call answers with, made by `call` with a client of
+/// `grpc_url` and the request carrying `Authorization: Bearer {bearer}`.
+fn grpc_code<T, R, F>(
+    grpc_url: &str,
+    bearer: &str,
+    message: T,
+    call: impl FnOnce(QuotaServiceClient<tonic::transport::Channel>, tonic::Request<T>) -> F,
+) -> tonic::Code
+where
+    F: std::future::Future<Output = Result<R, tonic::Status>>,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut client = QuotaServiceClient::connect(grpc_url.to_owned())
+        let client = QuotaServiceClient::connect(grpc_url.to_owned())
             .await
             .unwrap();
-        let mut request = tonic::Request::new(pb::GetSubscriptionRequest {});
+        let mut request = tonic::Request::new(message);
         request
             .metadata_mut()
-            .insert("authorization", format!("Bearer {key}").parse().unwrap());
-        match client.get_subscription(request).await {
+            .insert("authorization", format!("Bearer {bearer}").parse().unwrap());
+        match call(client, request).await {
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),
         }
     })
 }
 
+/// `GetSubscription` over gRPC, as `key`.
+fn get_subscription(grpc_url: &str, key: &str) -> tonic::Code {
+    grpc_code(
+        grpc_url,
+        key,
+        pb::GetSubscriptionRequest {},
+        |mut c, r| async move { c.get_subscription(r).await },
+    )
+}
+
 /// `Consume` of `quota` units of `key` under `request_id`, with the admin secret.
 fn consume(grpc_url: &str, key: &str, quota: i64, request_id: &str) -> tonic::Code {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut client = QuotaServiceClient::connect(grpc_url.to_owned())
-            .await
-            .unwrap();
-        let mut request = tonic::Request::new(pb::ConsumeRequest {
-            token: key.to_owned(),
-            quota,
-            request_id: request_id.to_owned(),
-        });
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
-        match client.consume(request).await {
-            Ok(_) => tonic::Code::Ok,
-            Err(status) => status.code(),
-        }
+    let message = pb::ConsumeRequest {
+        token: key.to_owned(),
+        quota,
+        request_id: request_id.to_owned(),
+    };
+    grpc_code(grpc_url, ADMIN, message, |mut c, r| async move {
+        c.consume(r).await
     })
 }
 
