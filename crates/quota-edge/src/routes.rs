@@ -5,7 +5,7 @@ use crate::limits::{self, MAX_AUTHORIZATION_BYTES};
 use crate::throttle::{Throttle, ThrottleConfig, ThrottleLayer};
 use crate::tls::{ClientTls, InvalidUrl, endpoint};
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
+use tower::ServiceExt;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
 use tower::util::BoxCloneSyncService;
-use tower::{ServiceBuilder, ServiceExt};
 use tower_http::cors::{Any, CorsLayer};
 use utoipa::{IntoParams, ToSchema};
 
@@ -188,7 +188,14 @@ impl Upstream {
         F: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let mut request = with_caller(message, headers)?;
-        request.set_timeout(self.timeout + Duration::from_secs(1));
+        // Only a transport reads these. The service of another process logs
+        // the request id in its call's span and is bounded by
+        // `grpc-timeout`; the service of this process runs in the edge's
+        // span, under the timeout below.
+        if let Quota::Client(_) = self.quota {
+            forward_request_id(&mut request, headers);
+            request.set_timeout(self.timeout + Duration::from_secs(1));
+        }
         match tokio::time::timeout(self.timeout, method(self.quota.clone(), request)).await {
             Ok(answer) => Ok(answer?.into_inner()),
             Err(_) => Err(EdgeError::Upstream(tonic::Status::deadline_exceeded(
@@ -253,6 +260,9 @@ pub fn app_with(upstream: Upstream, config: EdgeConfig) -> Router {
 /// 3. load shedding past `max_concurrency` requests in flight (503 at once);
 /// 4. bounds on the URI (414), the headers (431) and the body (413).
 ///
+/// They are one `Router::layer`: axum boxes each layer call's service apart
+/// and clones every box of a route's stack for every request.
+///
 /// The billing routes alone are behind the key-guessing throttle (a route
 /// layer, innermost).
 fn layers(router: Router, config: &EdgeConfig) -> Router {
@@ -270,14 +280,16 @@ fn layers(router: Router, config: &EdgeConfig) -> Router {
         // headers), so no response varies by the request's CORS headers;
         // without a `Vary` list the layer also clones no list per request.
         .vary([]);
-    let shed = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(limits::overloaded))
-        .layer(LoadShedLayer::new())
-        .layer(GlobalConcurrencyLimitLayer::with_semaphore(
-            limits::concurrency(config.max_concurrency),
-        ));
-    let router = router.layer(limits::BoundsLayer).layer(shed).layer(cors);
-    crate::telemetry::layers(router)
+    router.layer(
+        crate::telemetry::layers()
+            .layer(cors)
+            .layer(HandleErrorLayer::new(limits::overloaded))
+            .layer(LoadShedLayer::new())
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+                limits::concurrency(config.max_concurrency),
+            ))
+            .layer(limits::BoundsLayer),
+    )
 }
 
 fn only_get(route: MethodRouter<Upstream>) -> MethodRouter<Upstream> {
@@ -325,12 +337,14 @@ reports 100000000. Once the quota is modified, the limit accumulates on top of t
 )]
 pub(crate) async fn subscription(
     State(upstream): State<Upstream>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, EdgeError> {
+    // The request itself, not a `HeaderMap` extractor: that one clones
+    // every header.
     let s = upstream
         .call(
             pb::GetSubscriptionRequest {},
-            &headers,
+            request.headers(),
             Quota::get_subscription,
         )
         .await?;
@@ -352,7 +366,6 @@ impl Subscription {
     /// The body, as `serde_json` writes this struct (fields in order, no
     /// spaces), from a template: the route answers more than anything else.
     fn to_json(&self) -> String {
-        use std::fmt::Write;
         let mut body = String::with_capacity(160);
         body.push_str(r#"{"object":"#);
         // The service sends a fixed word; anything else is escaped by serde_json.
@@ -367,15 +380,24 @@ impl Subscription {
         } else {
             body.push_str(&serde_json::Value::from(self.object.as_str()).to_string());
         }
-        let _ = write!(
-            body,
-            r#","has_payment_method":{},"soft_limit_usd":{},"hard_limit_usd":{},"system_hard_limit_usd":{},"access_until":{}}}"#,
-            self.has_payment_method,
-            self.soft_limit_usd,
-            self.hard_limit_usd,
-            self.system_hard_limit_usd,
-            self.access_until,
-        );
+        body.push_str(if self.has_payment_method {
+            r#","has_payment_method":true"#
+        } else {
+            r#","has_payment_method":false"#
+        });
+        // itoa, as serde_json writes integers; `write!` would go through
+        // `core::fmt` for each.
+        let mut number = itoa::Buffer::new();
+        for (name, value) in [
+            (r#","soft_limit_usd":"#, self.soft_limit_usd),
+            (r#","hard_limit_usd":"#, self.hard_limit_usd),
+            (r#","system_hard_limit_usd":"#, self.system_hard_limit_usd),
+            (r#","access_until":"#, self.access_until),
+        ] {
+            body.push_str(name);
+            body.push_str(number.format(value));
+        }
+        body.push('}');
         body
     }
 }
@@ -443,8 +465,8 @@ pub(crate) struct LineItem {
 )]
 pub(crate) async fn usage(
     State(upstream): State<Upstream>,
-    headers: HeaderMap,
     query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+    request: Request,
 ) -> Result<Response, EdgeError> {
     let Query(query) = query.map_err(|e| EdgeError::InvalidQuery(e.body_text()))?;
     let window = pb::GetUsageRequest {
@@ -454,7 +476,7 @@ pub(crate) async fn usage(
     // The service checks the key first, then the dates; a date it refuses
     // comes back naming its field.
     let u = upstream
-        .call(window, &headers, Quota::get_usage)
+        .call(window, request.headers(), Quota::get_usage)
         .await
         .map_err(|e| match e {
             EdgeError::Upstream(s)
@@ -498,11 +520,10 @@ pub(crate) fn forward_request_id<T>(request: &mut tonic::Request<T>, headers: &H
     }
 }
 
-/// The gRPC request carrying the caller's `Authorization` header and the
-/// request id as metadata.
+/// The gRPC request carrying the caller's `Authorization` header as
+/// metadata.
 fn with_caller<T>(message: T, headers: &HeaderMap) -> Result<tonic::Request<T>, EdgeError> {
     let mut request = tonic::Request::new(message);
-    forward_request_id(&mut request, headers);
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         if value.len() > MAX_AUTHORIZATION_BYTES {
             return Err(EdgeError::MalformedAuthorization);
@@ -523,13 +544,13 @@ mod tests {
 
     #[test]
     fn the_subscription_template_writes_what_serde_json_writes() {
-        for (object, access_until) in [
-            ("billing_subscription", 0),
-            ("a \"quoted\"\n word", 1_796_083_200),
+        for (object, access_until, has_payment_method) in [
+            ("billing_subscription", 0, true),
+            ("a \"quoted\"\n word", 1_796_083_200, false),
         ] {
             let body = Subscription {
                 object: object.into(),
-                has_payment_method: true,
+                has_payment_method,
                 soft_limit_usd: 5,
                 hard_limit_usd: -7,
                 system_hard_limit_usd: 100_000_000,

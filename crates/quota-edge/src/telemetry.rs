@@ -5,7 +5,6 @@
 //! (`MatchedPath`), and outside CORS, so that preflights and every refusal
 //! carry the request id, are logged and are counted.
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
@@ -16,8 +15,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
+use tower::layer::util::{Identity, Stack};
 use tower::util::MapRequestLayer;
 use tower::{Layer, Service, ServiceBuilder};
+use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnBodyChunk, DefaultOnEos, DefaultOnRequest};
 use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
 use tracing::Span;
 
@@ -27,27 +30,52 @@ use tracing::Span;
 #[derive(Clone, Debug)]
 pub(crate) struct InternalDetail(pub(crate) String);
 
-/// Wraps `router` (every route and the fallback) in the telemetry layers,
-/// outermost first: a caller's valid `X-Request-Id` kept (or a UUID v4
-/// made) and returned on the response; the request's span and access log
-/// line; the metrics.
-pub(crate) fn layers(router: Router) -> Router {
-    router.layer(
-        ServiceBuilder::new()
-            .layer(MapRequestLayer::new(
-                request_id::drop_invalid::<Body> as fn(Request) -> Request,
-            ))
-            .layer(request_id::set_layer())
-            .layer(request_id::propagate_layer())
-            .layer(
-                TraceLayer::new_for_http()
-                    .make_span_with(RequestSpan)
-                    .on_response(AccessLog)
-                    .on_failure(()),
-            )
-            .layer(RecordLayer),
-    )
+/// The telemetry layers, outermost first: a caller's valid `X-Request-Id`
+/// kept (or a UUID v4 made) and returned on the response; the request's
+/// span and access log line; the metrics. The router adds the rest of its
+/// layers to this builder, so that a route's whole stack is one service:
+/// axum boxes each `Router::layer` apart, and clones every box of the
+/// stack for every request.
+pub(crate) fn layers() -> Layers {
+    ServiceBuilder::new()
+        .layer(MapRequestLayer::new(
+            request_id::drop_invalid::<Body> as fn(Request) -> Request,
+        ))
+        .layer(request_id::set_layer())
+        .layer(request_id::propagate_layer())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(RequestSpan)
+                .on_response(AccessLog)
+                .on_failure(()),
+        )
+        .layer(RecordLayer)
 }
+
+/// The type of [`layers`].
+pub(crate) type Layers = ServiceBuilder<
+    Stack<
+        RecordLayer,
+        Stack<
+            TraceLayer<
+                SharedClassifier<ServerErrorsAsFailures>,
+                RequestSpan,
+                DefaultOnRequest,
+                AccessLog,
+                DefaultOnBodyChunk,
+                DefaultOnEos,
+                (),
+            >,
+            Stack<
+                PropagateRequestIdLayer,
+                Stack<
+                    SetRequestIdLayer<MakeRequestUuid>,
+                    Stack<MapRequestLayer<fn(Request) -> Request>, Identity>,
+                >,
+            >,
+        >,
+    >,
+>;
 
 /// The route template of a request, or [`metrics::UNKNOWN_ROUTE`].
 fn route_of<B>(request: &http::Request<B>) -> &str {
@@ -59,7 +87,7 @@ fn route_of<B>(request: &http::Request<B>) -> &str {
 
 /// `http{method=GET route=/v1/dashboard/billing/subscription request_id=...}`.
 #[derive(Clone, Copy, Debug)]
-struct RequestSpan;
+pub(crate) struct RequestSpan;
 
 impl<B> MakeSpan<B> for RequestSpan {
     fn make_span(&mut self, request: &http::Request<B>) -> Span {
@@ -80,7 +108,7 @@ impl<B> MakeSpan<B> for RequestSpan {
 /// its throughput), `info` for a refusal (401, 404, 429, ...), `error`
 /// (500) or `warn` (503, 504) with the internal detail when there is one.
 #[derive(Clone, Copy, Debug)]
-struct AccessLog;
+pub(crate) struct AccessLog;
 
 impl<B> OnResponse<B> for AccessLog {
     fn on_response(self, response: &http::Response<B>, latency: Duration, _: &Span) {
@@ -102,7 +130,7 @@ impl<B> OnResponse<B> for AccessLog {
 
 /// Counts every request by route template, method and status, and times it.
 #[derive(Clone, Copy, Debug)]
-struct RecordLayer;
+pub(crate) struct RecordLayer;
 
 impl<S> Layer<S> for RecordLayer {
     type Service = Record<S>;
@@ -114,7 +142,7 @@ impl<S> Layer<S> for RecordLayer {
 
 /// The service of [`RecordLayer`].
 #[derive(Clone, Debug)]
-struct Record<S> {
+pub(crate) struct Record<S> {
     inner: S,
 }
 
@@ -142,7 +170,7 @@ where
 
 pin_project! {
     /// The response future of [`Record`].
-    struct Recorded<F> {
+    pub(crate) struct Recorded<F> {
         #[pin]
         inner: F,
         route: Option<MatchedPath>,
