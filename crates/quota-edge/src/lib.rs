@@ -2,6 +2,7 @@
 //! balance checkers and scripts, answered by calling the quota gRPC service.
 //! The edge holds no data of its own and never touches the database.
 
+mod cors;
 mod error;
 pub mod limits;
 mod openapi;

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{BoxError, Layer, Service};
 
 /// The most a URI may hold (414 beyond).
@@ -40,19 +40,39 @@ pub const HTTP_BUFFER_BYTES: usize = 64 * 1024;
 /// Requests in flight per process when `--max-concurrency` is not given.
 pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
 
-/// Refuses a URI, headers or body over their bounds. The body is read here,
-/// up to [`MAX_BODY_BYTES`], so that a body no handler reads (a GET with a
-/// chunked body) is bounded too; tower-http's `RequestBodyLimitLayer` bounds
-/// only what a handler reads and answers in plain text, so the same
+/// Sheds a request past the concurrency limit (503 at once, never queued),
+/// then refuses a URI, headers or body over their bounds. The body is read
+/// here, up to [`MAX_BODY_BYTES`], so that a body no handler reads (a GET
+/// with a chunked body) is bounded too; tower-http's `RequestBodyLimitLayer`
+/// bounds only what a handler reads and answers in plain text, so the same
 /// `http_body_util::Limited` it uses is applied here directly.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct BoundsLayer;
+///
+/// A request holds its permit until its answer is ready. The permit is
+/// taken here, not by tower's `ConcurrencyLimit` behind `LoadShed`: that
+/// pair polls a semaphore future and boxes an error for every request.
+#[derive(Clone, Debug)]
+pub(crate) struct BoundsLayer {
+    in_flight: Arc<Semaphore>,
+}
+
+impl BoundsLayer {
+    /// At most `max_concurrency` requests in flight, counted across every
+    /// connection and route of the router.
+    pub(crate) fn new(max_concurrency: usize) -> BoundsLayer {
+        BoundsLayer {
+            in_flight: Arc::new(Semaphore::new(max_concurrency.max(1))),
+        }
+    }
+}
 
 impl<S> Layer<S> for BoundsLayer {
     type Service = Bounds<S>;
 
     fn layer(&self, inner: S) -> Bounds<S> {
-        Bounds { inner }
+        Bounds {
+            inner,
+            in_flight: self.in_flight.clone(),
+        }
     }
 }
 
@@ -60,6 +80,7 @@ impl<S> Layer<S> for BoundsLayer {
 #[derive(Clone, Debug)]
 pub(crate) struct Bounds<S> {
     inner: S,
+    in_flight: Arc<Semaphore>,
 }
 
 impl<S> Service<Request> for Bounds<S>
@@ -76,15 +97,17 @@ where
     }
 
     fn call(&mut self, request: Request) -> Bounded<S::Future> {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            return Bounded::answered(EdgeError::Overloaded);
+        };
         if let Some(refusal) = refusal(&request) {
-            return Bounded::Answered {
-                response: Some(refusal.into_response()),
-            };
+            return Bounded::answered(refusal);
         }
         // A request without a body (every GET a client sends) goes on as it is.
         if HttpBody::is_end_stream(request.body()) {
             return Bounded::Passed {
                 inner: self.inner.call(request),
+                permit,
             };
         }
         // The service made ready goes with the body; its clone serves the next request.
@@ -103,10 +126,12 @@ where
                         return EdgeError::UnreadableBody.into_response();
                     }
                 };
-                match inner.call(Request::from_parts(parts, body)).await {
+                let answer = match inner.call(Request::from_parts(parts, body)).await {
                     Ok(response) => response,
                     Err(never) => match never {},
-                }
+                };
+                drop(permit);
+                answer
             }),
         }
     }
@@ -131,10 +156,18 @@ pin_project! {
     pub(crate) enum Bounded<F> {
         /// Refused at once.
         Answered { response: Option<Response> },
-        /// Within bounds, without a body.
-        Passed { #[pin] inner: F },
+        /// Within bounds, without a body; in flight until answered.
+        Passed { #[pin] inner: F, permit: OwnedSemaphorePermit },
         /// A body being read within its bound, then the request.
         Reading { read: Pin<Box<dyn Future<Output = Response> + Send>> },
+    }
+}
+
+impl<F> Bounded<F> {
+    fn answered(refusal: EdgeError) -> Bounded<F> {
+        Bounded::Answered {
+            response: Some(refusal.into_response()),
+        }
     }
 }
 
@@ -151,7 +184,7 @@ where
                     EdgeError::Internal("a refusal was polled twice".into()).into_response()
                 })))
             }
-            BoundedProj::Passed { inner } => inner.poll(cx),
+            BoundedProj::Passed { inner, .. } => inner.poll(cx),
             BoundedProj::Reading { read } => read.as_mut().poll(cx).map(Ok),
         }
     }
@@ -184,21 +217,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-/// The one semaphore of a process's requests in flight: every clone of the
-/// router, every connection and every route takes its permits from it.
-pub(crate) fn concurrency(max: usize) -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(max.max(1)))
-}
-
-/// The answer to a request shed for lack of a permit: 503 and `Retry-After: 1`.
-pub(crate) async fn overloaded(error: BoxError) -> EdgeError {
-    if error.is::<tower::load_shed::error::Overloaded>() {
-        EdgeError::Overloaded
-    } else {
-        EdgeError::Internal(format!("a middleware failed: {error}"))
-    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
 //! The router: billing routes (with and without `/v1`), errors, CORS.
 
+use crate::cors::CorsLayer;
 use crate::error::EdgeError;
 use crate::limits::{self, MAX_AUTHORIZATION_BYTES};
 use crate::throttle::{Throttle, ThrottleConfig, ThrottleLayer};
 use crate::tls::{ClientTls, InvalidUrl, endpoint};
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -20,10 +20,7 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use tower::ServiceExt;
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::load_shed::LoadShedLayer;
 use tower::util::BoxCloneSyncService;
-use tower_http::cors::{Any, CorsLayer};
 use utoipa::{IntoParams, ToSchema};
 
 /// How long the edge waits for the gRPC service before answering 504, unless
@@ -255,10 +252,11 @@ pub fn app_with(upstream: Upstream, config: EdgeConfig) -> Router {
 /// The layers around every route and the fallback, outermost first:
 /// 1. telemetry ([`crate::telemetry::layers`]): the request id, the span and
 ///    access log, the metrics, so that every answer below is counted;
-/// 2. CORS, so preflights are answered before anything else and every
-///    response, refusals included, carries the headers;
-/// 3. load shedding past `max_concurrency` requests in flight (503 at once);
-/// 4. bounds on the URI (414), the headers (431) and the body (413).
+/// 2. CORS ([`crate::cors`]), so preflights are answered before anything
+///    else and every response, refusals included, carries the headers;
+/// 3. load shedding past `max_concurrency` requests in flight (503 at once),
+///    then bounds on the URI (414), the headers (431) and the body (413)
+///    ([`limits::BoundsLayer`]).
 ///
 /// They are one `Router::layer`: axum boxes each layer call's service apart
 /// and clones every box of a route's stack for every request.
@@ -266,29 +264,10 @@ pub fn app_with(upstream: Upstream, config: EdgeConfig) -> Router {
 /// The billing routes alone are behind the key-guessing throttle (a route
 /// layer, innermost).
 fn layers(router: Router, config: &EdgeConfig) -> Router {
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-        .expose_headers([
-            header::WWW_AUTHENTICATE,
-            header::RETRY_AFTER,
-            request_id::HEADER,
-        ])
-        .max_age(Duration::from_secs(86_400))
-        // Every origin gets the same answer (`*`, fixed methods and
-        // headers), so no response varies by the request's CORS headers;
-        // without a `Vary` list the layer also clones no list per request.
-        .vary([]);
     router.layer(
         crate::telemetry::layers()
-            .layer(cors)
-            .layer(HandleErrorLayer::new(limits::overloaded))
-            .layer(LoadShedLayer::new())
-            .layer(GlobalConcurrencyLimitLayer::with_semaphore(
-                limits::concurrency(config.max_concurrency),
-            ))
-            .layer(limits::BoundsLayer),
+            .layer(CorsLayer)
+            .layer(limits::BoundsLayer::new(config.max_concurrency)),
     )
 }
 

@@ -1,0 +1,208 @@
+//! CORS: one policy for every route. Any origin may read the answers (`*`,
+//! no credentials: a key travels in `Authorization`, never in a cookie),
+//! with `GET`, `HEAD` and `OPTIONS` and the `Authorization` and
+//! `Content-Type` headers. A preflight (any `OPTIONS`) is answered at once,
+//! to be cached for a day.
+//!
+//! This is tower-http's `CorsLayer` with `allow_origin(Any)`, the policy
+//! below and no `Vary`, and it answers exactly as that layer does (a test
+//! compares the two). It is written out because that layer builds a header
+//! map of its settings, copied from them, for every request.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use pin_project_lite::pin_project;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+// The policy, as its headers carry it (lists comma-separated, as tower-http
+// writes them; the test builds tower-http's layer from the same lists).
+const ALLOW_METHODS: HeaderValue = HeaderValue::from_static("GET,HEAD,OPTIONS");
+const ALLOW_HEADERS: HeaderValue = HeaderValue::from_static("authorization,content-type");
+const EXPOSE_HEADERS: HeaderValue =
+    HeaderValue::from_static("www-authenticate,retry-after,x-request-id");
+/// A day, in seconds.
+const MAX_AGE: HeaderValue = HeaderValue::from_static("86400");
+const ANY_ORIGIN: HeaderValue = HeaderValue::from_static("*");
+
+/// Adds the CORS headers to every answer and answers preflights.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CorsLayer;
+
+impl<S> Layer<S> for CorsLayer {
+    type Service = Cors<S>;
+
+    fn layer(&self, inner: S) -> Cors<S> {
+        Cors { inner }
+    }
+}
+
+/// The service of [`CorsLayer`].
+#[derive(Clone, Debug)]
+pub(crate) struct Cors<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for Cors<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = CorsFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> CorsFuture<S::Future> {
+        if request.method() == Method::OPTIONS {
+            return CorsFuture::Preflight {
+                response: Some(preflight()),
+            };
+        }
+        CorsFuture::Call {
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+/// The answer to a preflight: 200, empty, the policy in its headers.
+fn preflight() -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, ALLOW_METHODS);
+    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOW_HEADERS);
+    headers.insert(header::ACCESS_CONTROL_MAX_AGE, MAX_AGE);
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, ANY_ORIGIN);
+    response
+}
+
+pin_project! {
+    /// The response future of [`Cors`].
+    #[project = CorsFutureProj]
+    pub(crate) enum CorsFuture<F> {
+        /// A preflight, answered at once.
+        Preflight { response: Option<Response> },
+        /// Any other request, whose answer gets the headers.
+        Call { #[pin] inner: F },
+    }
+}
+
+impl<F> Future for CorsFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CorsFutureProj::Preflight { response } => {
+                Poll::Ready(Ok(response.take().unwrap_or_else(preflight)))
+            }
+            CorsFutureProj::Call { inner } => inner.poll(cx).map(|answer| {
+                answer.map(|mut response| {
+                    let headers = response.headers_mut();
+                    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE_HEADERS);
+                    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, ANY_ORIGIN);
+                    response
+                })
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tower::ServiceExt;
+    use tower_http::cors::Any;
+
+    /// A route answering 201 with headers of its own, one of them a CORS
+    /// header the layer must replace.
+    async fn route(_: Request) -> Result<Response, Infallible> {
+        let mut response = Response::new(Body::from("body"));
+        *response.status_mut() = StatusCode::CREATED;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        headers.insert(header::VARY, HeaderValue::from_static("accept"));
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("https://other.example"),
+        );
+        Ok(response)
+    }
+
+    /// Status, every header in order, and the body.
+    async fn answer<S>(service: S, request: Request) -> (StatusCode, Vec<(String, String)>, String)
+    where
+        S: Service<Request, Response = Response, Error = Infallible>,
+    {
+        let response = service
+            .oneshot(request)
+            .await
+            .unwrap_or_else(|e| match e {});
+        let status = response.status();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), value)
+            })
+            .collect();
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap_or_default();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn answers_exactly_as_tower_http_with_the_same_policy() {
+        let theirs = tower_http::cors::CorsLayer::new()
+            .allow_origin(Any)
+            .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([
+                header::WWW_AUTHENTICATE,
+                header::RETRY_AFTER,
+                quota_telemetry::request_id::HEADER,
+            ])
+            .max_age(Duration::from_secs(86_400))
+            .vary([]);
+        let requests: [(&str, &[(&str, &str)]); 6] = [
+            (
+                "OPTIONS",
+                &[
+                    ("origin", "https://chat.example"),
+                    ("access-control-request-method", "GET"),
+                    ("access-control-request-headers", "authorization"),
+                ],
+            ),
+            ("OPTIONS", &[]),
+            ("GET", &[("origin", "https://chat.example")]),
+            ("GET", &[]),
+            ("HEAD", &[("origin", "null")]),
+            ("POST", &[("origin", "https://chat.example")]),
+        ];
+        for (method, headers) in requests {
+            let request = || {
+                let mut request = Request::builder().method(method).uri("/v1/x");
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
+                }
+                request.body(Body::empty()).unwrap_or_default()
+            };
+            let ours = answer(CorsLayer.layer(tower::service_fn(route)), request()).await;
+            let expected = answer(theirs.layer(tower::service_fn(route)), request()).await;
+            assert_eq!(ours, expected, "{method} {headers:?}");
+        }
+    }
+}
