@@ -5,6 +5,7 @@ use crate::error::EdgeError;
 use crate::limits::{self, MAX_AUTHORIZATION_BYTES};
 use crate::throttle::{Throttle, ThrottleConfig, ThrottleLayer};
 use crate::tls::{ClientTls, InvalidUrl, endpoint};
+use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -335,7 +336,11 @@ pub(crate) async fn subscription(
         system_hard_limit_usd: s.system_hard_limit_usd,
         access_until: s.access_until,
     };
-    Ok(([(header::CONTENT_TYPE, JSON)], body.to_json()).into_response())
+    // Built as it is sent: `(headers, String)` would set a text content
+    // type first and replace it.
+    let mut response = Response::new(Body::from(body.to_json()));
+    response.headers_mut().insert(header::CONTENT_TYPE, JSON);
+    Ok(response)
 }
 
 /// The `Content-Type` of every JSON body, as [`Json`] sets it.

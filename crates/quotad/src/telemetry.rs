@@ -39,9 +39,9 @@ pub fn init_logging(format: LogFormat) {
 /// The fields of a line or span, written exactly as tracing-subscriber's
 /// default text format writes them without colours (`name=value`, values
 /// debugged, separated by spaces), with one formatting call per field
-/// instead of three. Every request's span is formatted as it is made, log
-/// line or not. The message, errors and raw or `log.` names are left to
-/// [`DefaultVisitor`].
+/// instead of three: names and separators are written as they are. Every
+/// request's span is formatted as it is made, log line or not. The
+/// message, errors and raw or `log.` names are left to [`DefaultVisitor`].
 struct PlainFields;
 
 impl<'writer> FormatFields<'writer> for PlainFields {
@@ -87,7 +87,13 @@ impl Visit for PlainVisitor<'_> {
         }
         let pad = if self.empty { "" } else { " " };
         self.empty = false;
-        self.result = write!(self.writer, "{pad}{name}={value:?}");
+        // Only the value needs `core::fmt`.
+        self.result = self
+            .writer
+            .write_str(pad)
+            .and_then(|()| self.writer.write_str(name))
+            .and_then(|()| self.writer.write_char('='))
+            .and_then(|()| write!(self.writer, "{value:?}"));
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
