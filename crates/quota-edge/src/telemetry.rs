@@ -6,7 +6,7 @@
 //! carry the request id, are logged and are counted.
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::MatchedPath;
 use axum::response::Response;
 use http::Method;
 use pin_project_lite::pin_project;
@@ -15,11 +15,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
-use tower::layer::util::{Identity, Stack};
-use tower::util::MapRequestLayer;
+use tower::layer::util::Stack;
 use tower::{Layer, Service, ServiceBuilder};
 use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnBodyChunk, DefaultOnEos, DefaultOnRequest};
 use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
 use tracing::Span;
@@ -37,12 +35,7 @@ pub(crate) struct InternalDetail(pub(crate) String);
 /// axum boxes each `Router::layer` apart, and clones every box of the
 /// stack for every request.
 pub(crate) fn layers() -> Layers {
-    ServiceBuilder::new()
-        .layer(MapRequestLayer::new(
-            request_id::drop_invalid::<Body> as fn(Request) -> Request,
-        ))
-        .layer(request_id::set_layer())
-        .layer(request_id::propagate_layer())
+    request_id::layers::<Body>()
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(RequestSpan)
@@ -66,13 +59,7 @@ pub(crate) type Layers = ServiceBuilder<
                 DefaultOnEos,
                 (),
             >,
-            Stack<
-                PropagateRequestIdLayer,
-                Stack<
-                    SetRequestIdLayer<MakeRequestUuid>,
-                    Stack<MapRequestLayer<fn(Request) -> Request>, Identity>,
-                >,
-            >,
+            request_id::Stacked<Body>,
         >,
     >,
 >;

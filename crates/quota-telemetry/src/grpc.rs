@@ -13,11 +13,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
-use tower::layer::util::{Identity, Stack};
-use tower::util::MapRequestLayer;
+use tower::layer::util::Stack;
 use tower::{Layer, Service, ServiceBuilder};
 use tower_http::classify::{GrpcErrorsAsFailures, SharedClassifier};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnBodyChunk, DefaultOnEos, DefaultOnRequest, DefaultOnResponse};
 use tower_http::trace::{MakeSpan, TraceLayer};
 use tracing::Span;
@@ -39,13 +37,7 @@ pub type ServerLayers = ServiceBuilder<
                 DefaultOnEos,
                 (),
             >,
-            Stack<
-                PropagateRequestIdLayer,
-                Stack<
-                    SetRequestIdLayer<MakeRequestUuid>,
-                    Stack<MapRequestLayer<fn(Request<Body>) -> Request<Body>>, Identity>,
-                >,
-            >,
+            request_id::Stacked<Body>,
         >,
     >,
 >;
@@ -56,12 +48,7 @@ pub type ServerLayers = ServiceBuilder<
 /// not logged by the trace layer: the service logs an internal error once,
 /// with its detail, inside the span, and the record line gives the code.
 pub fn server_layers() -> ServerLayers {
-    ServiceBuilder::new()
-        .layer(MapRequestLayer::new(
-            request_id::drop_invalid::<Body> as fn(Request<Body>) -> Request<Body>,
-        ))
-        .layer(request_id::set_layer())
-        .layer(request_id::propagate_layer())
+    request_id::layers::<Body>()
         .layer(
             TraceLayer::new_for_grpc()
                 .make_span_with(CallSpan)

@@ -7,6 +7,9 @@
 //! `PropagateRequestIdLayer` copies them onto the response.
 
 use http::{HeaderName, HeaderValue, Request};
+use tower::ServiceBuilder;
+use tower::layer::util::{Identity, Stack};
+use tower::util::MapRequestLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 /// The header (and gRPC metadata key) carrying the id.
@@ -43,15 +46,30 @@ pub fn of<B>(request: &Request<B>) -> &str {
         .unwrap_or_default()
 }
 
-/// Makes an id (a UUID v4) for a request that came without a valid one.
-pub fn set_layer() -> SetRequestIdLayer<MakeRequestUuid> {
-    SetRequestIdLayer::new(HEADER, MakeRequestUuid)
+/// A server's request-id layers, outermost first: a caller's id that
+/// [`is_valid`] refuses dropped ([`drop_invalid`]), a UUID v4 made for a
+/// request without one, the id copied onto the response. Servers add their
+/// own layers to the builder.
+pub fn layers<B>() -> Layers<B> {
+    ServiceBuilder::new()
+        .layer(MapRequestLayer::new(
+            drop_invalid::<B> as fn(Request<B>) -> Request<B>,
+        ))
+        .layer(SetRequestIdLayer::new(HEADER, MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(HEADER))
 }
 
-/// Copies the request's id onto its response.
-pub fn propagate_layer() -> PropagateRequestIdLayer {
-    PropagateRequestIdLayer::new(HEADER)
-}
+/// The type of [`layers`].
+pub type Layers<B> = ServiceBuilder<Stacked<B>>;
+
+/// The layers of [`layers`], for naming a builder that adds to them.
+pub type Stacked<B> = Stack<
+    PropagateRequestIdLayer,
+    Stack<
+        SetRequestIdLayer<MakeRequestUuid>,
+        Stack<MapRequestLayer<fn(Request<B>) -> Request<B>>, Identity>,
+    >,
+>;
 
 #[cfg(test)]
 mod tests {
