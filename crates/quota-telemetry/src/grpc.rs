@@ -145,13 +145,15 @@ impl Call {
         let code_name = metrics::code_name(code);
         // An answered call is `debug` (at `info` that line alone costs a
         // cached read a sixth of its throughput); any other code is `info`.
-        self.span.in_scope(|| {
-            if code == tonic::Code::Ok {
-                tracing::debug!(code = code_name, latency_ms, "call finished");
-            } else {
-                tracing::info!(code = code_name, latency_ms, "call finished");
-            }
-        });
+        // In the call's span as its parent, without entering it: the line of
+        // an answered call is usually filtered out, and entering costs as
+        // much as a line filtered out saves.
+        let span = &self.span;
+        if code == tonic::Code::Ok {
+            tracing::debug!(parent: span, code = code_name, latency_ms, "call finished");
+        } else {
+            tracing::info!(parent: span, code = code_name, latency_ms, "call finished");
+        }
     }
 }
 
