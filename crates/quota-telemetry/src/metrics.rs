@@ -1,8 +1,8 @@
 //! Every metric quota records: its name, its labels, and the one function
 //! that records it.
 //!
-//! Without an installed recorder (`--metrics-addr` unset) each function is a
-//! no-op of a few nanoseconds. Label values are route templates, gRPC method
+//! Without the recorder of [`crate::exporter::install`] (`--metrics-addr`
+//! unset) each function returns at once, recording nothing. Label values are route templates, gRPC method
 //! paths, status names and fixed words: never a key, never a raw URL path.
 
 use metrics::{Counter, Histogram};
@@ -103,7 +103,7 @@ pub fn http_request(route: &str, method: &http::Method, status: http::StatusCode
             },
         );
     });
-    if kept.is_none() {
+    if kept.is_none() && recording() {
         let route = route.to_owned();
         metrics::counter!(
             HTTP_REQUESTS,
@@ -136,7 +136,7 @@ pub fn grpc_request(method: &str, code: tonic::Code, took: Duration) {
             },
         );
     });
-    if kept.is_none() {
+    if kept.is_none() && recording() {
         let method = method.to_owned();
         metrics::counter!(GRPC_REQUESTS, "method" => method.clone(), "code" => code).increment(1);
         metrics::histogram!(GRPC_DURATION, "method" => method).record(took.as_secs_f64());
@@ -184,7 +184,7 @@ pub fn debit(outcome: DebitOutcome, units: i64) {
                 .increment(units);
         }
     });
-    if kept.is_none() {
+    if kept.is_none() && recording() {
         metrics::counter!(DEBITS, "outcome" => outcome.as_str()).increment(1);
         if outcome == DebitOutcome::Debited {
             metrics::counter!(DEBITED_UNITS).increment(units);
@@ -208,7 +208,7 @@ pub fn cache_lookup(cache: &'static str, hit: bool) {
             .get_or_insert_with(register)
             .increment(1);
     });
-    if kept.is_none() {
+    if kept.is_none() && recording() {
         register().increment(1);
     }
 }
@@ -226,7 +226,7 @@ pub fn throttle_refused() {
             .get_or_insert_with(register)
             .increment(1);
     });
-    if kept.is_none() {
+    if kept.is_none() && recording() {
         register().increment(1);
     }
 }
@@ -239,10 +239,17 @@ pub fn db_pool(pool: &'static str, in_use: u32, idle: u32, max: u32) {
 }
 
 /// Whether [`crate::exporter::install`] has installed its recorder. Until
-/// then no handle is kept: one taken without a recorder would stay a no-op
-/// for good, so each call asks the `metrics` facade afresh (a no-op without
-/// a recorder, and correct with any recorder installed some other way).
+/// then nothing is recorded: quota installs no recorder but that one, and
+/// without it the `metrics` facade would build and drop every label set for
+/// nothing (about a thousand instructions a request). After it, each thread
+/// keeps its handles; a thread that cannot (being torn down, or recording
+/// from inside a record) goes through the facade.
 static KEEP: AtomicBool = AtomicBool::new(false);
+
+/// Whether metrics are being recorded: [`KEEP`].
+fn recording() -> bool {
+    KEEP.load(Ordering::Acquire)
+}
 
 /// From now on, each thread keeps the handles of the series it records
 /// ([`Kept`]). Called by [`crate::exporter::install`] once its recorder is
@@ -279,9 +286,10 @@ struct Kept {
 
 /// Runs `record` with this thread's [`Kept`] handles, or returns `None`
 /// when handles are not kept (no recorder of ours yet, or the thread is
-/// being torn down): the caller then records through the facade.
+/// being torn down): the caller then records through the facade if
+/// [`recording`], or not at all.
 fn with_kept<R>(record: impl FnOnce(&mut Kept) -> R) -> Option<R> {
-    if !KEEP.load(Ordering::Acquire) {
+    if !recording() {
         return None;
     }
     KEPT.try_with(|kept| kept.try_borrow_mut().ok().map(|mut kept| record(&mut kept)))
