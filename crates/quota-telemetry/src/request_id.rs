@@ -10,7 +10,9 @@ use http::{HeaderName, HeaderValue, Request};
 use tower::ServiceBuilder;
 use tower::layer::util::{Identity, Stack};
 use tower::util::MapRequestLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 
 /// The header (and gRPC metadata key) carrying the id.
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -55,8 +57,22 @@ pub fn layers<B>() -> Layers<B> {
         .layer(MapRequestLayer::new(
             drop_invalid::<B> as fn(Request<B>) -> Request<B>,
         ))
-        .layer(SetRequestIdLayer::new(HEADER, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(HEADER, MakeUuid))
         .layer(PropagateRequestIdLayer::new(HEADER))
+}
+
+/// Makes a request's id: a UUID v4 in its hyphenated lower-case form, as
+/// tower-http's `MakeRequestUuid` makes it, written into a buffer rather
+/// than through `core::fmt` and a `String`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MakeUuid;
+
+impl MakeRequestId for MakeUuid {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        HeaderValue::from_str(id).ok().map(RequestId::new)
+    }
 }
 
 /// The type of [`layers`].
@@ -66,7 +82,7 @@ pub type Layers<B> = ServiceBuilder<Stacked<B>>;
 pub type Stacked<B> = Stack<
     PropagateRequestIdLayer,
     Stack<
-        SetRequestIdLayer<MakeRequestUuid>,
+        SetRequestIdLayer<MakeUuid>,
         Stack<MapRequestLayer<fn(Request<B>) -> Request<B>>, Identity>,
     >,
 >;
@@ -89,6 +105,25 @@ mod tests {
         assert!(!is_valid(
             &HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap_or(value("x y"))
         ));
+    }
+
+    #[test]
+    fn made_ids_are_distinct_uuids_v4() {
+        let request = Request::new(());
+        let mut made = std::collections::HashSet::new();
+        for _ in 0..100 {
+            let id = MakeUuid
+                .make_request_id(&request)
+                .map(|id| id.header_value().clone());
+            let id = id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let parsed = uuid::Uuid::parse_str(id).unwrap_or_default();
+            assert_eq!(parsed.get_version_num(), 4, "{id}");
+            assert_eq!(id, parsed.hyphenated().to_string(), "{id}");
+            assert!(made.insert(id.to_owned()), "{id} made twice");
+        }
     }
 
     #[test]
