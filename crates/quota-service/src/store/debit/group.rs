@@ -4,8 +4,8 @@
 //! The tokens' rows are locked first, in ascending id order, so that two
 //! groups (on one replica or on several sharing the database) never wait for
 //! each other in a cycle. Then one SELECT looks up the holds the group's
-//! request ids name, together with the live holds of its tokens that have
-//! expired by the group's latest time, and one SELECT the ledger rows that
+//! request ids name, together (`UNION`) with the live holds of its tokens
+//! that have expired by the group's latest time, and one SELECT the ledger rows that
 //! the request ids naming no hold of their token name (none when every id
 //! names a hold). Each token's operations run in memory against its own
 //! counters ([`Book`]); the result is written with one UPDATE of every changed
@@ -20,10 +20,12 @@ use crate::domain::{Hold, HoldState, KeyDigest, QuotaError, Token};
 use crate::store::entity::{hold, ledger, token};
 use crate::store::usage::{UsageDays, add_usage_days};
 use crate::store::{Store, to_domain};
-use sea_orm::sea_query::{Expr, ExprTrait, InsertStatement, Query, SimpleExpr};
+use sea_orm::sea_query::{
+    Expr, ExprTrait, InsertStatement, Query, SelectStatement, SimpleExpr, UnionType,
+};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
 };
 use std::collections::{HashMap, HashSet};
 
@@ -183,23 +185,32 @@ async fn load(
         .filter(|(_, t)| t.held != 0)
         .map(|(_, t)| t.id)
         .collect();
-    let mut condition = Condition::any();
-    if !request_ids.is_empty() {
-        condition = condition.add(hold::Column::RequestId.is_in(request_ids.iter().copied()));
-    }
-    if !holding.is_empty() {
-        condition = condition.add(
-            Condition::all()
-                .add(hold::Column::TokenId.is_in(holding))
-                .add(hold::Column::State.eq(HoldState::Live.code()))
-                .add(hold::Column::ExpiresAt.lte(latest)),
-        );
-    }
+    // Two SELECTs joined by UNION rather than one with OR: SQLite plans the
+    // OR of the two (both branches name `token_id`) as a scan of every hold
+    // of the token, which grows with a busy token's settled holds.
+    let named = (!request_ids.is_empty()).then(|| {
+        hold_select()
+            .and_where(Expr::col(hold::Column::TokenId).is_in(token_ids.iter().copied()))
+            .and_where(Expr::col(hold::Column::RequestId).is_in(request_ids.iter().copied()))
+            .to_owned()
+    });
+    let expired = (!holding.is_empty()).then(|| {
+        hold_select()
+            .and_where(Expr::col(hold::Column::TokenId).is_in(holding))
+            .and_where(Expr::col(hold::Column::State).eq(HoldState::Live.code()))
+            .and_where(Expr::col(hold::Column::ExpiresAt).lte(latest))
+            .to_owned()
+    });
+    let select = match (named, expired) {
+        (Some(mut named), Some(expired)) => {
+            Some(named.union(UnionType::Distinct, expired).to_owned())
+        }
+        (named, expired) => named.or(expired),
+    };
     let mut holds: HashMap<i64, Vec<hold::Model>> = HashMap::new();
-    if !condition.is_empty() && !token_ids.is_empty() {
+    if let Some(select) = select.filter(|_| !token_ids.is_empty()) {
         let rows = hold::Entity::find()
-            .filter(hold::Column::TokenId.is_in(token_ids.iter().copied()))
-            .filter(condition)
+            .from_raw_sql(txn.get_database_backend().build(&select))
             .all(txn)
             .await?;
         for row in rows {
@@ -256,6 +267,24 @@ async fn load(
         books.insert(digest, book);
     }
     Ok(books)
+}
+
+/// `SELECT` of every column of `quota_holds`, in the order of [`hold::Model`].
+fn hold_select() -> SelectStatement {
+    use hold::Column as C;
+    Query::select()
+        .columns([
+            C::Id,
+            C::TokenId,
+            C::RequestId,
+            C::Units,
+            C::ExpiresAt,
+            C::State,
+            C::CreatedAt,
+            C::UpdatedAt,
+        ])
+        .from(hold::Entity)
+        .to_owned()
 }
 
 /// What a group writes, gathered from every token's [`Book`].
