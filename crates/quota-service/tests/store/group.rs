@@ -282,3 +282,34 @@ on_every_database!(
 async fn two_replicas(db: TestDb) {
     burst_over_many_tokens(&[db.store().await, db.store().await]).await;
 }
+
+/// Every PostgreSQL connection of the store plans each statement with its
+/// values: a generic plan made while the ledger was small would read every
+/// ledger row of a hot token to look up a group's request ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_plan_statements_with_their_values() {
+    use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let store = db.store().await;
+    // Four connections at once (each transaction holds its own), so that
+    // more than the first one made is checked.
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let txn = sea_orm::TransactionTrait::begin(store.connection())
+            .await
+            .unwrap();
+        let row = txn
+            .query_one_raw(Statement::from_string(
+                DatabaseBackend::Postgres,
+                "SHOW plan_cache_mode",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let mode: String = row.try_get_by_index(0).unwrap();
+        assert_eq!(mode, "force_custom_plan");
+        open.push(txn);
+    }
+}
