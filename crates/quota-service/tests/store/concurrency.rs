@@ -281,14 +281,7 @@ on_every_database!(
 async fn a_burst_on_a_refused_token_is_refused_whole(db: TestDb) {
     let store = db.store().await;
     let (disabled, disabled_key) = new_token(&store, 1_000).await;
-    let off = TokenChanges {
-        enabled: Some(false),
-        ..TokenChanges::default()
-    };
-    store
-        .update_token(&TokenLocator::Id(disabled.id), off, NOW)
-        .await
-        .unwrap();
+    disable(&store, disabled.id, NOW).await;
     let (expired, expired_key) = create(
         &store,
         NewToken {

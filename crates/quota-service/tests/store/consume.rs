@@ -74,17 +74,7 @@ async fn consume_refuses_disabled_expired_and_unknown(db: TestDb) {
     let store = db.store().await;
 
     let (disabled, disabled_key) = new_token(&store, 100).await;
-    store
-        .update_token(
-            &TokenLocator::Id(disabled.id),
-            TokenChanges {
-                enabled: Some(false),
-                ..TokenChanges::default()
-            },
-            NOW,
-        )
-        .await
-        .unwrap();
+    disable(&store, disabled.id, NOW).await;
     let refused = consume(&store, &disabled_key, 10, Some("d")).await;
     assert!(
         matches!(refused, Err(QuotaError::TokenDisabled)),

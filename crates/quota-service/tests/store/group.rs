@@ -161,14 +161,7 @@ async fn burst_over_many_tokens(stores: &[Store]) {
     let mut refused = Vec::new();
     for _ in 0..DISABLED {
         let (tok, key) = new_token(store, QUOTA).await;
-        let off = TokenChanges {
-            enabled: Some(false),
-            ..TokenChanges::default()
-        };
-        store
-            .update_token(&TokenLocator::Id(tok.id), off, NOW)
-            .await
-            .expect("disable");
+        disable(store, tok.id, NOW).await;
         refused.push((Case::Disabled, key));
     }
     for _ in 0..EXHAUSTED {

@@ -34,6 +34,18 @@ pub async fn create(store: &Store, new: NewToken) -> (Token, TokenKey) {
     store.create_token(new, NOW).await.expect("create token")
 }
 
+/// Disables token `id` at `at`.
+pub async fn disable(store: &Store, id: i64, at: i64) {
+    let off = TokenChanges {
+        enabled: Some(false),
+        ..TokenChanges::default()
+    };
+    store
+        .update_token(&TokenLocator::Id(id), off, at)
+        .await
+        .expect("disable token");
+}
+
 pub fn units(n: i64) -> QuotaUnits {
     QuotaUnits::positive(n).unwrap()
 }

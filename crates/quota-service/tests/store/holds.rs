@@ -256,17 +256,7 @@ async fn lone_calls_that_fall_back(db: TestDb) {
         .reserve(&digest, units(7), "before", ttl(), later)
         .await
         .unwrap();
-    store
-        .update_token(
-            &TokenLocator::Id(tok.id),
-            TokenChanges {
-                enabled: Some(false),
-                ..TokenChanges::default()
-            },
-            later,
-        )
-        .await
-        .unwrap();
+    disable(&store, tok.id, later).await;
     assert!(matches!(
         store
             .reserve(&digest, units(1), "after", ttl(), later)

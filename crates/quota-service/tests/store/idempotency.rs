@@ -44,17 +44,7 @@ async fn repeated_request_id_debits_once(db: TestDb) {
     assert_exhausted(consume(&store, &key, 100, Some("c")).await, 0, 100);
 
     // Disabled: a repeat still succeeds, a new request is refused.
-    store
-        .update_token(
-            &TokenLocator::Id(tok.id),
-            TokenChanges {
-                enabled: Some(false),
-                ..TokenChanges::default()
-            },
-            NOW,
-        )
-        .await
-        .unwrap();
+    disable(&store, tok.id, NOW).await;
     let repeat = consume(&store, &key, 100, Some("a")).await.unwrap();
     assert!(repeat.repeat);
     assert_eq!(repeat.balance, limited(0, 1_000));
