@@ -255,8 +255,7 @@ async fn burst_over_many_tokens(stores: &[Store]) {
             assert!(debits_of(store, tok.id).await.is_empty(), "{case:?}");
         }
     }
-    let verification = store.verify().await.expect("verify");
-    assert!(verification.agrees(), "{:?}", verification.disagreeing);
+    let verification = assert_verified(store).await;
     assert_eq!(
         verification.tokens,
         (PAYING + DISABLED + EXHAUSTED + 1) as u64

@@ -34,6 +34,13 @@ pub async fn create(store: &Store, new: NewToken) -> (Token, TokenKey) {
     store.create_token(new, NOW).await.expect("create token")
 }
 
+/// `quotad verify`'s check of the whole database, asserted to agree.
+pub async fn assert_verified(store: &Store) -> quota_service::store::verify::Verification {
+    let verification = store.verify().await.expect("verify");
+    assert!(verification.agrees(), "{:?}", verification.disagreeing);
+    verification
+}
+
 /// Disables token `id` at `at`.
 pub async fn disable(store: &Store, id: i64, at: i64) {
     let off = TokenChanges {

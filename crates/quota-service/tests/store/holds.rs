@@ -42,11 +42,6 @@ async fn usage_of(store: &Store, token_id: i64) -> Vec<(i64, i64)> {
         .collect()
 }
 
-async fn assert_verified(store: &Store) {
-    let verification = store.verify().await.expect("verify");
-    assert!(verification.agrees(), "{:?}", verification.disagreeing);
-}
-
 on_every_database!(
     a_reserve_and_its_settle_write_their_rows_and_answers,
     lone_reserve_and_settle
