@@ -329,6 +329,15 @@ fn pgbench(
     })
 }
 
+/// Refreshes PostgreSQL's planner statistics, as autovacuum keeps them on a
+/// database in service: each run starts from tables the planner knows, not
+/// from the empty ones a fresh database had when it was seeded (whose plans
+/// scan every row of tables that have since grown).
+async fn analyze(store: &Store) -> Result<(), BoxError> {
+    store.connection().execute_unprepared("ANALYZE").await?;
+    Ok(())
+}
+
 async fn serve(url: &str) -> Result<(TestServer, Store), BoxError> {
     let store = Store::connect(url).await?;
     store.migrate().await?;
@@ -396,10 +405,12 @@ async fn main() -> Result<(), BoxError> {
                 .map_or(server.as_str(), |(base, _)| base)
         );
         let result = async {
-            let (grpc, _store) = serve(&url).await?;
+            let (grpc, store) = serve(&url).await?;
             for workload in [Workload::Spread, Workload::Hot] {
+                analyze(&store).await?;
                 let ours = drive(&grpc.url(), workload, Calls::Consume, args.callers, args.seconds)
                     .await?;
+                analyze(&store).await?;
                 let pg = pgbench(&url, workload, args.callers, args.seconds)?;
                 println!(
                     "| PostgreSQL | {} | Consume | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {:.2} |",
@@ -415,6 +426,7 @@ async fn main() -> Result<(), BoxError> {
                 if pg.errors > 0 {
                     println!("(pgbench reported {} failed transactions)", pg.errors);
                 }
+                analyze(&store).await?;
                 holds_row("PostgreSQL", &grpc.url(), workload, &ours, &args).await?;
             }
             Ok::<_, BoxError>(())

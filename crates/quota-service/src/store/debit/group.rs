@@ -4,10 +4,11 @@
 //! The tokens' rows are locked first, in ascending id order, so that two
 //! groups (on one replica or on several sharing the database) never wait for
 //! each other in a cycle. Then one SELECT looks up the holds the group's
-//! request ids name, together (`UNION`) with the live holds of its tokens
-//! that have expired by the group's latest time, and one SELECT the ledger rows that
-//! the request ids naming no hold of their token name (none when every id
-//! names a hold). Each token's operations run in memory against its own
+//! (token, request id) pairs name, together (`UNION ALL`) with the live holds
+//! of its tokens that have expired by the group's latest time, and one
+//! SELECT the ledger rows of the pairs that name no hold (none when every id
+//! names a hold). Both name exact pairs, which the unique (token, request id)
+//! indexes answer, so a token's history never makes them slower. Each token's operations run in memory against its own
 //! counters ([`Book`]); the result is written with one UPDATE of every changed
 //! token row, one INSERT of the new holds, one UPDATE per hold state, one
 //! INSERT of the ledger rows and one upsert of the usage per token and UTC
@@ -24,8 +25,8 @@ use sea_orm::sea_query::{
     Expr, ExprTrait, InsertStatement, Query, SelectStatement, SimpleExpr, UnionType,
 };
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 use std::collections::{HashMap, HashSet};
 
@@ -175,23 +176,32 @@ async fn load(
     group: &[Work<'_>],
     latest: i64,
 ) -> Result<HashMap<String, Book>, BatchError> {
-    let request_ids: Vec<&str> = group
+    let id_of: HashMap<&str, i64> = tokens.iter().map(|(d, t)| (d.as_str(), t.id)).collect();
+    // Each locked token's id with the request ids its operations name.
+    let named: Vec<(i64, Vec<&str>)> = group
         .iter()
-        .flat_map(|(_, ops)| ops.iter().filter_map(|(op, _)| op.request_id()))
+        .filter_map(|(digest, ops)| {
+            let ids: Vec<&str> = ops.iter().filter_map(|(op, _)| op.request_id()).collect();
+            let token = id_of.get(digest.as_str())?;
+            (!ids.is_empty()).then_some((*token, ids))
+        })
         .collect();
-    let token_ids: Vec<i64> = tokens.iter().map(|(_, t)| t.id).collect();
     let holding: Vec<i64> = tokens
         .iter()
         .filter(|(_, t)| t.held != 0)
         .map(|(_, t)| t.id)
         .collect();
-    // Two SELECTs joined by UNION rather than one with OR: SQLite plans the
-    // OR of the two (both branches name `token_id`) as a scan of every hold
-    // of the token, which grows with a busy token's settled holds.
-    let named = (!request_ids.is_empty()).then(|| {
+    // Two SELECTs joined by UNION ALL rather than one with OR: SQLite plans
+    // the OR of the two (both branches name `token_id`) as a scan of every
+    // hold of the token, which grows with a busy token's settled holds. A
+    // hold both named and expired comes twice and is kept once.
+    let named_holds = (!named.is_empty()).then(|| {
         hold_select()
-            .and_where(Expr::col(hold::Column::TokenId).is_in(token_ids.iter().copied()))
-            .and_where(Expr::col(hold::Column::RequestId).is_in(request_ids.iter().copied()))
+            .cond_where(named_pairs(
+                &named,
+                hold::Column::TokenId,
+                hold::Column::RequestId,
+            ))
             .to_owned()
     });
     let expired = (!holding.is_empty()).then(|| {
@@ -201,51 +211,49 @@ async fn load(
             .and_where(Expr::col(hold::Column::ExpiresAt).lte(latest))
             .to_owned()
     });
-    let select = match (named, expired) {
-        (Some(mut named), Some(expired)) => {
-            Some(named.union(UnionType::Distinct, expired).to_owned())
-        }
+    let select = match (named_holds, expired) {
+        (Some(mut named), Some(expired)) => Some(named.union(UnionType::All, expired).to_owned()),
         (named, expired) => named.or(expired),
     };
     let mut holds: HashMap<i64, Vec<hold::Model>> = HashMap::new();
-    if let Some(select) = select.filter(|_| !token_ids.is_empty()) {
+    if let Some(select) = select {
         let rows = hold::Entity::find()
             .from_raw_sql(txn.get_database_backend().build(&select))
             .all(txn)
             .await?;
+        let mut seen = HashSet::with_capacity(rows.len());
         for row in rows {
-            holds.entry(row.token_id).or_default().push(row);
+            if seen.insert(row.id) {
+                holds.entry(row.token_id).or_default().push(row);
+            }
         }
     }
     // A request id that names a hold of its token is a hold, whatever the
     // ledger says ([`Book::new`] drops such ids): only the others are
     // looked up there, and a group whose ids all name holds (settles and
     // releases) skips the ledger.
-    let request_ids: Vec<&str> = {
-        let named: HashSet<(i64, &str)> = holds
-            .iter()
-            .flat_map(|(id, rows)| rows.iter().map(move |h| (*id, h.request_id.as_str())))
-            .collect();
-        let id_of: HashMap<&str, i64> = tokens.iter().map(|(d, t)| (d.as_str(), t.id)).collect();
-        let named = &named;
-        group
-            .iter()
-            .flat_map(|(digest, ops)| {
-                let token = id_of.get(digest.as_str()).copied();
-                ops.iter()
-                    .filter_map(|(op, _)| op.request_id())
-                    .filter(move |r| token.is_some_and(|t| !named.contains(&(t, *r))))
-            })
-            .collect()
-    };
+    let unnamed: Vec<(i64, Vec<&str>)> = named
+        .into_iter()
+        .filter_map(|(token, ids)| {
+            let found = holds.get(&token);
+            let ids: Vec<&str> = ids
+                .into_iter()
+                .filter(|r| found.is_none_or(|rows| rows.iter().all(|h| h.request_id != *r)))
+                .collect();
+            (!ids.is_empty()).then_some((token, ids))
+        })
+        .collect();
     let mut debits: HashMap<i64, Vec<String>> = HashMap::new();
-    if !request_ids.is_empty() && !token_ids.is_empty() {
+    if !unnamed.is_empty() {
         let rows = ledger::Entity::find()
             .select_only()
             .column(ledger::Column::TokenId)
             .column(ledger::Column::RequestId)
-            .filter(ledger::Column::TokenId.is_in(token_ids))
-            .filter(ledger::Column::RequestId.is_in(request_ids))
+            .filter(named_pairs(
+                &unnamed,
+                ledger::Column::TokenId,
+                ledger::Column::RequestId,
+            ))
             .into_tuple::<(i64, Option<String>)>()
             .all(txn)
             .await?;
@@ -267,6 +275,21 @@ async fn load(
         books.insert(digest, book);
     }
     Ok(books)
+}
+
+/// `(token = t1 AND request IN (…)) OR (token = t2 AND …)`: exactly the
+/// (token, request id) pairs named, which only the unique index on those
+/// two columns answers. A plain `token IN (…) AND request IN (…)` lets a
+/// planner whose statistics predate a token's growth read every row of the
+/// token by its other index, which a busy token makes slower with each call.
+fn named_pairs<C: ColumnTrait>(pairs: &[(i64, Vec<&str>)], token: C, request: C) -> Condition {
+    pairs.iter().fold(Condition::any(), |any, (id, ids)| {
+        any.add(
+            Condition::all()
+                .add(token.eq(*id))
+                .add(request.is_in(ids.iter().copied())),
+        )
+    })
 }
 
 /// `SELECT` of every column of `quota_holds`, in the order of [`hold::Model`].
@@ -418,4 +441,30 @@ fn holds_insert(rows: Vec<[SimpleExpr; 7]>) -> Result<InsertStatement, BatchErro
             .map_err(|e| QuotaError::Internal(format!("hold insert: {e}")))?;
     }
     Ok(insert)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::sea_query::SqliteQueryBuilder;
+
+    #[test]
+    fn named_pairs_match_each_token_with_its_own_request_ids() {
+        let pairs = vec![(7, vec!["a", "b"]), (9, vec!["c"])];
+        let sql = hold_select()
+            .cond_where(named_pairs(
+                &pairs,
+                hold::Column::TokenId,
+                hold::Column::RequestId,
+            ))
+            .to_string(SqliteQueryBuilder);
+        let (_, condition) = sql.split_once(" WHERE ").expect("a WHERE clause");
+        assert_eq!(
+            condition,
+            concat!(
+                r#"("quota_holds"."token_id" = 7 AND "quota_holds"."request_id" IN ('a', 'b'))"#,
+                r#" OR ("quota_holds"."token_id" = 9 AND "quota_holds"."request_id" IN ('c'))"#,
+            )
+        );
+    }
 }
