@@ -258,6 +258,11 @@ async fn request_ids_are_one_namespace_with_consume(db: TestDb) {
         code(api.reserve(&key, 1, "debit", 60).await),
         Code::AlreadyExists
     );
+    // The id is the answer even when the balance could not cover the hold.
+    assert_eq!(
+        code(api.reserve(&key, 1000, "debit", 60).await),
+        Code::AlreadyExists
+    );
     assert_eq!(
         code(api.settle(&key, "debit", 1).await),
         Code::AlreadyExists

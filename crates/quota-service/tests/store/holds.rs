@@ -345,3 +345,69 @@ async fn batch_of_new_and_changed_holds(db: TestDb) {
     );
     assert_verified(&store).await;
 }
+
+on_every_database!(
+    a_burst_of_reserves_finds_the_ids_that_name_debits,
+    reserves_reusing_debit_ids
+);
+/// A burst of reserves over several tokens, from many callers at once, so
+/// that groups mix them: some ids name a `Consume` debit of their token
+/// (some of those within the balance, some beyond it: `ALREADY_EXISTS`
+/// either way), the rest are new. Each answer is exact and nothing of a
+/// refused reserve is written.
+async fn reserves_reusing_debit_ids(db: TestDb) {
+    const TOKENS: usize = 6;
+    const IDS: usize = 24;
+    let store = db.store().await;
+    let mut tokens = Vec::new();
+    for _ in 0..TOKENS {
+        let (tok, key) = new_token(&store, 1_000).await;
+        for i in (0..IDS).step_by(3) {
+            consume(&store, &key, 1, Some(&format!("id-{i}")))
+                .await
+                .unwrap();
+        }
+        tokens.push((tok, key));
+    }
+    let mut tasks = Vec::new();
+    for (t, (_, key)) in tokens.iter().enumerate() {
+        for i in 0..IDS {
+            let (store, digest) = (store.clone(), key.digest());
+            // Every sixth id names a debit and asks more than the balance.
+            let quota = if i % 6 == 0 { 5_000 } else { 10 };
+            tasks.push(tokio::spawn(async move {
+                let answer = store
+                    .reserve(&digest, units(quota), &format!("id-{i}"), ttl(), NOW)
+                    .await;
+                (t, i, answer)
+            }));
+        }
+    }
+    for task in tasks {
+        let (t, i, answer) = task.await.unwrap();
+        if i % 3 == 0 {
+            assert!(
+                matches!(answer, Err(QuotaError::RequestIdInUse(_))),
+                "token {t}, id-{i}: {answer:?}"
+            );
+        } else {
+            assert!(answer.is_ok(), "token {t}, id-{i}: {answer:?}");
+        }
+    }
+    let debits = (IDS / 3) as i64;
+    let granted = (IDS - IDS / 3) as i64;
+    for (tok, _) in &tokens {
+        let row = row_of(&store, tok.id).await;
+        assert_eq!(
+            (row.remaining, row.used, row.held),
+            (1_000 - debits, debits, 10 * granted)
+        );
+        let holds = holds_of(&store, tok.id).await;
+        assert_eq!(holds.len() as i64, granted);
+        for h in &holds {
+            let i: usize = h.request_id["id-".len()..].parse().unwrap();
+            assert_ne!(i % 3, 0, "a hold was written under a debit's id");
+        }
+    }
+    assert_verified(&store).await;
+}
