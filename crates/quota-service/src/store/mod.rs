@@ -86,8 +86,9 @@ impl Store {
     ///
     /// SQLite writes on a single connection: SQLite admits one writer at a
     /// time anyway, and with one connection no "database is locked" can reach
-    /// a caller, since writes queue for the connection instead. Reads of a
-    /// SQLite file use a few more connections, which WAL runs beside the
+    /// a caller, since writes queue for the connection instead; debits have
+    /// one committer, which takes for each transaction every call that
+    /// arrived meanwhile. Reads of a SQLite file use a few more connections, which WAL runs beside the
     /// writer. WAL and a busy timeout cover other processes on the same file
     /// (`quotad migrate`).
     pub async fn connect(url: &str) -> Result<Store, QuotaError> {
@@ -97,7 +98,7 @@ impl Store {
             return Ok(Store {
                 read: db.clone(),
                 db,
-                queues: Default::default(),
+                queues: Arc::new(debit::Queues::new(false)),
                 wait: Some(DATABASE_WAIT),
                 gave_up,
             });
@@ -118,7 +119,7 @@ impl Store {
         Ok(Store {
             db,
             read,
-            queues: Default::default(),
+            queues: Arc::new(debit::Queues::new(true)),
             wait: None,
             gave_up,
         })

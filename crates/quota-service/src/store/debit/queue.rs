@@ -13,7 +13,10 @@ use tokio::sync::oneshot;
 const MAX_BATCH: usize = 256;
 /// The most calls one group transaction takes (a token's batch may pass it).
 const MAX_GROUP: usize = 256;
-/// The most group transactions a store runs at once.
+/// The most group transactions a store on a server database runs at once.
+/// On SQLite, whose writes share one connection, one: a second committer
+/// would only take the next group early and wait for the connection with
+/// it, so that each transaction settled half as many calls.
 const MAX_COMMITTERS: usize = 4;
 /// The most debits that may wait for one token; more are refused as busy
 /// (UNAVAILABLE, retryable) rather than queued without bound behind a stuck lock.
@@ -87,13 +90,24 @@ struct State {
     ready: VecDeque<KeyDigest>,
     /// Committer tasks running.
     committers: usize,
+    /// The most that may run.
+    max_committers: usize,
 }
 
 /// The debit queues of a store.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Queues(Mutex<State>);
 
 impl Queues {
+    /// The queues of a store whose writes share one connection (`single`:
+    /// SQLite) or not.
+    pub(crate) fn new(single: bool) -> Queues {
+        Queues(Mutex::new(State {
+            max_committers: if single { 1 } else { MAX_COMMITTERS },
+            ..State::default()
+        }))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // The state is consistent at every unlock: a poisoned lock is still usable.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
@@ -161,9 +175,9 @@ impl State {
     }
 
     /// Counts a new committer if one is wanted: work is ready and fewer than
-    /// [`MAX_COMMITTERS`] run.
+    /// the most that may run.
     fn want_committer(&mut self) -> bool {
-        let wanted = !self.ready.is_empty() && self.committers < MAX_COMMITTERS;
+        let wanted = !self.ready.is_empty() && self.committers < self.max_committers;
         if wanted {
             self.committers += 1;
         }
@@ -411,5 +425,29 @@ fn unreachable<T>(outcome: &Result<T, QuotaError>) -> Option<QuotaError> {
     match outcome {
         Err(err @ QuotaError::Unavailable(_)) => Some(err.clone()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Makes `n` tokens ready and asks for a committer after each, as
+    /// `enqueue` does; returns how many were granted.
+    fn committers_for(queues: &Queues, n: usize) -> usize {
+        let mut state = queues.lock();
+        (0..n)
+            .filter(|i| {
+                let digest = KeyDigest::of(&format!("sk-{i:048}"));
+                state.ready.push_back(digest);
+                state.want_committer()
+            })
+            .count()
+    }
+
+    #[test]
+    fn one_connection_gets_one_committer_and_a_server_four() {
+        assert_eq!(committers_for(&Queues::new(true), 10), 1);
+        assert_eq!(committers_for(&Queues::new(false), 10), MAX_COMMITTERS);
     }
 }
