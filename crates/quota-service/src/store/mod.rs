@@ -88,9 +88,9 @@ impl Store {
     /// time anyway, and with one connection no "database is locked" can reach
     /// a caller, since writes queue for the connection instead; debits have
     /// one committer, which takes for each transaction every call that
-    /// arrived meanwhile. Reads of a SQLite file use a few more connections, which WAL runs beside the
-    /// writer. WAL and a busy timeout cover other processes on the same file
-    /// (`quotad migrate`).
+    /// arrived meanwhile. Reads of a SQLite file use a few more connections,
+    /// which WAL runs beside the writer. WAL and a busy timeout cover other
+    /// processes on the same file (`quotad migrate`).
     pub async fn connect(url: &str) -> Result<Store, QuotaError> {
         let gave_up = Arc::<GaveUp>::default();
         if !url.starts_with("sqlite:") {

@@ -7,12 +7,13 @@
 //! (token, request id) pairs name, together (`UNION ALL`) with the live holds
 //! of its tokens that have expired by the group's latest time, and one
 //! SELECT the ledger rows of the pairs that name no hold (none when every id
-//! names a hold). Both name exact pairs, which the unique (token, request id)
-//! indexes answer, so a token's history never makes them slower. Each token's operations run in memory against its own
-//! counters ([`Book`]); the result is written with one UPDATE of every changed
-//! token row, one INSERT of the new holds, one UPDATE per hold state, one
-//! INSERT of the ledger rows and one upsert of the usage per token and UTC
-//! day, then one commit for all of them.
+//! names a hold). Both name exact pairs, which the unique (token, request
+//! id) indexes answer, so a token's history never makes them slower. Each
+//! token's operations run in memory against its own counters ([`Book`]);
+//! the result is written with one UPDATE of every changed token row, one
+//! INSERT of the new holds, one UPDATE per hold state, one INSERT of the
+//! ledger rows and one upsert of the usage per token and UTC day, then one
+//! commit for all of them.
 
 use super::batch::Book;
 use super::queue::{Op, Outcome};

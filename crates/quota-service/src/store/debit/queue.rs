@@ -16,7 +16,7 @@ const MAX_GROUP: usize = 256;
 /// The most group transactions a store on a server database runs at once.
 /// On SQLite, whose writes share one connection, one: a second committer
 /// would only take the next group early and wait for the connection with
-/// it, so that each transaction settled half as many calls.
+/// it, so that each transaction settled fewer calls.
 const MAX_COMMITTERS: usize = 4;
 /// The most debits that may wait for one token; more are refused as busy
 /// (UNAVAILABLE, retryable) rather than queued without bound behind a stuck lock.
