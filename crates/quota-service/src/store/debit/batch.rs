@@ -43,8 +43,9 @@ pub(super) struct Book {
 
 impl Book {
     /// The book of `token` (its row locked), from the hold rows looked up for
-    /// it (those its operations name, and live ones expired by `latest`) and
-    /// the request ids of its ledger rows that its operations name.
+    /// it (those its operations name, and live ones expired by `latest`; a
+    /// row that is both comes twice and counts once) and the request ids of
+    /// its ledger rows that its operations name.
     pub(super) fn new(
         token: Token,
         hold_rows: Vec<hold::Model>,
@@ -54,6 +55,9 @@ impl Book {
         let mut holds = HashMap::with_capacity(hold_rows.len());
         let mut expiring = Vec::new();
         for row in hold_rows {
+            if holds.contains_key(&row.request_id) {
+                continue;
+            }
             let hold = Hold {
                 units: row.units,
                 expires_at: row.expires_at,

@@ -29,7 +29,7 @@ use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait,
     QueryFilter, QueryOrder, QuerySelect,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// One token's operations in a group, each with its time.
 /// How many times a group the database rolled back to break a deadlock runs again.
@@ -195,7 +195,7 @@ async fn load(
     // Two SELECTs joined by UNION ALL rather than one with OR: SQLite plans
     // the OR of the two (both branches name `token_id`) as a scan of every
     // hold of the token, which grows with a busy token's settled holds. A
-    // hold both named and expired comes twice and is kept once.
+    // hold both named and expired comes twice ([`Book::new`] keeps one).
     let named_holds = (!named.is_empty()).then(|| {
         hold_select()
             .cond_where(named_pairs(
@@ -222,11 +222,8 @@ async fn load(
             .from_raw_sql(txn.get_database_backend().build(&select))
             .all(txn)
             .await?;
-        let mut seen = HashSet::with_capacity(rows.len());
         for row in rows {
-            if seen.insert(row.id) {
-                holds.entry(row.token_id).or_default().push(row);
-            }
+            holds.entry(row.token_id).or_default().push(row);
         }
     }
     // A request id that names a hold of its token is a hold, whatever the
