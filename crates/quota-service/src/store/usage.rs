@@ -7,8 +7,10 @@
 //! token's deletion removes both. So the table always equals the ledger's
 //! debits summed per (token, day), which `quotad verify` checks.
 
+use super::entity::usage_day;
 use super::{Store, placeholder};
 use crate::domain::{DaySpend, QuotaError, UsageWindow};
+use sea_orm::sea_query::{Expr, ExprTrait, InsertStatement, OnConflict, Query};
 use sea_orm::{ConnectionTrait, DatabaseBackend, DbErr, Statement};
 use std::collections::BTreeMap;
 
@@ -51,41 +53,46 @@ pub(in crate::store) async fn add_usage_days<C: ConnectionTrait>(
     txn: &C,
     days: &UsageDays,
 ) -> Result<(), DbErr> {
-    if days.0.is_empty() {
-        return Ok(());
+    if let Some(upsert) = usage_upsert(txn.get_database_backend(), days)? {
+        txn.execute(&upsert).await?;
     }
-    let backend = txn.get_database_backend();
-    let mut rows = Vec::with_capacity(days.0.len());
-    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(days.0.len() * 3);
-    for (&(token_id, day), &units) in &days.0 {
-        let n = values.len();
-        rows.push([1, 2, 3].map(|i| placeholder(backend, n + i)));
-        values.extend([token_id.into(), day.into(), units.into()]);
-    }
-    let sql = upsert_sql(backend, &rows);
-    txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
-        .await?;
     Ok(())
 }
 
-/// The upsert of [`add_usage_days`], each row three SQL expressions
-/// (token id, day, units).
-pub(in crate::store) fn upsert_sql(backend: DatabaseBackend, rows: &[[String; 3]]) -> String {
-    let rows: Vec<String> = rows
-        .iter()
-        .map(|row| format!("({})", row.join(", ")))
-        .collect();
-    let conflict = match backend {
-        DatabaseBackend::MySql => "ON DUPLICATE KEY UPDATE units = units + VALUES(units)",
-        _ => {
-            "ON CONFLICT (token_id, day) DO UPDATE \
-             SET units = quota_usage_days.units + excluded.units"
-        }
+/// The upsert of [`add_usage_days`] (`None` for no days): a day already
+/// counted gets the new units added to its own.
+pub(in crate::store) fn usage_upsert(
+    backend: DatabaseBackend,
+    days: &UsageDays,
+) -> Result<Option<InsertStatement>, DbErr> {
+    use usage_day::Column as C;
+    if days.0.is_empty() {
+        return Ok(None);
+    }
+    let mut insert = Query::insert()
+        .into_table(usage_day::Entity)
+        .columns([C::TokenId, C::Day, C::Units])
+        .to_owned();
+    for (&(token_id, day), &units) in &days.0 {
+        insert
+            .values([token_id.into(), day.into(), units.into()])
+            .map_err(|e| DbErr::Custom(format!("usage upsert: {e}")))?;
+    }
+    // The incoming row's units: MySQL names them by `VALUES()`, the others
+    // by the `excluded` row.
+    let incoming = match backend {
+        DatabaseBackend::MySql => Expr::cust("VALUES(units)"),
+        _ => Expr::cust("excluded.units"),
     };
-    format!(
-        "INSERT INTO quota_usage_days (token_id, day, units) VALUES {} {conflict}",
-        rows.join(", ")
-    )
+    insert.on_conflict(
+        OnConflict::columns([C::TokenId, C::Day])
+            .value(
+                C::Units,
+                Expr::col((usage_day::Entity, C::Units)).add(incoming),
+            )
+            .to_owned(),
+    );
+    Ok(Some(insert))
 }
 
 impl Store {

@@ -3,31 +3,32 @@
 //!
 //! The tokens' rows are locked first, in ascending id order, so that two
 //! groups (on one replica or on several sharing the database) never wait for
-//! each other in a cycle. Then one SELECT looks up the holds the group's
-//! (token, request id) pairs name, together (`UNION ALL`) with the live holds
-//! of its tokens that have expired by the group's latest time, and one
-//! SELECT the ledger rows of the pairs that name no hold (none when every id
-//! names a hold). Both name exact pairs, which the unique (token, request
-//! id) indexes answer, so a token's history never makes them slower. Each
-//! token's operations run in memory against its own counters ([`Book`]);
-//! the result is written with one UPDATE of every changed token row, one
-//! INSERT of the new holds, one UPDATE per hold state, one INSERT of the
-//! ledger rows and one upsert of the usage per token and UTC day, then one
-//! commit for all of them.
+//! each other in a cycle. Then one SELECT looks up the holds and the ledger
+//! rows the group's (token, request id) pairs name, with (`UNION ALL`) the
+//! live holds of its tokens that have expired by the group's latest time.
+//! It names exact pairs, which the unique (token, request id) indexes
+//! answer, so a token's history never makes it slower. Each token's
+//! operations run in memory against its own counters ([`Book`]); the result
+//! is written with one UPDATE of every changed token row, one INSERT of the
+//! new holds, one UPDATE per hold state, one INSERT of the ledger rows and
+//! one upsert of the usage per token and UTC day (on PostgreSQL all of them
+//! in one statement), then one commit for all of them.
 
 use super::batch::Book;
 use super::queue::{Op, Outcome};
 use super::sql::{BatchError, ledger_insert};
 use crate::domain::{Hold, HoldState, KeyDigest, QuotaError, Token};
 use crate::store::entity::{hold, ledger, token};
-use crate::store::usage::{UsageDays, add_usage_days};
+use crate::store::usage::{UsageDays, usage_upsert};
 use crate::store::{Store, to_domain};
 use sea_orm::sea_query::{
-    Expr, ExprTrait, InsertStatement, Query, SelectStatement, SimpleExpr, UnionType,
+    Alias, Asterisk, CommonTableExpression, Expr, ExprTrait, Iden, InsertStatement, JoinType,
+    Query, SelectStatement, SimpleExpr, SubQueryStatement, UnionType, UpdateStatement, WithClause,
+    WithQuery,
 };
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr,
+    EntityTrait, ExecResult, QueryFilter, QueryOrder, QuerySelect,
 };
 use std::collections::HashMap;
 
@@ -192,72 +193,62 @@ async fn load(
         .filter(|(_, t)| t.held != 0)
         .map(|(_, t)| t.id)
         .collect();
-    // Two SELECTs joined by UNION ALL rather than one with OR: SQLite plans
-    // the OR of the two (both branches name `token_id`) as a scan of every
-    // hold of the token, which grows with a busy token's settled holds. A
-    // hold both named and expired comes twice ([`Book::new`] keeps one).
-    let named_holds = (!named.is_empty()).then(|| {
-        hold_select()
-            .cond_where(named_pairs(
-                &named,
-                hold::Column::TokenId,
-                hold::Column::RequestId,
-            ))
-            .to_owned()
-    });
-    let expired = (!holding.is_empty()).then(|| {
-        hold_select()
-            .and_where(Expr::col(hold::Column::TokenId).is_in(holding))
-            .and_where(Expr::col(hold::Column::State).eq(HoldState::Live.code()))
-            .and_where(Expr::col(hold::Column::ExpiresAt).lte(latest))
-            .to_owned()
-    });
-    let select = match (named_holds, expired) {
-        (Some(mut named), Some(expired)) => Some(named.union(UnionType::All, expired).to_owned()),
-        (named, expired) => named.or(expired),
-    };
+    // One statement: the named holds, the expired ones and the named ledger
+    // rows, each a SELECT, joined by UNION ALL (rather than one SELECT with
+    // OR, which SQLite plans as a scan of every hold of the token). A hold
+    // both named and expired comes twice ([`Book::new`] keeps one); a named
+    // id that is a hold and in the ledger (settled) is a hold.
+    let backend = txn.get_database_backend();
+    let mut selects = Vec::new();
+    if !named.is_empty() {
+        let mut holds = hold_select();
+        only_named(
+            &mut holds,
+            backend,
+            &named,
+            (hold::Entity, hold::Column::TokenId, hold::Column::RequestId),
+        );
+        selects.push(holds);
+    }
+    if !holding.is_empty() {
+        selects.push(
+            hold_select()
+                .and_where(Expr::col(hold::Column::TokenId).is_in(holding))
+                .and_where(Expr::col(hold::Column::State).eq(HoldState::Live.code()))
+                .and_where(Expr::col(hold::Column::ExpiresAt).lte(latest))
+                .to_owned(),
+        );
+    }
+    if !named.is_empty() {
+        let mut debits = ledger_select();
+        only_named(
+            &mut debits,
+            backend,
+            &named,
+            (
+                ledger::Entity,
+                ledger::Column::TokenId,
+                ledger::Column::RequestId,
+            ),
+        );
+        selects.push(debits);
+    }
     let mut holds: HashMap<i64, Vec<hold::Model>> = HashMap::new();
-    if let Some(select) = select {
+    let mut debits: HashMap<i64, Vec<String>> = HashMap::new();
+    let mut selects = selects.into_iter();
+    if let Some(mut select) = selects.next() {
+        for other in selects {
+            select.union(UnionType::All, other);
+        }
         let rows = hold::Entity::find()
-            .from_raw_sql(txn.get_database_backend().build(&select))
+            .from_raw_sql(backend.build(&select))
             .all(txn)
             .await?;
         for row in rows {
-            holds.entry(row.token_id).or_default().push(row);
-        }
-    }
-    // A request id that names a hold of its token is a hold, whatever the
-    // ledger says ([`Book::new`] drops such ids): only the others are
-    // looked up there, and a group whose ids all name holds (settles and
-    // releases) skips the ledger.
-    let unnamed: Vec<(i64, Vec<&str>)> = named
-        .into_iter()
-        .filter_map(|(token, ids)| {
-            let found = holds.get(&token);
-            let ids: Vec<&str> = ids
-                .into_iter()
-                .filter(|r| found.is_none_or(|rows| rows.iter().all(|h| h.request_id != *r)))
-                .collect();
-            (!ids.is_empty()).then_some((token, ids))
-        })
-        .collect();
-    let mut debits: HashMap<i64, Vec<String>> = HashMap::new();
-    if !unnamed.is_empty() {
-        let rows = ledger::Entity::find()
-            .select_only()
-            .column(ledger::Column::TokenId)
-            .column(ledger::Column::RequestId)
-            .filter(named_pairs(
-                &unnamed,
-                ledger::Column::TokenId,
-                ledger::Column::RequestId,
-            ))
-            .into_tuple::<(i64, Option<String>)>()
-            .all(txn)
-            .await?;
-        for (token_id, request_id) in rows {
-            if let Some(id) = request_id {
-                debits.entry(token_id).or_default().push(id);
+            if row.expires_at == LEDGER_ROW {
+                debits.entry(row.token_id).or_default().push(row.request_id);
+            } else {
+                holds.entry(row.token_id).or_default().push(row);
             }
         }
     }
@@ -273,6 +264,37 @@ async fn load(
         books.insert(digest, book);
     }
     Ok(books)
+}
+
+/// Restricts `select`, of `table`, to the rows of exactly the (token,
+/// request id) `pairs` named, which only the unique index on those two
+/// columns answers in one probe each. On PostgreSQL the pairs are a `VALUES`
+/// list joined on both columns: a condition on the columns (even one pair
+/// per token and id) lets a planner whose statistics predate a token's
+/// growth (they said it had a few rows) probe the index by the token alone
+/// and filter every row of it by id, which a busy token makes slower with
+/// each call. Elsewhere, the condition of [`named_pairs`].
+fn only_named<T: Iden + Clone + 'static, C: ColumnTrait>(
+    select: &mut SelectStatement,
+    backend: DatabaseBackend,
+    pairs: &[(i64, Vec<&str>)],
+    (table, token, request): (T, C, C),
+) {
+    if backend != DatabaseBackend::Postgres {
+        select.cond_where(named_pairs(pairs, token, request));
+        return;
+    }
+    let rows = pairs
+        .iter()
+        .flat_map(|(id, ids)| ids.iter().map(move |r| (*id, (*r).to_owned())));
+    let values = Query::select()
+        .expr(Expr::col(Asterisk))
+        .from_values(rows, "v")
+        .to_owned();
+    let on = Expr::col((table.clone(), token))
+        .equals(("n", "column1"))
+        .and(Expr::col((table, request)).equals(("n", "column2")));
+    select.join_subquery(JoinType::InnerJoin, values, "n", on);
 }
 
 /// `(token = t1 AND request IN (…)) OR (token = t2 AND …)`: exactly the
@@ -305,6 +327,23 @@ fn hold_select() -> SelectStatement {
             C::UpdatedAt,
         ])
         .from(hold::Entity)
+        .to_owned()
+}
+
+/// The `expires_at` of a ledger row in the group's look-up, which has the
+/// columns of a hold: no hold expires before 1970.
+const LEDGER_ROW: i64 = -1;
+
+/// `SELECT` of a ledger row as [`hold_select`] selects a hold: its id, token,
+/// request id and units, [`LEDGER_ROW`] for the expiry, its kind for the
+/// state and its time for both times.
+fn ledger_select() -> SelectStatement {
+    use ledger::Column as C;
+    Query::select()
+        .columns([C::Id, C::TokenId, C::RequestId, C::Units])
+        .expr(Expr::cust(LEDGER_ROW.to_string()))
+        .columns([C::Kind, C::CreatedAt, C::CreatedAt])
+        .from(ledger::Entity)
         .to_owned()
 }
 
@@ -359,15 +398,37 @@ impl Writes {
         self.days.add(token_id, at, units);
     }
 
-    /// Writes everything in `txn`.
+    /// Writes everything in `txn`: on PostgreSQL as one statement (each
+    /// write but the last in a `WITH`), elsewhere one statement each.
     async fn execute(self, txn: &DatabaseTransaction) -> Result<(), BatchError> {
-        if !self.tokens.is_empty() {
-            txn.execute(&counters_update(&self.tokens)).await?;
+        let backend = txn.get_database_backend();
+        let statements = self.statements(backend)?;
+        if backend == DatabaseBackend::Postgres && statements.len() > 1 {
+            if let Some(one) = as_one(statements) {
+                txn.execute(&one).await.map_err(BatchError::from_insert)?;
+            }
+            return Ok(());
         }
-        if !self.new_holds.is_empty() {
-            txn.execute(&holds_insert(self.new_holds)?)
+        for statement in statements {
+            statement
+                .execute(txn)
                 .await
                 .map_err(BatchError::from_insert)?;
+        }
+        Ok(())
+    }
+
+    /// Every write, in order: counters, new holds, hold states, ledger rows,
+    /// usage per day. They touch different rows, so that PostgreSQL may run
+    /// them as the parts of one statement, which sees none of the others'
+    /// effects.
+    fn statements(self, backend: DatabaseBackend) -> Result<Vec<Write>, BatchError> {
+        let mut statements = Vec::new();
+        if !self.tokens.is_empty() {
+            statements.push(Write::Update(counters_update(&self.tokens)));
+        }
+        if !self.new_holds.is_empty() {
+            statements.push(Write::Insert(holds_insert(self.new_holds)?));
         }
         for ((state, now), ids) in self.states {
             let update = Query::update()
@@ -376,15 +437,55 @@ impl Writes {
                 .value(hold::Column::UpdatedAt, now)
                 .and_where(Expr::col(hold::Column::Id).is_in(ids))
                 .to_owned();
-            txn.execute(&update).await?;
+            statements.push(Write::Update(update));
         }
         if !self.ledger.is_empty() {
-            txn.execute(&ledger_insert(self.ledger)?)
-                .await
-                .map_err(BatchError::from_insert)?;
+            statements.push(Write::Insert(ledger_insert(self.ledger)?));
         }
-        add_usage_days(txn, &self.days).await?;
-        Ok(())
+        if let Some(upsert) = usage_upsert(backend, &self.days)? {
+            statements.push(Write::Insert(upsert));
+        }
+        Ok(statements)
+    }
+}
+
+/// `statements` as one: each but the last in a `WITH` (PostgreSQL runs
+/// every part, whether or not the last one reads it).
+fn as_one(mut statements: Vec<Write>) -> Option<WithQuery> {
+    let last = SubQueryStatement::from(statements.pop()?);
+    let mut with = WithClause::new();
+    for (i, statement) in statements.into_iter().enumerate() {
+        with.cte(
+            CommonTableExpression::new()
+                .query(statement)
+                .table_name(Alias::new(format!("w{i}")))
+                .to_owned(),
+        );
+    }
+    Some(with.query(last))
+}
+
+/// One statement of [`Writes`].
+enum Write {
+    Insert(InsertStatement),
+    Update(UpdateStatement),
+}
+
+impl Write {
+    async fn execute(&self, txn: &DatabaseTransaction) -> Result<ExecResult, DbErr> {
+        match self {
+            Write::Insert(insert) => txn.execute(insert).await,
+            Write::Update(update) => txn.execute(update).await,
+        }
+    }
+}
+
+impl From<Write> for SubQueryStatement {
+    fn from(write: Write) -> Self {
+        match write {
+            Write::Insert(insert) => insert.into(),
+            Write::Update(update) => update.into(),
+        }
     }
 }
 
@@ -444,7 +545,89 @@ fn holds_insert(rows: Vec<[SimpleExpr; 7]>) -> Result<InsertStatement, BatchErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sea_orm::sea_query::SqliteQueryBuilder;
+    use sea_orm::sea_query::{PostgresQueryBuilder, SqliteQueryBuilder};
+
+    #[test]
+    fn postgres_writes_a_group_in_one_statement() {
+        let mut writes = Writes::default();
+        let token = Token {
+            id: 7,
+            display_prefix: String::new(),
+            name: String::new(),
+            balance: crate::domain::Balance {
+                remaining: 90,
+                used: 10,
+                unlimited: false,
+            },
+            held: 5,
+            expires_at: None,
+            enabled: true,
+            created_at: 0,
+            updated_at: 0,
+        };
+        writes.token(&token, 100);
+        let hold = Hold {
+            units: 5,
+            expires_at: 700,
+            state: HoldState::Live,
+        };
+        writes.new_hold(7, "r".into(), &hold, 100);
+        writes.hold_state(3, HoldState::Settled, 100);
+        writes.ledger(vec![super::super::sql::ledger_row(7, 2, 4, Some("s"), 100)]);
+        writes.spent(7, 100, 4);
+        let statements = writes
+            .statements(DatabaseBackend::Postgres)
+            .unwrap_or_else(|_| panic!("the writes build"));
+        let sql = as_one(statements)
+            .expect("a statement")
+            .to_string(PostgresQueryBuilder);
+        let parts: Vec<&str> = sql.split(") , ").collect();
+        assert_eq!(parts.len(), 4, "four parts in WITH: {sql}");
+        assert!(
+            parts[0].starts_with(r#"WITH "w0" AS (UPDATE "quota_tokens" SET"#),
+            "{sql}"
+        );
+        assert!(
+            parts[1].starts_with(r#""w1" AS (INSERT INTO "quota_holds""#),
+            "{sql}"
+        );
+        assert!(
+            parts[2].starts_with(r#""w2" AS (UPDATE "quota_holds" SET "state" = 2"#),
+            "{sql}"
+        );
+        assert!(
+            parts[3].starts_with(r#""w3" AS (INSERT INTO "quota_ledger""#),
+            "{sql}"
+        );
+        assert!(
+            parts[3].ends_with(concat!(
+                r#"INSERT INTO "quota_usage_days" ("token_id", "day", "units") VALUES (7, 0, 4)"#,
+                r#" ON CONFLICT ("token_id", "day") DO UPDATE SET "units" = "quota_usage_days"."units" + (excluded.units)"#
+            )),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn postgres_joins_the_named_pairs_on_both_columns_of_the_unique_index() {
+        let pairs = vec![(7, vec!["a", "b"]), (9, vec!["c"])];
+        let mut select = hold_select();
+        only_named(
+            &mut select,
+            DatabaseBackend::Postgres,
+            &pairs,
+            (hold::Entity, hold::Column::TokenId, hold::Column::RequestId),
+        );
+        let sql = select.to_string(PostgresQueryBuilder);
+        let (_, from) = sql.split_once(" FROM ").expect("a FROM clause");
+        assert_eq!(
+            from,
+            concat!(
+                r#""quota_holds" INNER JOIN (SELECT * FROM (VALUES (7, 'a'), (7, 'b'), (9, 'c')) AS "v") AS "n""#,
+                r#" ON "quota_holds"."token_id" = "n"."column1" AND "quota_holds"."request_id" = "n"."column2""#,
+            )
+        );
+    }
 
     #[test]
     fn named_pairs_match_each_token_with_its_own_request_ids() {

@@ -250,11 +250,13 @@ pub fn pgbench_debit_script(
         .to_string(PostgresQueryBuilder)
         .replace(&format!("'{REQUEST_ID}'"), request_id_sql)
         .replace(&TOKEN_ID.to_string(), ":id");
-    let day = crate::store::usage::ledger_day(now);
-    let usage = crate::store::usage::upsert_sql(
+    let usage = crate::store::usage::usage_upsert(
         sea_orm::DatabaseBackend::Postgres,
-        &[[":id".into(), day.to_string(), units.to_string()]],
-    );
+        &UsageDays::one(TOKEN_ID, now, units),
+    )?
+    .ok_or_else(|| QuotaError::Internal("a debit without its day".into()))?
+    .to_string(PostgresQueryBuilder)
+    .replace(&TOKEN_ID.to_string(), ":id");
     Ok(format!(
         "BEGIN;\n{update} \\gset\n{insert};\n{usage};\nCOMMIT;\n"
     ))
