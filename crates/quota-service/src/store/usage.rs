@@ -1,10 +1,11 @@
 //! Usage per UTC day: `quota_usage_days`, the sum of each token's debits on
 //! each day, kept in the debit's own transaction and read by the usage route.
 //!
-//! Every statement that writes a debit's ledger row (the single debit in
-//! `debit/sql.rs`, the batch in `debit/batch.rs`) adds the same units to the
-//! same (token, day) here, through [`add_usage_days`], before it commits; a
-//! token's deletion removes both. So the table always equals the ledger's
+//! Every transaction that writes a debit's ledger row (the single debit in
+//! `debit/sql.rs`, through [`add_usage_days`]; a group in `debit/group.rs`,
+//! whose writes include the same [`usage_upsert`]) adds the same units to
+//! the same (token, day) here before it commits; a token's deletion removes
+//! both. So the table always equals the ledger's
 //! debits summed per (token, day), which `quotad verify` checks.
 
 use super::entity::usage_day;
@@ -18,7 +19,7 @@ const SECONDS_PER_DAY: i64 = 86_400;
 
 /// The UTC day of a ledger row's time, as SQL has always computed it
 /// (`created_at - created_at % 86400`); times are after 1970.
-pub(in crate::store) fn ledger_day(created_at: i64) -> i64 {
+fn ledger_day(created_at: i64) -> i64 {
     created_at - created_at % SECONDS_PER_DAY
 }
 
