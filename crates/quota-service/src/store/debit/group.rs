@@ -28,7 +28,7 @@ use sea_orm::sea_query::{
 };
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr,
-    EntityTrait, ExecResult, QueryFilter, QueryOrder, QuerySelect,
+    EntityTrait, ExecResult, QueryFilter, QueryOrder, QuerySelect, Statement,
 };
 use std::collections::HashMap;
 
@@ -201,14 +201,12 @@ async fn load(
     let backend = txn.get_database_backend();
     let mut selects = Vec::new();
     if !named.is_empty() {
-        let mut holds = hold_select();
-        only_named(
-            &mut holds,
+        selects.push(only_named(
+            hold_select(),
             backend,
             &named,
             (hold::Entity, hold::Column::TokenId, hold::Column::RequestId),
-        );
-        selects.push(holds);
+        ));
     }
     if !holding.is_empty() {
         selects.push(
@@ -220,9 +218,8 @@ async fn load(
         );
     }
     if !named.is_empty() {
-        let mut debits = ledger_select();
-        only_named(
-            &mut debits,
+        selects.push(only_named(
+            ledger_select(),
             backend,
             &named,
             (
@@ -230,8 +227,7 @@ async fn load(
                 ledger::Column::TokenId,
                 ledger::Column::RequestId,
             ),
-        );
-        selects.push(debits);
+        ));
     }
     let mut holds: HashMap<i64, Vec<hold::Model>> = HashMap::new();
     let mut debits: HashMap<i64, Vec<String>> = HashMap::new();
@@ -266,35 +262,40 @@ async fn load(
     Ok(books)
 }
 
-/// Restricts `select`, of `table`, to the rows of exactly the (token,
+/// `select`, of `table`, restricted to the rows of exactly the (token,
 /// request id) `pairs` named, which only the unique index on those two
 /// columns answers in one probe each. On PostgreSQL the pairs are a `VALUES`
-/// list joined on both columns: a condition on the columns (even one pair
-/// per token and id) lets a planner whose statistics predate a token's
-/// growth (they said it had a few rows) probe the index by the token alone
-/// and filter every row of it by id, which a busy token makes slower with
-/// each call. Elsewhere, the condition of [`named_pairs`].
+/// list, and `select` a `LATERAL` subquery run once per pair (`LIMIT 1`, as
+/// the pair is unique, keeps the planner from flattening it into a join it
+/// may plan as a scan): the plan is one index probe per pair, whatever the
+/// statistics say. A join on the columns lets a planner whose statistics
+/// predate the table's growth (they said it was empty) hash every row of
+/// it, and a condition on them (even one pair per token and id) lets it probe
+/// the index by the token alone and filter every row of it by id; either
+/// way each call gets slower as the table or a busy token grows. Elsewhere,
+/// the condition of [`named_pairs`].
 fn only_named<T: Iden + Clone + 'static, C: ColumnTrait>(
-    select: &mut SelectStatement,
+    mut select: SelectStatement,
     backend: DatabaseBackend,
     pairs: &[(i64, Vec<&str>)],
     (table, token, request): (T, C, C),
-) {
+) -> SelectStatement {
     if backend != DatabaseBackend::Postgres {
         select.cond_where(named_pairs(pairs, token, request));
-        return;
+        return select;
     }
     let rows = pairs
         .iter()
         .flat_map(|(id, ids)| ids.iter().map(move |r| (*id, (*r).to_owned())));
-    let values = Query::select()
-        .expr(Expr::col(Asterisk))
-        .from_values(rows, "v")
-        .to_owned();
-    let on = Expr::col((table.clone(), token))
-        .equals(("n", "column1"))
-        .and(Expr::col((table, request)).equals(("n", "column2")));
-    select.join_subquery(JoinType::InnerJoin, values, "n", on);
+    select
+        .and_where(Expr::col((table.clone(), token)).equals(("n", "column1")))
+        .and_where(Expr::col((table, request)).equals(("n", "column2")))
+        .limit(1);
+    Query::select()
+        .column(("h", Asterisk))
+        .from_values(rows, "n")
+        .join_lateral(JoinType::InnerJoin, select, "h", Expr::val(true))
+        .to_owned()
 }
 
 /// `(token = t1 AND request IN (…)) OR (token = t2 AND …)`: exactly the
@@ -399,15 +400,25 @@ impl Writes {
     }
 
     /// Writes everything in `txn`: on PostgreSQL as one statement (each
-    /// write but the last in a `WITH`), elsewhere one statement each.
+    /// write but the last in a `WITH`), on SQLite as one call of several
+    /// statements, elsewhere one statement each.
     async fn execute(self, txn: &DatabaseTransaction) -> Result<(), BatchError> {
         let backend = txn.get_database_backend();
         let statements = self.statements(backend)?;
-        if backend == DatabaseBackend::Postgres && statements.len() > 1 {
-            if let Some(one) = as_one(statements) {
-                txn.execute(&one).await.map_err(BatchError::from_insert)?;
+        match backend {
+            DatabaseBackend::Postgres if statements.len() > 1 => {
+                if let Some(one) = as_one(statements) {
+                    txn.execute(&one).await.map_err(BatchError::from_insert)?;
+                }
+                return Ok(());
             }
-            return Ok(());
+            DatabaseBackend::Sqlite if statements.len() > 1 => {
+                txn.execute_raw(as_script(backend, &statements))
+                    .await
+                    .map_err(BatchError::from_insert)?;
+                return Ok(());
+            }
+            _ => {}
         }
         for statement in statements {
             statement
@@ -463,6 +474,24 @@ fn as_one(mut statements: Vec<Write>) -> Option<WithQuery> {
         );
     }
     Some(with.query(last))
+}
+
+/// `statements` as one script, `;` after each, with their values in order:
+/// SQLite runs each in turn, binding its share of the values (its
+/// placeholders are `?`, numbered by their order in the script).
+fn as_script(backend: DatabaseBackend, statements: &[Write]) -> Statement {
+    let mut sql = String::new();
+    let mut values = Vec::new();
+    for statement in statements {
+        let built = match statement {
+            Write::Insert(insert) => backend.build(insert),
+            Write::Update(update) => backend.build(update),
+        };
+        sql.push_str(&built.sql);
+        sql.push_str(";\n");
+        values.extend(built.values.map(|v| v.0).unwrap_or_default());
+    }
+    Statement::from_sql_and_values(backend, sql, values)
 }
 
 /// One statement of [`Writes`].
@@ -609,22 +638,54 @@ mod tests {
     }
 
     #[test]
-    fn postgres_joins_the_named_pairs_on_both_columns_of_the_unique_index() {
+    fn sqlite_runs_a_group_as_one_script_with_the_values_in_order() {
+        let mut writes = Writes::default();
+        writes.hold_state(3, HoldState::Settled, 100);
+        writes.ledger(vec![super::super::sql::ledger_row(7, 2, 4, Some("s"), 100)]);
+        let statements = writes
+            .statements(DatabaseBackend::Sqlite)
+            .unwrap_or_else(|_| panic!("the writes build"));
+        let script = as_script(DatabaseBackend::Sqlite, &statements);
+        assert_eq!(
+            script.sql,
+            concat!(
+                r#"UPDATE "quota_holds" SET "state" = ?, "updated_at" = ? WHERE "id" IN (?);"#,
+                "\n",
+                r#"INSERT INTO "quota_ledger" ("token_id", "kind", "units", "request_id", "created_at") VALUES (?, ?, ?, ?, ?);"#,
+                "\n",
+            )
+        );
+        let values: Vec<String> = script
+            .values
+            .map(|v| v.0.iter().map(|v| format!("{v:?}")).collect())
+            .unwrap_or_default();
+        // The update's state, time and id, then the ledger row's columns.
+        assert_eq!(
+            values.join(" "),
+            concat!(
+                "SmallInt(Some(2)) BigInt(Some(100)) BigInt(Some(3)) ",
+                r#"BigInt(Some(7)) SmallInt(Some(2)) BigInt(Some(4)) String(Some("s")) BigInt(Some(100))"#,
+            )
+        );
+    }
+
+    #[test]
+    fn postgres_probes_the_unique_index_once_per_named_pair() {
         let pairs = vec![(7, vec!["a", "b"]), (9, vec!["c"])];
-        let mut select = hold_select();
-        only_named(
-            &mut select,
+        let select = only_named(
+            hold_select(),
             DatabaseBackend::Postgres,
             &pairs,
             (hold::Entity, hold::Column::TokenId, hold::Column::RequestId),
         );
         let sql = select.to_string(PostgresQueryBuilder);
-        let (_, from) = sql.split_once(" FROM ").expect("a FROM clause");
         assert_eq!(
-            from,
+            sql,
             concat!(
-                r#""quota_holds" INNER JOIN (SELECT * FROM (VALUES (7, 'a'), (7, 'b'), (9, 'c')) AS "v") AS "n""#,
-                r#" ON "quota_holds"."token_id" = "n"."column1" AND "quota_holds"."request_id" = "n"."column2""#,
+                r#"SELECT "h".* FROM (VALUES (7, 'a'), (7, 'b'), (9, 'c')) AS "n" INNER JOIN LATERAL"#,
+                r#" (SELECT "id", "token_id", "request_id", "units", "expires_at", "state", "created_at", "updated_at""#,
+                r#" FROM "quota_holds" WHERE "quota_holds"."token_id" = "n"."column1""#,
+                r#" AND "quota_holds"."request_id" = "n"."column2" LIMIT 1) AS "h" ON TRUE"#,
             )
         );
     }
