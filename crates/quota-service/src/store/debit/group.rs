@@ -7,12 +7,13 @@
 //! rows the group's (token, request id) pairs name, with (`UNION ALL`) the
 //! live holds of its tokens that have expired by the group's latest time.
 //! It names exact pairs, which the unique (token, request id) indexes
-//! answer, so a token's history never makes it slower. Each token's
+//! answer (on PostgreSQL one `LATERAL` probe per pair), so neither a
+//! token's history nor stale statistics make it slower. Each token's
 //! operations run in memory against its own counters ([`Book`]); the result
 //! is written with one UPDATE of every changed token row, one INSERT of the
 //! new holds, one UPDATE per hold state, one INSERT of the ledger rows and
 //! one upsert of the usage per token and UTC day (on PostgreSQL all of them
-//! in one statement), then one commit for all of them.
+//! in one statement, on SQLite in one call), then one commit for all of them.
 
 use super::batch::Book;
 use super::queue::{Op, Outcome};
