@@ -28,8 +28,8 @@ use sea_orm::sea_query::{
     WithQuery,
 };
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr,
-    EntityTrait, ExecResult, QueryFilter, QueryOrder, QuerySelect, Statement,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement,
 };
 use std::collections::HashMap;
 
@@ -422,8 +422,7 @@ impl Writes {
             _ => {}
         }
         for statement in statements {
-            statement
-                .execute(txn)
+            txn.execute_raw(statement.build(backend))
                 .await
                 .map_err(BatchError::from_insert)?;
         }
@@ -484,10 +483,7 @@ fn as_script(backend: DatabaseBackend, statements: &[Write]) -> Statement {
     let mut sql = String::new();
     let mut values = Vec::new();
     for statement in statements {
-        let built = match statement {
-            Write::Insert(insert) => backend.build(insert),
-            Write::Update(update) => backend.build(update),
-        };
+        let built = statement.build(backend);
         sql.push_str(&built.sql);
         sql.push_str(";\n");
         values.extend(built.values.map(|v| v.0).unwrap_or_default());
@@ -502,10 +498,11 @@ enum Write {
 }
 
 impl Write {
-    async fn execute(&self, txn: &DatabaseTransaction) -> Result<ExecResult, DbErr> {
+    /// The statement in `backend`'s SQL, with its values.
+    fn build(&self, backend: DatabaseBackend) -> Statement {
         match self {
-            Write::Insert(insert) => txn.execute(insert).await,
-            Write::Update(update) => txn.execute(update).await,
+            Write::Insert(insert) => backend.build(insert),
+            Write::Update(update) => backend.build(update),
         }
     }
 }
