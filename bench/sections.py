@@ -298,8 +298,10 @@ def debits(ctx, table):
                       f"{float(row['pgbench tx/s']):,.0f} pgbench tx/s", float(ratio),
                       targets[(database, workload)])
         elif calls and calls != "Consume":
+            cpu = row.get("cpu ratio", "")
             table.add(what, f"{float(row['per s']):,.0f} pairs/s", "Consume of the same run",
-                      float(ratio), 0.5)
+                      float(ratio), 0.5,
+                      note=f"{cpu} by CPU time" if cpu else "")
     if not any(r[0].startswith("debits:") for r in table.rows):
         raise BenchError("debit_bench printed no row this command can read")
 

@@ -14,6 +14,13 @@
 //! (rendered by the store itself) at the same concurrency on the same database.
 //! The holds run counts reserve + settle pairs, compared with the debits/s of
 //! `Consume` at the same concurrency.
+//!
+//! Each run of the service also reports the CPU time it took per call (per
+//! pair for holds), read from `/proc`: this process's (the callers, the
+//! service and, on SQLite, the database) and, when PostgreSQL runs on this
+//! host, that of the backends serving the benchmark's database. The pairs'
+//! `cpu ratio` is a `Consume`'s CPU over a pair's: the same comparison as
+//! `ratio`, which the machine's other load disturbs less than throughput.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use quota::pb::quota_service_client::QuotaServiceClient;
@@ -23,6 +30,8 @@ use quota_service::store::entity::{STATUS_ENABLED, token};
 use quota_service::testing::{TEST_ADMIN_TOKEN, TestServer, test_config};
 use quota_service::{Store, store};
 use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait};
+use sea_orm::{DatabaseBackend, Statement};
+use std::collections::HashMap;
 use std::error::Error;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -147,6 +156,105 @@ struct Outcome {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// CPU µs per call of this process, and of the PostgreSQL backends
+    /// serving the run (when on this host).
+    cpu: Cpu,
+}
+
+/// CPU µs per call: this process's and the PostgreSQL backends'.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    process_us: Option<f64>,
+    postgres_us: Option<f64>,
+}
+
+impl Cpu {
+    /// Both together, when both were measured (or only the process, on SQLite).
+    fn total_us(self) -> Option<f64> {
+        Some(self.process_us? + self.postgres_us.unwrap_or(0.0))
+    }
+}
+
+/// Shows a figure, or nothing when it was not measured.
+fn shown(figure: Option<f64>, decimals: usize) -> String {
+    figure.map_or_else(String::new, |f| format!("{f:.decimals$}"))
+}
+
+/// The kernel's clock ticks per second in `/proc/<pid>/stat` (`USER_HZ`,
+/// 100 on every Linux architecture this runs on).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU seconds (user and system) process `pid` has used, from `/proc`.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's name (in parentheses, which may hold spaces) come
+    // the fields from the third on: utime and stime are the 14th and 15th.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let user: f64 = fields.next()?.parse().ok()?;
+    let system: f64 = fields.next()?.parse().ok()?;
+    Some((user + system) / TICKS_PER_SECOND)
+}
+
+/// The CPU time used so far by this process and by the PostgreSQL backends
+/// connected to `postgres`'s database, by process id.
+struct CpuClock {
+    process: Option<f64>,
+    backends: HashMap<String, f64>,
+}
+
+impl CpuClock {
+    async fn read(postgres: Option<&Store>) -> CpuClock {
+        let mut backends = HashMap::new();
+        if let Some(store) = postgres {
+            let pids = store
+                .connection()
+                .query_all_raw(Statement::from_string(
+                    DatabaseBackend::Postgres,
+                    "SELECT pid::text FROM pg_stat_activity WHERE datname = current_database()",
+                ))
+                .await
+                .unwrap_or_default();
+            for row in pids {
+                let Ok(pid) = row.try_get_by_index::<String>(0) else {
+                    continue;
+                };
+                // Readable only when PostgreSQL runs on this host.
+                if let Some(seconds) = cpu_seconds(&pid) {
+                    backends.insert(pid, seconds);
+                }
+            }
+        }
+        CpuClock {
+            process: cpu_seconds("self"),
+            backends,
+        }
+    }
+
+    /// CPU µs per call from `self` to `later`, over `calls` calls. A backend
+    /// that connected in between counts all its time; one that ended in
+    /// between is missed (the pools keep their connections).
+    fn per_call(&self, later: &CpuClock, calls: f64, postgres: bool) -> Cpu {
+        if calls <= 0.0 {
+            return Cpu::default();
+        }
+        let micros = |seconds: f64| seconds * 1e6 / calls;
+        let process_us = self
+            .process
+            .zip(later.process)
+            .map(|(before, after)| micros(after - before));
+        let postgres_us = (postgres && !later.backends.is_empty()).then(|| {
+            let spent: f64 = later
+                .backends
+                .iter()
+                .map(|(pid, after)| after - self.backends.get(pid).copied().unwrap_or(0.0))
+                .sum();
+            micros(spent)
+        });
+        Cpu {
+            process_us,
+            postgres_us,
+        }
+    }
 }
 
 /// `message` with the admin credential.
@@ -167,13 +275,15 @@ enum Calls {
     ReserveSettle,
 }
 
-/// Drives `calls` from `callers` concurrent clients for `seconds`.
+/// Drives `calls` from `callers` concurrent clients for `seconds`, counting
+/// the CPU time of this process and of `postgres`'s backends, if given.
 async fn drive(
     url: &str,
     workload: Workload,
     calls: Calls,
     callers: usize,
     seconds: u64,
+    postgres: Option<&Store>,
 ) -> Result<Outcome, BoxError> {
     let channels = callers.div_ceil(CALLERS_PER_CHANNEL);
     let mut clients = Vec::new();
@@ -185,6 +295,7 @@ async fn drive(
         clients.push(QuotaServiceClient::new(channel));
     }
     let auth: AdminHeader = format!("Bearer {TEST_ADMIN_TOKEN}").parse()?;
+    let clock = CpuClock::read(postgres).await;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -245,6 +356,11 @@ async fn drive(
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = clock.per_call(
+        &CpuClock::read(postgres).await,
+        latencies.len() as f64,
+        postgres.is_some(),
+    );
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies
@@ -256,6 +372,7 @@ async fn drive(
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         errors,
+        cpu,
     })
 }
 
@@ -326,6 +443,7 @@ fn pgbench(
         p50_ms: number_after("latency average").unwrap_or(0.0),
         p99_ms: f64::NAN,
         errors: failed,
+        cpu: Cpu::default(),
     })
 }
 
@@ -346,14 +464,15 @@ async fn serve(url: &str) -> Result<(TestServer, Store), BoxError> {
     Ok((server, store))
 }
 
-/// Runs reserve + settle pairs and prints their row; the ratio is to the
-/// `Consume` debits/s of `consume` at the same concurrency.
+/// Runs reserve + settle pairs and prints their row; the ratios are to the
+/// `Consume` debits/s and CPU per debit of `consume` at the same concurrency.
 async fn holds_row(
     database: &str,
     url: &str,
     workload: Workload,
     consume: &Outcome,
     args: &Args,
+    postgres: Option<&Store>,
 ) -> Result<(), BoxError> {
     let pairs = drive(
         url,
@@ -361,16 +480,25 @@ async fn holds_row(
         Calls::ReserveSettle,
         args.callers,
         args.seconds,
+        postgres,
     )
     .await?;
+    let cpu_ratio = consume
+        .cpu
+        .total_us()
+        .zip(pairs.cpu.total_us())
+        .map(|(debit, pair)| debit / pair);
     println!(
-        "| {database} | {} | Reserve + Settle pairs | {:.0} | {:.2} | {:.2} | {} | | | {:.2} |",
+        "| {database} | {} | Reserve + Settle pairs | {:.0} | {:.2} | {:.2} | {} | | | {:.2} | {} | {} | {} |",
         workload.name(),
         pairs.per_second,
         pairs.p50_ms,
         pairs.p99_ms,
         pairs.errors,
-        pairs.per_second / consume.per_second
+        pairs.per_second / consume.per_second,
+        shown(pairs.cpu.process_us, 0),
+        shown(pairs.cpu.postgres_us, 0),
+        shown(cpu_ratio, 2),
     );
     Ok(())
 }
@@ -384,9 +512,9 @@ async fn main() -> Result<(), BoxError> {
     );
     println!();
     println!(
-        "| database | workload | calls | per s | p50 ms | p99 ms | errors | pgbench tx/s | pgbench avg ms | ratio |"
+        "| database | workload | calls | per s | p50 ms | p99 ms | errors | pgbench tx/s | pgbench avg ms | ratio | cpu µs/call | PostgreSQL cpu µs/call | cpu ratio |"
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     if let Some(server) = &args.postgres {
         let name = format!("quota_bench_{}", std::process::id());
         let admin = Store::connect(server).await?;
@@ -408,12 +536,19 @@ async fn main() -> Result<(), BoxError> {
             let (grpc, store) = serve(&url).await?;
             for workload in [Workload::Spread, Workload::Hot] {
                 analyze(&store).await?;
-                let ours = drive(&grpc.url(), workload, Calls::Consume, args.callers, args.seconds)
-                    .await?;
+                let ours = drive(
+                    &grpc.url(),
+                    workload,
+                    Calls::Consume,
+                    args.callers,
+                    args.seconds,
+                    Some(&store),
+                )
+                .await?;
                 analyze(&store).await?;
                 let pg = pgbench(&url, workload, args.callers, args.seconds)?;
                 println!(
-                    "| PostgreSQL | {} | Consume | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {:.2} |",
+                    "| PostgreSQL | {} | Consume | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {:.2} | {} | {} | |",
                     workload.name(),
                     ours.per_second,
                     ours.p50_ms,
@@ -421,13 +556,16 @@ async fn main() -> Result<(), BoxError> {
                     ours.errors,
                     pg.per_second,
                     pg.p50_ms,
-                    ours.per_second / pg.per_second
+                    ours.per_second / pg.per_second,
+                    shown(ours.cpu.process_us, 0),
+                    shown(ours.cpu.postgres_us, 0),
                 );
                 if pg.errors > 0 {
                     println!("(pgbench reported {} failed transactions)", pg.errors);
                 }
                 analyze(&store).await?;
-                holds_row("PostgreSQL", &grpc.url(), workload, &ours, &args).await?;
+                holds_row("PostgreSQL", &grpc.url(), workload, &ours, &args, Some(&store))
+                    .await?;
             }
             Ok::<_, BoxError>(())
         }
@@ -450,17 +588,19 @@ async fn main() -> Result<(), BoxError> {
                     Calls::Consume,
                     args.callers,
                     args.seconds,
+                    None,
                 )
                 .await?;
                 println!(
-                    "| SQLite | {} | Consume | {:.0} | {:.2} | {:.2} | {} | | | |",
+                    "| SQLite | {} | Consume | {:.0} | {:.2} | {:.2} | {} | | | | {} | | |",
                     workload.name(),
                     ours.per_second,
                     ours.p50_ms,
                     ours.p99_ms,
-                    ours.errors
+                    ours.errors,
+                    shown(ours.cpu.process_us, 0),
                 );
-                holds_row("SQLite", &grpc.url(), workload, &ours, &args).await?;
+                holds_row("SQLite", &grpc.url(), workload, &ours, &args, None).await?;
             }
             Ok::<_, BoxError>(())
         }
