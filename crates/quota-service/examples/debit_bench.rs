@@ -275,16 +275,17 @@ enum Calls {
     ReserveSettle,
 }
 
-/// Drives `calls` from `callers` concurrent clients for `seconds`, counting
-/// the CPU time of this process and of `postgres`'s backends, if given.
+/// Drives `calls` from `args.callers` concurrent clients for
+/// `args.seconds`, counting the CPU time of this process and of
+/// `postgres`'s backends, if given.
 async fn drive(
     url: &str,
     workload: Workload,
     calls: Calls,
-    callers: usize,
-    seconds: u64,
+    args: &Args,
     postgres: Option<&Store>,
 ) -> Result<Outcome, BoxError> {
+    let (callers, seconds) = (args.callers, args.seconds);
     let channels = callers.div_ceil(CALLERS_PER_CHANNEL);
     let mut clients = Vec::new();
     for _ in 0..channels {
@@ -474,15 +475,7 @@ async fn holds_row(
     args: &Args,
     postgres: Option<&Store>,
 ) -> Result<(), BoxError> {
-    let pairs = drive(
-        url,
-        workload,
-        Calls::ReserveSettle,
-        args.callers,
-        args.seconds,
-        postgres,
-    )
-    .await?;
+    let pairs = drive(url, workload, Calls::ReserveSettle, args, postgres).await?;
     let cpu_ratio = consume
         .cpu
         .total_us()
@@ -536,14 +529,7 @@ async fn main() -> Result<(), BoxError> {
             let (grpc, store) = serve(&url).await?;
             for workload in [Workload::Spread, Workload::Hot] {
                 analyze(&store).await?;
-                let ours = drive(
-                    &grpc.url(),
-                    workload,
-                    Calls::Consume,
-                    args.callers,
-                    args.seconds,
-                    Some(&store),
-                )
+                let ours = drive(&grpc.url(), workload, Calls::Consume, &args, Some(&store))
                 .await?;
                 analyze(&store).await?;
                 let pg = pgbench(&url, workload, args.callers, args.seconds)?;
@@ -582,15 +568,7 @@ async fn main() -> Result<(), BoxError> {
         let result = async {
             let (grpc, _store) = serve(&format!("sqlite://{}/bench.db", dir.display())).await?;
             for workload in [Workload::Spread, Workload::Hot] {
-                let ours = drive(
-                    &grpc.url(),
-                    workload,
-                    Calls::Consume,
-                    args.callers,
-                    args.seconds,
-                    None,
-                )
-                .await?;
+                let ours = drive(&grpc.url(), workload, Calls::Consume, &args, None).await?;
                 println!(
                     "| SQLite | {} | Consume | {:.0} | {:.2} | {:.2} | {} | | | | {} | | |",
                     workload.name(),
