@@ -218,8 +218,12 @@ impl CpuClock {
                 let Ok(pid) = row.try_get_by_index::<String>(0) else {
                     continue;
                 };
-                // Readable only when PostgreSQL runs on this host.
-                if let Some(seconds) = cpu_seconds(&pid) {
+                // Only when PostgreSQL runs on this host: elsewhere the id
+                // names another process here, or none.
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"));
+                if comm.is_ok_and(|name| name.trim_end() == "postgres")
+                    && let Some(seconds) = cpu_seconds(&pid)
+                {
                     backends.insert(pid, seconds);
                 }
             }
@@ -530,7 +534,7 @@ async fn main() -> Result<(), BoxError> {
             for workload in [Workload::Spread, Workload::Hot] {
                 analyze(&store).await?;
                 let ours = drive(&grpc.url(), workload, Calls::Consume, &args, Some(&store))
-                .await?;
+                    .await?;
                 analyze(&store).await?;
                 let pg = pgbench(&url, workload, args.callers, args.seconds)?;
                 println!(
