@@ -411,20 +411,19 @@ impl Writes {
                 if let Some(one) = as_one(statements) {
                     txn.execute(&one).await.map_err(BatchError::from_insert)?;
                 }
-                return Ok(());
             }
             DatabaseBackend::Sqlite if statements.len() > 1 => {
                 txn.execute_raw(as_script(backend, &statements))
                     .await
                     .map_err(BatchError::from_insert)?;
-                return Ok(());
             }
-            _ => {}
-        }
-        for statement in statements {
-            txn.execute_raw(statement.build(backend))
-                .await
-                .map_err(BatchError::from_insert)?;
+            _ => {
+                for statement in statements {
+                    txn.execute_raw(statement.build(backend))
+                        .await
+                        .map_err(BatchError::from_insert)?;
+                }
+            }
         }
         Ok(())
     }
