@@ -234,10 +234,11 @@ impl CpuClock {
         }
     }
 
-    /// CPU µs per call from `self` to `later`, over `calls` calls. A backend
-    /// that connected in between counts all its time; one that ended in
-    /// between is missed (the pools keep their connections).
-    fn per_call(&self, later: &CpuClock, calls: f64, postgres: bool) -> Cpu {
+    /// CPU µs per call from `self` to `later`, over `calls` calls; none for
+    /// PostgreSQL when no backend was read (SQLite, or a server elsewhere).
+    /// A backend that connected in between counts all its time; one that
+    /// ended in between is missed (the pools keep their connections).
+    fn per_call(&self, later: &CpuClock, calls: f64) -> Cpu {
         if calls <= 0.0 {
             return Cpu::default();
         }
@@ -246,7 +247,7 @@ impl CpuClock {
             .process
             .zip(later.process)
             .map(|(before, after)| micros(after - before));
-        let postgres_us = (postgres && !later.backends.is_empty()).then(|| {
+        let postgres_us = (!later.backends.is_empty()).then(|| {
             let spent: f64 = later
                 .backends
                 .iter()
@@ -361,11 +362,7 @@ async fn drive(
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = clock.per_call(
-        &CpuClock::read(postgres).await,
-        latencies.len() as f64,
-        postgres.is_some(),
-    );
+    let cpu = clock.per_call(&CpuClock::read(postgres).await, latencies.len() as f64);
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies
