@@ -22,6 +22,8 @@ pub struct TokenJson<'a> {
     remaining: i64,
     /// Units spent.
     used: i64,
+    /// Units of its unexpired holds (`Reserve`), not yet settled or released.
+    held: i64,
     /// remaining + used: the sum of its grants.
     limit: i64,
     /// Unix seconds, or null when it never expires.
@@ -47,6 +49,7 @@ impl<'a> From<&'a pb::Token> for TokenJson<'a> {
             unlimited: t.unlimited,
             remaining: t.remaining,
             used: t.used,
+            held: t.held,
             limit: balance.limit_units(),
             expires_at: (t.expires_at != 0).then_some(t.expires_at),
             created_at: t.created_at,

@@ -117,6 +117,7 @@ fn token_commands_print_json_for_programs() {
     assert_eq!(token["unlimited"], false);
     assert_eq!(token["remaining"], 2_500_000);
     assert_eq!(token["used"], 0);
+    assert_eq!(token["held"], 0);
     assert_eq!(token["limit"], 2_500_000);
     assert_eq!(token["expires_at"], serde_json::Value::Null);
     assert_eq!(token["prefix"].as_str().unwrap(), format!("{}…", &key[..7]));
@@ -143,6 +144,13 @@ fn token_commands_print_json_for_programs() {
     assert_eq!(listed[0], shown);
     let granted = json(&["grant", &id.to_string(), "--quota", "7"]);
     assert_eq!(granted["limit"], 2_500_007);
+    // Held units, as `show` prints them in text.
+    hold(&server, &key, Some(1_000));
+    let held = json(&["show", &key]);
+    assert_eq!(held["held"], 1_000, "{held}");
+    assert_eq!(held["remaining"], 2_500_007, "holds never change the limit");
+    hold(&server, &key, None);
+    assert_eq!(json(&["show", &key])["held"], 0);
     let disabled = json(&["disable", &key]);
     assert_eq!(disabled["status"], "disabled");
     // The default stays text: the key alone.
