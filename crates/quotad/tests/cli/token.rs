@@ -148,7 +148,8 @@ fn token_commands_print_json_for_programs() {
     hold(&server, &key, Some(1_000));
     let held = json(&["show", &key]);
     assert_eq!(held["held"], 1_000, "{held}");
-    assert_eq!(held["remaining"], 2_500_007, "holds never change the limit");
+    assert_eq!(held["remaining"], 2_500_007, "a hold is not a debit");
+    assert_eq!(held["limit"], 2_500_007, "holds never change the limit");
     hold(&server, &key, None);
     assert_eq!(json(&["show", &key])["held"], 0);
     let disabled = json(&["disable", &key]);
