@@ -194,3 +194,78 @@ async fn live_holds_count(db: TestDb) {
     // "a3" expires at T + 10, unswept: no longer live.
     assert_eq!(store.live_holds(T + 10).await.unwrap(), 2);
 }
+
+on_every_database!(
+    a_reserve_counts_no_expired_hold_even_when_the_balance_covers_both,
+    a_reserve_counts_no_expired_hold
+);
+/// A lone reserve whose spendable balance covers it even with an expired,
+/// unswept hold still in `held` answers the `held` of live holds only: the
+/// expired one is swept first, not reported. The same when the expired hold
+/// makes the balance look short, and for a debit's or a hold's request id.
+async fn a_reserve_counts_no_expired_hold(db: TestDb) {
+    let store = db.store().await;
+    let (id, key) = token(&store, 100).await;
+    let digest = key.digest();
+    store
+        .reserve(&digest, units(30), "old", ttl(1), T)
+        .await
+        .unwrap();
+    // 100 - 30 covers 20 even while "old" is counted; at T + 1 it has expired.
+    let fresh = store
+        .reserve(&digest, units(20), "fresh", ttl(60), T + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            fresh.held,
+            fresh.balance.remaining,
+            fresh.repeat,
+            fresh.expires_at
+        ),
+        (20, 100, false, T + 61)
+    );
+    let stored = store
+        .token(&quota_service::domain::TokenLocator::Id(id))
+        .await
+        .unwrap();
+    assert_eq!(stored.held, 20, "the expired hold was swept from the row");
+    let expired = store.reserve(&digest, units(1), "old", ttl(1), T + 1).await;
+    assert!(
+        matches!(expired, Err(QuotaError::HoldExpired)),
+        "{expired:?}"
+    );
+
+    // 80 spendable while "late" (ttl 1) counts; 90 once it has expired.
+    store
+        .reserve(&digest, units(10), "late", ttl(1), T + 1)
+        .await
+        .unwrap();
+    let big = store
+        .reserve(&digest, units(75), "big", ttl(60), T + 2)
+        .await
+        .unwrap();
+    assert_eq!((big.held, big.balance.remaining), (95, 100));
+
+    // A request id a debit used, and a repeat of a live hold.
+    store
+        .consume(&digest, units(1), Some("debit"), T + 2)
+        .await
+        .unwrap();
+    let clash = store
+        .reserve(&digest, units(1), "debit", ttl(60), T + 2)
+        .await;
+    assert!(
+        matches!(clash, Err(QuotaError::RequestIdInUse(_))),
+        "{clash:?}"
+    );
+    let repeat = store
+        .reserve(&digest, units(75), "big", ttl(60), T + 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        (repeat.held, repeat.balance.remaining, repeat.repeat),
+        (95, 99, true)
+    );
+    assert_eq!(held_at(&store, id, T + 3).await, 95);
+}

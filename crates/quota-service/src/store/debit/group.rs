@@ -180,15 +180,27 @@ async fn load(
     latest: i64,
 ) -> Result<HashMap<String, Book>, BatchError> {
     let id_of: HashMap<&str, i64> = tokens.iter().map(|(d, t)| (d.as_str(), t.id)).collect();
-    // Each locked token's id with the request ids its operations name.
-    let named: Vec<(i64, Vec<&str>)> = group
-        .iter()
-        .filter_map(|(digest, ops)| {
-            let ids: Vec<&str> = ops.iter().filter_map(|(op, _)| op.request_id()).collect();
-            let token = id_of.get(digest.as_str())?;
-            (!ids.is_empty()).then_some((*token, ids))
-        })
-        .collect();
+    // Each locked token's id with the request ids its operations name that
+    // `keep` keeps.
+    let named_by = |keep: fn(&Op) -> bool| -> Vec<(i64, Vec<&str>)> {
+        group
+            .iter()
+            .filter_map(|(digest, ops)| {
+                let ids: Vec<&str> = ops
+                    .iter()
+                    .filter(|(op, _)| keep(op))
+                    .filter_map(|(op, _)| op.request_id())
+                    .collect();
+                let token = id_of.get(digest.as_str())?;
+                (!ids.is_empty()).then_some((*token, ids))
+            })
+            .collect()
+    };
+    let named = named_by(|_| true);
+    // The ledger answers only for ids that may name a debit: a `Consume`'s
+    // (a repeat) or a `Reserve`'s (refused). A `Settle` or `Release` needs
+    // it only when its id names no hold, looked up after.
+    let may_be_debits = named_by(|op| matches!(op, Op::Consume { .. } | Op::Reserve { .. }));
     let holding: Vec<i64> = tokens
         .iter()
         .filter(|(_, t)| t.held != 0)
@@ -218,17 +230,8 @@ async fn load(
                 .to_owned(),
         );
     }
-    if !named.is_empty() {
-        selects.push(only_named(
-            ledger_select(),
-            backend,
-            &named,
-            (
-                ledger::Entity,
-                ledger::Column::TokenId,
-                ledger::Column::RequestId,
-            ),
-        ));
+    if !may_be_debits.is_empty() {
+        selects.push(ledger_named(backend, &may_be_debits));
     }
     let mut holds: HashMap<i64, Vec<hold::Model>> = HashMap::new();
     let mut debits: HashMap<i64, Vec<String>> = HashMap::new();
@@ -249,6 +252,30 @@ async fn load(
             }
         }
     }
+    // Settle and Release ids that named no hold: a debit's, or nobody's.
+    let unheld: Vec<(i64, Vec<&str>)> =
+        named_by(|op| matches!(op, Op::Settle { .. } | Op::Release { .. }))
+            .into_iter()
+            .filter_map(|(token, ids)| {
+                let known = holds.get(&token);
+                let ids: Vec<&str> = ids
+                    .into_iter()
+                    .filter(|id| {
+                        !known.is_some_and(|rows| rows.iter().any(|r| r.request_id == *id))
+                    })
+                    .collect();
+                (!ids.is_empty()).then_some((token, ids))
+            })
+            .collect();
+    if !unheld.is_empty() {
+        let rows = hold::Entity::find()
+            .from_raw_sql(backend.build(&ledger_named(backend, &unheld)))
+            .all(txn)
+            .await?;
+        for row in rows {
+            debits.entry(row.token_id).or_default().push(row.request_id);
+        }
+    }
     let mut books = HashMap::with_capacity(tokens.len());
     for (digest, token) in tokens {
         let id = token.id;
@@ -261,6 +288,21 @@ async fn load(
         books.insert(digest, book);
     }
     Ok(books)
+}
+
+/// The ledger rows of exactly the (token, request id) `pairs` named, as
+/// rows of [`hold_select`]'s shape (see [`ledger_select`]).
+fn ledger_named(backend: DatabaseBackend, pairs: &[(i64, Vec<&str>)]) -> SelectStatement {
+    only_named(
+        ledger_select(),
+        backend,
+        pairs,
+        (
+            ledger::Entity,
+            ledger::Column::TokenId,
+            ledger::Column::RequestId,
+        ),
+    )
 }
 
 /// `select`, of `table`, restricted to the rows of exactly the (token,
@@ -336,15 +378,20 @@ fn hold_select() -> SelectStatement {
 /// columns of a hold: no hold expires before 1970.
 const LEDGER_ROW: i64 = -1;
 
-/// `SELECT` of a ledger row as [`hold_select`] selects a hold: its id, token,
-/// request id and units, [`LEDGER_ROW`] for the expiry, its kind for the
-/// state and its time for both times.
+/// `SELECT` of a ledger row as [`hold_select`] selects a hold, under the
+/// hold's column names (so it reads as a [`hold::Model`] alone as well as
+/// after a hold's `SELECT` in a `UNION`): its id, token, request id and
+/// units, [`LEDGER_ROW`] for the expiry, its kind for the state and its
+/// time for both times.
 fn ledger_select() -> SelectStatement {
+    use hold::Column as H;
     use ledger::Column as C;
     Query::select()
         .columns([C::Id, C::TokenId, C::RequestId, C::Units])
-        .expr(Expr::cust(LEDGER_ROW.to_string()))
-        .columns([C::Kind, C::CreatedAt, C::CreatedAt])
+        .expr_as(Expr::val(LEDGER_ROW), H::ExpiresAt)
+        .expr_as(Expr::col(C::Kind), H::State)
+        .expr_as(Expr::col(C::CreatedAt), H::CreatedAt)
+        .expr_as(Expr::col(C::CreatedAt), H::UpdatedAt)
         .from(ledger::Entity)
         .to_owned()
 }

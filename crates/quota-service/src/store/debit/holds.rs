@@ -5,10 +5,12 @@
 //! been swept; a hold past its expiry stays in it until the next write to the
 //! token sweeps it (marks it expired and subtracts it). Nothing relies on the
 //! sweep for exactness: every decision sweeps first at its own time, and the
-//! single conditional UPDATE of a debit only ever counts unswept holds
-//! against the token (it may refuse, never overspend; a refusal is then
-//! decided again under the row lock, after a sweep). Reads subtract what has
-//! expired but is not yet swept ([`Store::held_at`]).
+//! single conditional UPDATE of a debit or of a lone reserve only ever
+//! counts unswept holds against the token (it may refuse, never overspend; a
+//! refusal is then decided again under the row lock, after a sweep). A lone
+//! reserve writes its hold only if no live hold of the token has expired, so
+//! the `held` it answers is exact; otherwise it too is decided again. Reads
+//! subtract what has expired but is not yet swept ([`Store::held_at`]).
 
 use super::queue::{Op, Outcome};
 use crate::domain::{HoldOutcome, HoldState, HoldTtl, KeyDigest, QuotaError, QuotaUnits, Token};

@@ -364,8 +364,9 @@ impl Store {
         }
     }
 
-    /// Settles one token's batch: a lone debit with the single conditional
-    /// UPDATE, anything else in one transaction under the token's row lock.
+    /// Settles one token's batch: a lone debit or reserve with the single
+    /// conditional UPDATE, anything else in one transaction under the token's
+    /// row lock.
     /// Returns the error of an unreachable or silent database, if one
     /// answered a call.
     async fn run_batch(&self, digest: &KeyDigest, mut batch: Vec<Pending>) -> Option<QuotaError> {
@@ -381,6 +382,29 @@ impl Store {
                 .bounded(self.consume_one(digest, *units, request_id.as_deref(), *now))
                 .await
                 .map(Outcome::Debit);
+            let unavailable = unreachable(&outcome);
+            if let Some(p) = batch.pop() {
+                let _ = p.reply.send(outcome);
+            }
+            return unavailable;
+        }
+        if let [
+            Pending {
+                op:
+                    Op::Reserve {
+                        units,
+                        request_id,
+                        ttl,
+                    },
+                now,
+                ..
+            },
+        ] = batch.as_slice()
+        {
+            let outcome = self
+                .bounded(self.reserve_one(digest, *units, request_id, *ttl, *now))
+                .await
+                .map(Outcome::Hold);
             let unavailable = unreachable(&outcome);
             if let Some(p) = batch.pop() {
                 let _ = p.reply.send(outcome);

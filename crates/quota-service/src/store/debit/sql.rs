@@ -1,8 +1,11 @@
-//! The SQL of a single debit: one conditional UPDATE with its ledger row.
-//! Batches, and whatever that UPDATE does not decide, are in `batch`.
+//! The SQL of a single debit, and of a single reserve: one conditional
+//! UPDATE with its ledger row, or its hold's row. Batches, and whatever that
+//! UPDATE does not decide, are in `batch`.
 
 use super::queue::{Op, Outcome};
-use crate::domain::{Balance, Debit, KeyDigest, QuotaError, QuotaUnits};
+use crate::domain::{
+    Balance, Debit, HoldOutcome, HoldState, HoldTtl, KeyDigest, QuotaError, QuotaUnits,
+};
 use crate::store::Store;
 use crate::store::entity::{KIND_DEBIT, STATUS_ENABLED, hold, ledger, token};
 use crate::store::error::{is_deadlock, is_unique_violation};
@@ -57,7 +60,8 @@ impl Store {
         now: i64,
     ) -> Result<Option<Debit>, DbErr> {
         let txn = self.db.begin().await?;
-        if let Some((token_id, balance)) = debit_counters(&txn, digest, units, now).await? {
+        let update = debit_update(digest.as_str(), units.get(), now);
+        if let Some((token_id, balance, _)) = counters(&txn, digest, update).await? {
             match txn
                 .execute(&debit_insert(token_id, units.get(), request_id, now)?)
                 .await
@@ -79,26 +83,101 @@ impl Store {
         txn.rollback().await?;
         Ok(None)
     }
+
+    /// One reserve on its own, as [`Store::consume_one`] debits: one
+    /// conditional UPDATE of `held` (enabled, unexpired, unlimited or a
+    /// spendable balance that covers it) and the hold's row, written only if
+    /// the request id names no debit and no live hold of the token has
+    /// expired, in one transaction. Anything else (a refusal, a repeat that
+    /// the unique index rolls back, an id that names a debit, expired holds
+    /// still counted) rolls back and is decided again under the token's row
+    /// lock, after a sweep. With no expired hold unswept, `held` counts
+    /// exactly the live holds, so the answer is the one the full path gives.
+    pub(super) async fn reserve_one(
+        &self,
+        digest: &KeyDigest,
+        units: QuotaUnits,
+        request_id: &str,
+        ttl: HoldTtl,
+        now: i64,
+    ) -> Result<HoldOutcome, QuotaError> {
+        match self
+            .reserve_alone(digest, units, request_id, ttl, now)
+            .await
+        {
+            Ok(Some(outcome)) => return Ok(outcome),
+            Ok(None) => {}
+            // Rolled back to break a deadlock: nothing was written.
+            Err(e) if is_deadlock(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let op = Op::Reserve {
+            units,
+            request_id: request_id.to_owned(),
+            ttl,
+        };
+        match self.apply_one(digest, &op, now).await? {
+            Outcome::Hold(outcome) => Ok(outcome),
+            Outcome::Debit(_) => Err(QuotaError::Internal(
+                "a hold call was answered as a debit".into(),
+            )),
+        }
+    }
+
+    /// The single reserve's transaction: the hold, or `None` (rolled back)
+    /// when the conditional `UPDATE` or the hold's row did not take it.
+    async fn reserve_alone(
+        &self,
+        digest: &KeyDigest,
+        units: QuotaUnits,
+        request_id: &str,
+        ttl: HoldTtl,
+        now: i64,
+    ) -> Result<Option<HoldOutcome>, DbErr> {
+        let txn = self.db.begin().await?;
+        let update = reserve_update(digest.as_str(), units.get(), now);
+        if let Some((token_id, balance, held)) = counters(&txn, digest, update).await? {
+            let expires_at = ttl.expires_at(now);
+            let insert = hold_insert(token_id, units.get(), request_id, expires_at, now)?;
+            match txn.execute(&insert).await {
+                Ok(done) if done.rows_affected() == 1 => {
+                    txn.commit().await?;
+                    return Ok(Some(HoldOutcome {
+                        balance,
+                        held,
+                        repeat: false,
+                        expires_at,
+                        overdraft: 0,
+                    }));
+                }
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        txn.rollback().await?;
+        Ok(None)
+    }
 }
 
-/// The conditional debit of the counters. Returns the token id and the
-/// counters after the debit, or `None` when the token cannot pay.
-async fn debit_counters(
+/// The counters after a conditional `update` of the token whose key has
+/// `digest` (made by [`spendable_update`]): its id, balance and held units,
+/// or `None` when the condition did not take it.
+async fn counters(
     txn: &DatabaseTransaction,
     digest: &KeyDigest,
-    units: QuotaUnits,
-    now: i64,
-) -> Result<Option<(i64, Balance)>, DbErr> {
+    mut update: UpdateStatement,
+) -> Result<Option<(i64, Balance, i64)>, DbErr> {
     use token::Column as C;
-    let mut update = debit_update(digest.as_str(), units.get(), now);
     let row = if txn.support_returning() {
-        txn.query_one(update.returning(debit_returning())).await?
+        txn.query_one(update.returning(counters_returning()))
+            .await?
     } else {
         if txn.execute(&update).await?.rows_affected() != 1 {
             return Ok(None);
         }
         let select = Query::select()
-            .columns([C::Id, C::Remaining, C::Used, C::Unlimited])
+            .columns(COUNTERS)
             .from(token::Entity)
             .and_where(Expr::col(C::KeyDigest).eq(digest.as_str()))
             .to_owned();
@@ -111,18 +190,16 @@ async fn debit_counters(
         used: row.try_get_by_index(2)?,
         unlimited: row.try_get_by_index(3)?,
     };
-    Ok(Some((id, balance)))
+    Ok(Some((id, balance, row.try_get_by_index(4)?)))
 }
 
 /// `UPDATE` of the counters that succeeds only where
 /// [`crate::domain::Token::debit_refusal`] finds nothing to refuse: the same
-/// rule in SQL.
-fn debit_update(digest: &str, units: i64, now: i64) -> UpdateStatement {
+/// rule in SQL, with no values set yet.
+fn spendable_update(digest: &str, units: i64, now: i64) -> UpdateStatement {
     use token::Column as C;
     Query::update()
         .table(token::Entity)
-        .value(C::Remaining, Expr::col(C::Remaining).sub(units))
-        .value(C::Used, Expr::col(C::Used).add(units))
         .value(C::UpdatedAt, now)
         .and_where(Expr::col(C::KeyDigest).eq(digest))
         .and_where(Expr::col(C::Status).eq(STATUS_ENABLED))
@@ -140,9 +217,95 @@ fn debit_update(digest: &str, units: i64, now: i64) -> UpdateStatement {
         .to_owned()
 }
 
-fn debit_returning() -> ReturningClause {
+/// The single debit's conditional `UPDATE`.
+fn debit_update(digest: &str, units: i64, now: i64) -> UpdateStatement {
     use token::Column as C;
-    Query::returning().columns([C::Id, C::Remaining, C::Used, C::Unlimited])
+    spendable_update(digest, units, now)
+        .value(C::Remaining, Expr::col(C::Remaining).sub(units))
+        .value(C::Used, Expr::col(C::Used).add(units))
+        .to_owned()
+}
+
+/// The single reserve's conditional `UPDATE`: the units held, where the
+/// token could debit them and its held units do not overflow.
+fn reserve_update(digest: &str, units: i64, now: i64) -> UpdateStatement {
+    use token::Column as C;
+    spendable_update(digest, units, now)
+        .value(C::Held, Expr::col(C::Held).add(units))
+        .and_where(Expr::col(C::Held).lte(i64::MAX - units))
+        .to_owned()
+}
+
+/// What [`counters`] reads back, in its order.
+const COUNTERS: [token::Column; 5] = [
+    token::Column::Id,
+    token::Column::Remaining,
+    token::Column::Used,
+    token::Column::Unlimited,
+    token::Column::Held,
+];
+
+fn counters_returning() -> ReturningClause {
+    Query::returning().columns(COUNTERS)
+}
+
+/// The hold row of a single reserve: `INSERT ... SELECT` that inserts
+/// nothing when the request id names a debit of the token, or when a live
+/// hold of the token has expired by `now` (its units, not yet swept, are
+/// still in `held`: the full path sweeps them first). The token's row lock
+/// is already held, so neither can appear in between; a hold that has the
+/// request id already is refused by the unique index.
+fn hold_insert(
+    token_id: i64,
+    units: i64,
+    request_id: &str,
+    expires_at: i64,
+    now: i64,
+) -> Result<InsertStatement, DbErr> {
+    use hold::Column as H;
+    let debit = Query::select()
+        .expr(Expr::val(1))
+        .from(ledger::Entity)
+        .and_where(Expr::col((ledger::Entity, ledger::Column::TokenId)).eq(token_id))
+        .and_where(Expr::col((ledger::Entity, ledger::Column::RequestId)).eq(request_id))
+        .to_owned();
+    let expired = Query::select()
+        .expr(Expr::val(1))
+        .from(hold::Entity)
+        .and_where(Expr::col((hold::Entity, H::TokenId)).eq(token_id))
+        .and_where(Expr::col((hold::Entity, H::State)).eq(HoldState::Live.code()))
+        .and_where(Expr::col((hold::Entity, H::ExpiresAt)).lte(now))
+        .to_owned();
+    let row: [SimpleExpr; 7] = [
+        token_id.into(),
+        request_id.into(),
+        units.into(),
+        expires_at.into(),
+        HoldState::Live.code().into(),
+        now.into(),
+        now.into(),
+    ];
+    let select = Query::select()
+        .exprs(row)
+        .from(token::Entity)
+        .and_where(Expr::col((token::Entity, token::Column::Id)).eq(token_id))
+        .and_where(Expr::exists(debit).not())
+        .and_where(Expr::exists(expired).not())
+        .to_owned();
+    Query::insert()
+        .into_table(hold::Entity)
+        .columns([
+            H::TokenId,
+            H::RequestId,
+            H::Units,
+            H::ExpiresAt,
+            H::State,
+            H::CreatedAt,
+            H::UpdatedAt,
+        ])
+        .select_from(select)
+        .map(|insert| insert.to_owned())
+        .map_err(|e| DbErr::Custom(format!("hold insert: {e}")))
 }
 
 /// The ledger row of a single debit: with a request id, `INSERT ... SELECT`
@@ -243,7 +406,7 @@ pub fn pgbench_debit_script(
     const REQUEST_ID: &str = "@@request_id@@";
     const TOKEN_ID: i64 = 987_654_321_987_654_321;
     let update = debit_update(DIGEST, units, now)
-        .returning(debit_returning())
+        .returning(counters_returning())
         .to_string(PostgresQueryBuilder)
         .replace(&format!("'{DIGEST}'"), digest_sql);
     let insert = debit_insert(TOKEN_ID, units, Some(REQUEST_ID), now)?
