@@ -297,6 +297,10 @@ def debits(ctx, table):
             table.add(what, f"{float(row['per s']):,.0f}/s, p99 {row['p99 ms']} ms",
                       f"{float(row['pgbench tx/s']):,.0f} pgbench tx/s", float(ratio),
                       targets[(database, workload)])
+        elif calls and calls.startswith("pgbench"):
+            table.add(what, f"{float(row['per s']):,.0f} pairs/s",
+                      "pgbench debits of the same run", float(ratio), None,
+                      note="PostgreSQL's own pairs / debits, for the pairs row above")
         elif calls and calls != "Consume":
             cpu = row.get("cpu ratio", "")
             table.add(what, f"{float(row['per s']):,.0f} pairs/s", "Consume of the same run",

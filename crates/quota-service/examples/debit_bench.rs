@@ -13,7 +13,11 @@
 //! concurrent clients for `--seconds`; pgbench then runs the same statements
 //! (rendered by the store itself) at the same concurrency on the same database.
 //! The holds run counts reserve + settle pairs, compared with the debits/s of
-//! `Consume` at the same concurrency.
+//! `Consume` at the same concurrency. On PostgreSQL pgbench then runs the
+//! least SQL a pair needs (two transactions: the hold, then its settlement)
+//! at the same concurrency, and that row's `ratio` is its pairs/s over
+//! pgbench's debits/s: PostgreSQL's own price of a pair, in debits, beside
+//! the service's.
 //!
 //! Each run of the service also reports the CPU time it took per call (per
 //! pair for holds), read from `/proc`: this process's (the callers, the
@@ -25,8 +29,8 @@
 
 use quota::pb::quota_service_client::QuotaServiceClient;
 use quota::pb::{ConsumeRequest, ReserveRequest, SettleRequest};
-use quota_service::domain::{KeyDigest, unix_now};
-use quota_service::store::entity::{STATUS_ENABLED, token};
+use quota_service::domain::{HoldState, KeyDigest, unix_now};
+use quota_service::store::entity::{KIND_DEBIT, STATUS_ENABLED, token};
 use quota_service::testing::{TEST_ADMIN_TOKEN, TestServer, test_config};
 use quota_service::{Store, store};
 use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait};
@@ -378,14 +382,9 @@ async fn drive(
     })
 }
 
-/// pgbench on `url`'s database running the store's own debit SQL.
-fn pgbench(
-    url: &str,
-    workload: Workload,
-    callers: usize,
-    seconds: u64,
-) -> Result<Outcome, BoxError> {
-    let script = format!(
+/// The store's own debit SQL, as a pgbench script for `workload`.
+fn pgbench_debit(workload: Workload) -> Result<String, BoxError> {
+    Ok(format!(
         "{}\\set rid random(1, 1000000000000)\n{}",
         workload.pgbench_token(),
         store::pgbench_debit_script(
@@ -394,11 +393,60 @@ fn pgbench(
             "'pgbench-' || :client_id || '-' || :rid",
             unix_now()
         )?
-    );
+    ))
+}
+
+/// The least SQL a reserve + settle pair needs on this schema, as a pgbench
+/// script for `workload`: PostgreSQL's own cost of a pair, to set beside its
+/// cost of a debit. Like [`drive`]'s pairs it holds twice the units and
+/// settles the units. A reserve is one transaction: the conditional UPDATE
+/// of the token (its spendable balance) and the hold's row, if no debit has
+/// its request id. A settle is another: the token's counters, the hold's
+/// state, the ledger row and the day's total. The store writes the same rows
+/// (and looks the ids up first); a change of the schema that this script no
+/// longer fits makes pgbench, and so the benchmark, fail.
+fn pgbench_pair(workload: Workload) -> String {
+    let now = unix_now();
+    let day = now - now.rem_euclid(86_400);
+    let (held, cost) = (2 * UNITS, UNITS);
+    let live = HoldState::Live.code();
+    let settled = HoldState::Settled.code();
+    let expires = now + 600;
+    let rid = "'pgbench-pair-' || :client_id || '-' || :rid";
+    format!(
+        "{token}\\set rid random(1, 1000000000000)
+BEGIN;
+UPDATE quota_tokens SET held = held + {held}, updated_at = {now} \
+ WHERE key_digest = {digest} AND status = {STATUS_ENABLED} \
+ AND (expires_at IS NULL OR expires_at > {now}) AND (unlimited OR remaining - held >= {held}) \
+ RETURNING id \\gset
+INSERT INTO quota_holds (token_id, request_id, units, expires_at, state, created_at, updated_at) \
+ SELECT :id, {rid}, {held}, {expires}, {live}, {now}, {now} \
+ WHERE NOT EXISTS (SELECT 1 FROM quota_ledger WHERE token_id = :id AND request_id = {rid});
+COMMIT;
+BEGIN;
+UPDATE quota_tokens SET remaining = remaining - {cost}, used = used + {cost}, held = held - {held}, \
+ updated_at = {now} WHERE key_digest = {digest} RETURNING id \\gset
+UPDATE quota_holds SET state = {settled}, updated_at = {now} \
+ WHERE token_id = :id AND request_id = {rid} AND state = {live};
+INSERT INTO quota_ledger (token_id, kind, units, request_id, created_at) \
+ VALUES (:id, {KIND_DEBIT}, {cost}, {rid}, {now});
+INSERT INTO quota_usage_days (token_id, day, units) VALUES (:id, {day}, {cost}) \
+ ON CONFLICT (token_id, day) DO UPDATE SET units = quota_usage_days.units + excluded.units;
+COMMIT;
+",
+        token = workload.pgbench_token(),
+        digest = PG_DIGEST_OF_N,
+    )
+}
+
+/// pgbench on `url`'s database running `script` from `callers` clients for
+/// `seconds`.
+fn pgbench(url: &str, script: &str, callers: usize, seconds: u64) -> Result<Outcome, BoxError> {
     let dir = std::env::temp_dir().join(format!("quota-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let file = dir.join("debit.sql");
-    std::fs::write(&file, &script)?;
+    let file = dir.join("script.sql");
+    std::fs::write(&file, script)?;
     let out = Command::new("pgbench")
         .args([
             "-n",
@@ -533,7 +581,7 @@ async fn main() -> Result<(), BoxError> {
                 let ours = drive(&grpc.url(), workload, Calls::Consume, &args, Some(&store))
                     .await?;
                 analyze(&store).await?;
-                let pg = pgbench(&url, workload, args.callers, args.seconds)?;
+                let pg = pgbench(&url, &pgbench_debit(workload)?, args.callers, args.seconds)?;
                 println!(
                     "| PostgreSQL | {} | Consume | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.2} | {:.2} | {} | {} | |",
                     workload.name(),
@@ -553,6 +601,16 @@ async fn main() -> Result<(), BoxError> {
                 analyze(&store).await?;
                 holds_row("PostgreSQL", &grpc.url(), workload, &ours, &args, Some(&store))
                     .await?;
+                analyze(&store).await?;
+                let pg_pairs = pgbench(&url, &pgbench_pair(workload), args.callers, args.seconds)?;
+                println!(
+                    "| PostgreSQL | {} | pgbench: a pair's SQL | {:.0} | | | {} | | {:.2} | {:.2} | | | |",
+                    workload.name(),
+                    pg_pairs.per_second,
+                    pg_pairs.errors,
+                    pg_pairs.p50_ms,
+                    pg_pairs.per_second / pg.per_second,
+                );
             }
             Ok::<_, BoxError>(())
         }
