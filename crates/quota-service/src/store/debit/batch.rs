@@ -45,7 +45,8 @@ impl Book {
     /// The book of `token` (its row locked), from the hold rows looked up for
     /// it (those its operations name, and live ones expired by `latest`; a
     /// row that is both comes twice and counts once) and the request ids of
-    /// its ledger rows that its operations name.
+    /// its ledger rows that its operations name (at least those that name no
+    /// hold: a settled hold's ledger row, if given, counts as the hold).
     pub(super) fn new(
         token: Token,
         hold_rows: Vec<hold::Model>,

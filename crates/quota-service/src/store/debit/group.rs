@@ -3,9 +3,11 @@
 //!
 //! The tokens' rows are locked first, in ascending id order, so that two
 //! groups (on one replica or on several sharing the database) never wait for
-//! each other in a cycle. Then one SELECT looks up the holds and the ledger
-//! rows the group's (token, request id) pairs name, with (`UNION ALL`) the
-//! live holds of its tokens that have expired by the group's latest time.
+//! each other in a cycle. Then one SELECT looks up the holds the group's
+//! (token, request id) pairs name, with (`UNION ALL`) the live holds of its
+//! tokens that have expired by the group's latest time and the ledger rows
+//! that the pairs of its `Consume` and `Reserve` calls name (a `Settle` or
+//! `Release` id that names no hold is looked up in the ledger after).
 //! It names exact pairs, which the unique (token, request id) indexes
 //! answer (on PostgreSQL one `LATERAL` probe per pair), so neither a
 //! token's history nor stale statistics make it slower. Each token's
@@ -33,10 +35,10 @@ use sea_orm::{
 };
 use std::collections::HashMap;
 
-/// One token's operations in a group, each with its time.
 /// How many times a group the database rolled back to break a deadlock runs again.
 const DEADLOCK_RETRIES: u32 = 3;
 
+/// One token's operations in a group, each with its time.
 pub(super) type Work<'a> = (&'a KeyDigest, Vec<(&'a Op, i64)>);
 
 /// Each token's outcomes, in the order of its operations.
@@ -170,9 +172,11 @@ async fn lock_tokens(
         .collect())
 }
 
-/// Looks up, for every locked token, the holds and ledger rows its
-/// operations name and its live holds expired by `latest`; one book each,
-/// by key digest.
+/// Looks up, for every locked token, the holds its operations name, its
+/// live holds expired by `latest`, and the ledger rows of the request ids
+/// that may name a debit (those of `Consume` and `Reserve` calls, and those
+/// of `Settle` and `Release` calls that name no hold); one book each, by
+/// key digest.
 async fn load(
     txn: &DatabaseTransaction,
     tokens: Vec<(String, Token)>,

@@ -372,39 +372,13 @@ impl Store {
     async fn run_batch(&self, digest: &KeyDigest, mut batch: Vec<Pending>) -> Option<QuotaError> {
         if let [
             Pending {
-                op: Op::Consume { units, request_id },
+                op: op @ (Op::Consume { .. } | Op::Reserve { .. }),
                 now,
                 ..
             },
         ] = batch.as_slice()
         {
-            let outcome = self
-                .bounded(self.consume_one(digest, *units, request_id.as_deref(), *now))
-                .await
-                .map(Outcome::Debit);
-            let unavailable = unreachable(&outcome);
-            if let Some(p) = batch.pop() {
-                let _ = p.reply.send(outcome);
-            }
-            return unavailable;
-        }
-        if let [
-            Pending {
-                op:
-                    Op::Reserve {
-                        units,
-                        request_id,
-                        ttl,
-                    },
-                now,
-                ..
-            },
-        ] = batch.as_slice()
-        {
-            let outcome = self
-                .bounded(self.reserve_one(digest, *units, request_id, *ttl, *now))
-                .await
-                .map(Outcome::Hold);
+            let outcome = self.bounded(self.run_one(digest, op, *now)).await;
             let unavailable = unreachable(&outcome);
             if let Some(p) = batch.pop() {
                 let _ = p.reply.send(outcome);

@@ -13,40 +13,54 @@ use crate::store::usage::{UsageDays, add_usage_days};
 use sea_orm::sea_query::{
     Expr, ExprTrait, InsertStatement, Query, ReturningClause, SimpleExpr, UpdateStatement,
 };
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, TransactionTrait};
 
 impl Store {
-    /// One debit on its own: one conditional UPDATE (enabled, unexpired,
-    /// unlimited or a spendable balance that covers it, counting every hold
-    /// not yet swept) and its ledger row, written only if the request id names
-    /// no hold, with its day's usage total, in one transaction. Anything else (a refusal, a repeat that the
-    /// unique index rolls back, an id that names a hold, expired holds still
-    /// counted) rolls back and is decided again under the token's row lock,
-    /// after a sweep: a refusal here is never wrong for long, and a success is
-    /// always right, since unswept holds only make the condition stricter.
-    pub(super) async fn consume_one(
+    /// One call on its own. A `Consume` is one conditional UPDATE (enabled,
+    /// unexpired, unlimited or a spendable balance that covers it, counting
+    /// every hold not yet swept) and its ledger row, written only if the
+    /// request id names no hold, with its day's usage total, in one
+    /// transaction. A `Reserve` is the same UPDATE of `held` and its hold's
+    /// row, written only if the request id names no debit and no live hold
+    /// of the token has expired: with none unswept, `held` counts exactly
+    /// the live holds, so the answer is the one the row-locked path gives
+    /// (on PostgreSQL and SQLite; on MySQL a reserve takes the row lock).
+    /// Anything else (a refusal, a repeat that the unique index rolls back,
+    /// an id that names the other kind, expired holds still counted), and
+    /// every other call, is decided under the token's row lock, after a
+    /// sweep: a refusal there is never wrong for long, and a success always
+    /// right, since unswept holds only make the condition stricter.
+    pub(super) async fn run_one(
         &self,
         digest: &KeyDigest,
-        units: QuotaUnits,
-        request_id: Option<&str>,
+        op: &Op,
         now: i64,
-    ) -> Result<Debit, QuotaError> {
-        match self.debit_alone(digest, units, request_id, now).await {
-            Ok(Some(debit)) => return Ok(debit),
-            Ok(None) => {}
-            // Rolled back to break a deadlock: nothing was written.
-            Err(e) if is_deadlock(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let op = Op::Consume {
-            units,
-            request_id: request_id.map(str::to_owned),
+    ) -> Result<Outcome, QuotaError> {
+        let alone = match op {
+            Op::Consume { units, request_id } => self
+                .debit_alone(digest, *units, request_id.as_deref(), now)
+                .await
+                .map(|debit| debit.map(Outcome::Debit)),
+            // Not on MySQL: there the hold's `INSERT … SELECT` reads with
+            // next-key locks, which two lone calls of neighbouring tokens can
+            // take in opposite orders (a deadlock, answered again below, but
+            // a rolled-back transaction each time).
+            Op::Reserve {
+                units,
+                request_id,
+                ttl,
+            } if self.db.get_database_backend() != DatabaseBackend::MySql => self
+                .reserve_alone(digest, *units, request_id, *ttl, now)
+                .await
+                .map(|hold| hold.map(Outcome::Hold)),
+            Op::Reserve { .. } | Op::Settle { .. } | Op::Release { .. } => Ok(None),
         };
-        match self.apply_one(digest, &op, now).await? {
-            Outcome::Debit(debit) => Ok(debit),
-            Outcome::Hold(_) => Err(QuotaError::Internal(
-                "a debit was answered as a hold call".into(),
-            )),
+        match alone {
+            Ok(Some(outcome)) => Ok(outcome),
+            Ok(None) => self.apply_one(digest, op, now).await,
+            // Rolled back to break a deadlock: nothing was written.
+            Err(e) if is_deadlock(&e) => self.apply_one(digest, op, now).await,
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -59,69 +73,15 @@ impl Store {
         request_id: Option<&str>,
         now: i64,
     ) -> Result<Option<Debit>, DbErr> {
-        let txn = self.db.begin().await?;
         let update = debit_update(digest.as_str(), units.get(), now);
-        if let Some((token_id, balance, _)) = counters(&txn, digest, update).await? {
-            match txn
-                .execute(&debit_insert(token_id, units.get(), request_id, now)?)
-                .await
-            {
-                Ok(done) if done.rows_affected() == 1 => {
-                    let day = UsageDays::one(token_id, now, units.get());
-                    add_usage_days(&txn, &day).await?;
-                    txn.commit().await?;
-                    return Ok(Some(Debit {
-                        balance,
-                        repeat: false,
-                    }));
-                }
-                Ok(_) => {}
-                Err(e) if is_unique_violation(&e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        txn.rollback().await?;
-        Ok(None)
-    }
-
-    /// One reserve on its own, as [`Store::consume_one`] debits: one
-    /// conditional UPDATE of `held` (enabled, unexpired, unlimited or a
-    /// spendable balance that covers it) and the hold's row, written only if
-    /// the request id names no debit and no live hold of the token has
-    /// expired, in one transaction. Anything else (a refusal, a repeat that
-    /// the unique index rolls back, an id that names a debit, expired holds
-    /// still counted) rolls back and is decided again under the token's row
-    /// lock, after a sweep. With no expired hold unswept, `held` counts
-    /// exactly the live holds, so the answer is the one the full path gives.
-    pub(super) async fn reserve_one(
-        &self,
-        digest: &KeyDigest,
-        units: QuotaUnits,
-        request_id: &str,
-        ttl: HoldTtl,
-        now: i64,
-    ) -> Result<HoldOutcome, QuotaError> {
-        match self
-            .reserve_alone(digest, units, request_id, ttl, now)
-            .await
-        {
-            Ok(Some(outcome)) => return Ok(outcome),
-            Ok(None) => {}
-            // Rolled back to break a deadlock: nothing was written.
-            Err(e) if is_deadlock(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let op = Op::Reserve {
-            units,
-            request_id: request_id.to_owned(),
-            ttl,
-        };
-        match self.apply_one(digest, &op, now).await? {
-            Outcome::Hold(outcome) => Ok(outcome),
-            Outcome::Debit(_) => Err(QuotaError::Internal(
-                "a hold call was answered as a debit".into(),
-            )),
-        }
+        let row = |token_id| debit_insert(token_id, units.get(), request_id, now);
+        let counters = self
+            .alone(digest, update, row, Some((units.get(), now)))
+            .await?;
+        Ok(counters.map(|(balance, _)| Debit {
+            balance,
+            repeat: false,
+        }))
     }
 
     /// The single reserve's transaction: the hold, or `None` (rolled back)
@@ -134,21 +94,41 @@ impl Store {
         ttl: HoldTtl,
         now: i64,
     ) -> Result<Option<HoldOutcome>, DbErr> {
-        let txn = self.db.begin().await?;
+        let expires_at = ttl.expires_at(now);
         let update = reserve_update(digest.as_str(), units.get(), now);
+        let row = |token_id| hold_insert(token_id, units.get(), request_id, expires_at, now);
+        let counters = self.alone(digest, update, row, None).await?;
+        Ok(counters.map(|(balance, held)| HoldOutcome {
+            balance,
+            held,
+            repeat: false,
+            expires_at,
+            overdraft: 0,
+        }))
+    }
+
+    /// One call's transaction: the conditional `update` of the token whose
+    /// key has `digest`, then the row `insert` makes for the token's id and,
+    /// for a debit (`debited`: its units and time), the day's usage total.
+    /// Returns the counters after it (balance and held units), committed, or
+    /// `None`, rolled back, when the update matched nothing or the insert
+    /// wrote no row (its condition, or a unique index, refused it).
+    async fn alone(
+        &self,
+        digest: &KeyDigest,
+        update: UpdateStatement,
+        insert: impl FnOnce(i64) -> Result<InsertStatement, DbErr>,
+        debited: Option<(i64, i64)>,
+    ) -> Result<Option<(Balance, i64)>, DbErr> {
+        let txn = self.db.begin().await?;
         if let Some((token_id, balance, held)) = counters(&txn, digest, update).await? {
-            let expires_at = ttl.expires_at(now);
-            let insert = hold_insert(token_id, units.get(), request_id, expires_at, now)?;
-            match txn.execute(&insert).await {
+            match txn.execute(&insert(token_id)?).await {
                 Ok(done) if done.rows_affected() == 1 => {
+                    if let Some((units, at)) = debited {
+                        add_usage_days(&txn, &UsageDays::one(token_id, at, units)).await?;
+                    }
                     txn.commit().await?;
-                    return Ok(Some(HoldOutcome {
-                        balance,
-                        held,
-                        repeat: false,
-                        expires_at,
-                        overdraft: 0,
-                    }));
+                    return Ok(Some((balance, held)));
                 }
                 Ok(_) => {}
                 Err(e) if is_unique_violation(&e) => {}
