@@ -411,3 +411,90 @@ async fn reserves_reusing_debit_ids(db: TestDb) {
     }
     assert_verified(&store).await;
 }
+
+on_every_database!(
+    a_burst_of_settles_and_releases_finds_what_each_id_names,
+    settles_and_releases_naming_holds_debits_and_nothing
+);
+/// A burst of settles and releases over several tokens, from many callers
+/// at once, so that groups mix them: each id names a live hold of its
+/// token, a `Consume` debit of it (`ALREADY_EXISTS`) or nothing
+/// (`NOT_FOUND`). Neighbouring tokens swap which ids are holds and which
+/// are debits, so an id is a hold of one token of a group and a debit of
+/// another: only the (token, id) pair decides.
+async fn settles_and_releases_naming_holds_debits_and_nothing(db: TestDb) {
+    const TOKENS: usize = 6;
+    const IDS: usize = 24;
+    /// What id `i` names for token `t`.
+    fn names(t: usize, i: usize) -> &'static str {
+        match (i % 3, t % 2) {
+            (2, _) => "nothing",
+            (0, 0) | (1, 1) => "hold",
+            _ => "debit",
+        }
+    }
+    let store = db.store().await;
+    let mut tokens = Vec::new();
+    for t in 0..TOKENS {
+        let (tok, key) = new_token(&store, 1_000).await;
+        for i in 0..IDS {
+            let id = format!("id-{i}");
+            match names(t, i) {
+                "hold" => {
+                    store
+                        .reserve(&key.digest(), units(10), &id, ttl(), NOW)
+                        .await
+                        .unwrap();
+                }
+                "debit" => {
+                    consume(&store, &key, 1, Some(&id)).await.unwrap();
+                }
+                _ => {}
+            }
+        }
+        tokens.push((tok, key));
+    }
+    let mut tasks = Vec::new();
+    for (t, (_, key)) in tokens.iter().enumerate() {
+        for i in 0..IDS {
+            let (store, digest) = (store.clone(), key.digest());
+            tasks.push(tokio::spawn(async move {
+                let id = format!("id-{i}");
+                // Even ids are settled at 4 units, odd ones released.
+                let answer = if i % 2 == 0 {
+                    store.settle(&digest, &id, 4, NOW + 1).await
+                } else {
+                    store.release(&digest, &id, NOW + 1).await
+                };
+                (t, i, answer)
+            }));
+        }
+    }
+    for task in tasks {
+        let (t, i, answer) = task.await.unwrap();
+        match names(t, i) {
+            "hold" => assert!(answer.is_ok(), "token {t}, id-{i}: {answer:?}"),
+            "debit" => assert!(
+                matches!(answer, Err(QuotaError::RequestIdInUse(_))),
+                "token {t}, id-{i}: {answer:?}"
+            ),
+            _ => assert!(
+                matches!(answer, Err(QuotaError::HoldNotFound)),
+                "token {t}, id-{i}: {answer:?}"
+            ),
+        }
+    }
+    for (t, (tok, _)) in tokens.iter().enumerate() {
+        let debits = (0..IDS).filter(|&i| names(t, i) == "debit").count() as i64;
+        let settled = (0..IDS)
+            .filter(|&i| names(t, i) == "hold" && i % 2 == 0)
+            .count() as i64;
+        let row = row_of(&store, tok.id).await;
+        assert_eq!(
+            (row.remaining, row.used, row.held),
+            (1_000 - debits - 4 * settled, debits + 4 * settled, 0),
+            "token {t}"
+        );
+    }
+    assert_verified(&store).await;
+}

@@ -33,7 +33,7 @@ use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait,
     QueryFilter, QueryOrder, QuerySelect, Statement,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// How many times a group the database rolled back to break a deadlock runs again.
 const DEADLOCK_RETRIES: u32 = 3;
@@ -257,20 +257,20 @@ async fn load(
         }
     }
     // Settle and Release ids that named no hold: a debit's, or nobody's.
-    let unheld: Vec<(i64, Vec<&str>)> =
-        named_by(|op| matches!(op, Op::Settle { .. } | Op::Release { .. }))
-            .into_iter()
-            .filter_map(|(token, ids)| {
-                let known = holds.get(&token);
-                let ids: Vec<&str> = ids
-                    .into_iter()
-                    .filter(|id| {
-                        !known.is_some_and(|rows| rows.iter().any(|r| r.request_id == *id))
-                    })
-                    .collect();
-                (!ids.is_empty()).then_some((token, ids))
-            })
+    let closing = named_by(|op| matches!(op, Op::Settle { .. } | Op::Release { .. }));
+    let mut unheld: Vec<(i64, Vec<&str>)> = Vec::new();
+    if !closing.is_empty() {
+        let found: HashSet<(i64, &str)> = holds
+            .iter()
+            .flat_map(|(token, rows)| rows.iter().map(|r| (*token, r.request_id.as_str())))
             .collect();
+        for (token, mut ids) in closing {
+            ids.retain(|id| !found.contains(&(token, *id)));
+            if !ids.is_empty() {
+                unheld.push((token, ids));
+            }
+        }
+    }
     if !unheld.is_empty() {
         let rows = hold::Entity::find()
             .from_raw_sql(backend.build(&ledger_named(backend, &unheld)))
