@@ -4,7 +4,7 @@
 //! releases others.
 
 use crate::helpers::*;
-use quota_service::domain::{HoldOutcome, HoldTtl};
+use quota_service::domain::{HoldOutcome, HoldState, HoldTtl};
 use quota_service::store::entity::hold;
 
 const TTL: i64 = 600;
@@ -496,5 +496,147 @@ async fn settles_and_releases_naming_holds_debits_and_nothing(db: TestDb) {
             "token {t}"
         );
     }
+    assert_verified(&store).await;
+}
+
+on_every_database!(
+    a_settle_sweeps_an_expired_hold_and_counts_only_live_ones,
+    a_settle_counts_no_expired_hold
+);
+/// A settle of less than its live hold while another hold of the token has
+/// expired unswept: the expired hold is swept and not reported in `held`,
+/// as every write at that time does.
+async fn a_settle_counts_no_expired_hold(db: TestDb) {
+    let store = db.store().await;
+    let (tok, key) = new_token(&store, 100).await;
+    let digest = key.digest();
+    let short = HoldTtl::parse(1).unwrap();
+    store
+        .reserve(&digest, units(30), "old", short, NOW)
+        .await
+        .unwrap();
+    store
+        .reserve(&digest, units(20), "live", ttl(), NOW)
+        .await
+        .unwrap();
+    let settled = store.settle(&digest, "live", 5, NOW + 2).await.unwrap();
+    assert_eq!(
+        (
+            settled.held,
+            settled.balance.remaining,
+            settled.balance.used,
+            settled.overdraft
+        ),
+        (0, 95, 5, 0)
+    );
+    let row = row_of(&store, tok.id).await;
+    assert_eq!((row.remaining, row.used, row.held), (95, 5, 0));
+    let states: Vec<(String, i16)> = holds_of(&store, tok.id)
+        .await
+        .into_iter()
+        .map(|h| (h.request_id, h.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("old".to_owned(), HoldState::Expired.code()),
+            ("live".to_owned(), HoldState::Settled.code())
+        ]
+    );
+    assert_eq!(usage_of(&store, tok.id).await, [(DAY0, 5)]);
+    assert_verified(&store).await;
+}
+
+on_every_database!(
+    a_settle_that_would_overflow_used_is_refused_and_writes_nothing,
+    a_settle_that_would_overflow_used
+);
+/// `used` one settle away from the largest number of units: a settle past
+/// it is refused with INVALID_ARGUMENT and changes nothing; one up to it
+/// succeeds.
+async fn a_settle_that_would_overflow_used(db: TestDb) {
+    let store = db.store().await;
+    let (tok, key) = new_token(&store, 100).await;
+    let digest = key.digest();
+    store
+        .reserve(&digest, units(10), "r", ttl(), NOW)
+        .await
+        .unwrap();
+    let near = i64::MAX - 5;
+    token::Entity::update_many()
+        .col_expr(token::Column::Used, sea_orm::sea_query::Expr::val(near))
+        .filter(token::Column::Id.eq(tok.id))
+        .exec(store.connection())
+        .await
+        .unwrap();
+    let refused = store.settle(&digest, "r", 6, NOW + 1).await;
+    assert!(
+        matches!(refused, Err(QuotaError::InvalidArgument(_))),
+        "{refused:?}"
+    );
+    let row = row_of(&store, tok.id).await;
+    assert_eq!((row.remaining, row.used, row.held), (100, near, 10));
+    assert_eq!(
+        holds_of(&store, tok.id).await[0].state,
+        HoldState::Live.code()
+    );
+    let settled = store.settle(&digest, "r", 5, NOW + 1).await.unwrap();
+    assert_eq!(
+        (
+            settled.balance.used,
+            settled.balance.remaining,
+            settled.held
+        ),
+        (i64::MAX, 95, 0)
+    );
+}
+
+on_every_database!(
+    a_settle_and_a_release_of_one_hold_at_once_one_wins,
+    a_settle_and_a_release_race
+);
+/// Every hold of a token settled and released at the same moment by two
+/// callers: exactly one of the two succeeds, the other is refused by the
+/// state the winner left (released or settled), and the counters, the
+/// ledger and the usage per day agree with the winners.
+async fn a_settle_and_a_release_race(db: TestDb) {
+    const HOLDS: usize = 40;
+    let store = db.store().await;
+    let (tok, key) = new_token(&store, 10_000).await;
+    let digest = key.digest();
+    for i in 0..HOLDS {
+        store
+            .reserve(&digest, units(10), &format!("h{i}"), ttl(), NOW)
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..HOLDS {
+        let (a, b) = (store.clone(), store.clone());
+        let (da, db_) = (digest.clone(), digest.clone());
+        let id = format!("h{i}");
+        let id2 = id.clone();
+        tasks.push(tokio::spawn(async move {
+            let (settle, release) = tokio::join!(
+                tokio::spawn(async move { a.settle(&da, &id, 4, NOW + 1).await }),
+                tokio::spawn(async move { b.release(&db_, &id2, NOW + 1).await }),
+            );
+            (settle.unwrap(), release.unwrap())
+        }));
+    }
+    let mut settled = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            (Ok(_), Err(QuotaError::HoldSettled)) => settled += 1,
+            (Err(QuotaError::HoldReleased), Ok(_)) => {}
+            other => panic!("one of the two must win: {other:?}"),
+        }
+    }
+    let row = row_of(&store, tok.id).await;
+    assert_eq!(
+        (row.remaining, row.used, row.held),
+        (10_000 - 4 * settled, 4 * settled, 0)
+    );
+    assert_eq!(debits_of(&store, tok.id).await.len() as i64, settled);
     assert_verified(&store).await;
 }
