@@ -425,12 +425,19 @@ on_every_database!(
 async fn settles_and_releases_naming_holds_debits_and_nothing(db: TestDb) {
     const TOKENS: usize = 6;
     const IDS: usize = 24;
+    /// What an id names for its token.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Names {
+        Hold,
+        Debit,
+        Nothing,
+    }
     /// What id `i` names for token `t`.
-    fn names(t: usize, i: usize) -> &'static str {
+    fn names(t: usize, i: usize) -> Names {
         match (i % 3, t % 2) {
-            (2, _) => "nothing",
-            (0, 0) | (1, 1) => "hold",
-            _ => "debit",
+            (2, _) => Names::Nothing,
+            (0, 0) | (1, 1) => Names::Hold,
+            _ => Names::Debit,
         }
     }
     let store = db.store().await;
@@ -440,16 +447,16 @@ async fn settles_and_releases_naming_holds_debits_and_nothing(db: TestDb) {
         for i in 0..IDS {
             let id = format!("id-{i}");
             match names(t, i) {
-                "hold" => {
+                Names::Hold => {
                     store
                         .reserve(&key.digest(), units(10), &id, ttl(), NOW)
                         .await
                         .unwrap();
                 }
-                "debit" => {
+                Names::Debit => {
                     consume(&store, &key, 1, Some(&id)).await.unwrap();
                 }
-                _ => {}
+                Names::Nothing => {}
             }
         }
         tokens.push((tok, key));
@@ -473,21 +480,21 @@ async fn settles_and_releases_naming_holds_debits_and_nothing(db: TestDb) {
     for task in tasks {
         let (t, i, answer) = task.await.unwrap();
         match names(t, i) {
-            "hold" => assert!(answer.is_ok(), "token {t}, id-{i}: {answer:?}"),
-            "debit" => assert!(
+            Names::Hold => assert!(answer.is_ok(), "token {t}, id-{i}: {answer:?}"),
+            Names::Debit => assert!(
                 matches!(answer, Err(QuotaError::RequestIdInUse(_))),
                 "token {t}, id-{i}: {answer:?}"
             ),
-            _ => assert!(
+            Names::Nothing => assert!(
                 matches!(answer, Err(QuotaError::HoldNotFound)),
                 "token {t}, id-{i}: {answer:?}"
             ),
         }
     }
     for (t, (tok, _)) in tokens.iter().enumerate() {
-        let debits = (0..IDS).filter(|&i| names(t, i) == "debit").count() as i64;
+        let debits = (0..IDS).filter(|&i| names(t, i) == Names::Debit).count() as i64;
         let settled = (0..IDS)
-            .filter(|&i| names(t, i) == "hold" && i % 2 == 0)
+            .filter(|&i| names(t, i) == Names::Hold && i % 2 == 0)
             .count() as i64;
         let row = row_of(&store, tok.id).await;
         assert_eq!(
@@ -580,6 +587,8 @@ async fn a_settle_that_would_overflow_used(db: TestDb) {
         holds_of(&store, tok.id).await[0].state,
         HoldState::Live.code()
     );
+    assert!(debits_of(&store, tok.id).await.is_empty());
+    assert!(usage_of(&store, tok.id).await.is_empty());
     let settled = store.settle(&digest, "r", 5, NOW + 1).await.unwrap();
     assert_eq!(
         (
@@ -589,37 +598,40 @@ async fn a_settle_that_would_overflow_used(db: TestDb) {
         ),
         (i64::MAX, 95, 0)
     );
+    // No `assert_verified`: `used` was set by hand, past the ledger's sum.
 }
 
 on_every_database!(
     a_settle_and_a_release_of_one_hold_at_once_one_wins,
     a_settle_and_a_release_race
 );
-/// Every hold of a token settled and released at the same moment by two
-/// callers: exactly one of the two succeeds, the other is refused by the
-/// state the winner left (released or settled), and the counters, the
-/// ledger and the usage per day agree with the winners.
+/// Every hold of a token settled on one replica and released on another at
+/// the same moment (two stores on one database, each with its own queues,
+/// so that the two calls meet only at the token's row lock; one store in
+/// memory): exactly one of the two succeeds, the other is refused by the
+/// state the winner left (released or settled), and the counters, the hold
+/// rows, the ledger and the usage per day agree with the winners.
 async fn a_settle_and_a_release_race(db: TestDb) {
     const HOLDS: usize = 40;
-    let store = db.store().await;
-    let (tok, key) = new_token(&store, 10_000).await;
+    let (settler, releaser) = (db.store().await, db.store().await);
+    let (tok, key) = new_token(&settler, 10_000).await;
     let digest = key.digest();
     for i in 0..HOLDS {
-        store
+        settler
             .reserve(&digest, units(10), &format!("h{i}"), ttl(), NOW)
             .await
             .unwrap();
     }
     let mut tasks = Vec::new();
     for i in 0..HOLDS {
-        let (a, b) = (store.clone(), store.clone());
-        let (da, db_) = (digest.clone(), digest.clone());
+        let (settler, releaser) = (settler.clone(), releaser.clone());
+        let (to_settle, to_release) = (digest.clone(), digest.clone());
         let id = format!("h{i}");
-        let id2 = id.clone();
+        let same_id = id.clone();
         tasks.push(tokio::spawn(async move {
             let (settle, release) = tokio::join!(
-                tokio::spawn(async move { a.settle(&da, &id, 4, NOW + 1).await }),
-                tokio::spawn(async move { b.release(&db_, &id2, NOW + 1).await }),
+                tokio::spawn(async move { settler.settle(&to_settle, &id, 4, NOW + 1).await }),
+                tokio::spawn(async move { releaser.release(&to_release, &same_id, NOW + 1).await }),
             );
             (settle.unwrap(), release.unwrap())
         }));
@@ -632,11 +644,18 @@ async fn a_settle_and_a_release_race(db: TestDb) {
             other => panic!("one of the two must win: {other:?}"),
         }
     }
-    let row = row_of(&store, tok.id).await;
+    let row = row_of(&settler, tok.id).await;
     assert_eq!(
         (row.remaining, row.used, row.held),
         (10_000 - 4 * settled, 4 * settled, 0)
     );
-    assert_eq!(debits_of(&store, tok.id).await.len() as i64, settled);
-    assert_verified(&store).await;
+    let holds = holds_of(&settler, tok.id).await;
+    let in_state =
+        |state: HoldState| holds.iter().filter(|h| h.state == state.code()).count() as i64;
+    assert_eq!(
+        (in_state(HoldState::Settled), in_state(HoldState::Released)),
+        (settled, HOLDS as i64 - settled)
+    );
+    assert_eq!(debits_of(&settler, tok.id).await.len() as i64, settled);
+    assert_verified(&settler).await;
 }
