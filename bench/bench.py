@@ -2,7 +2,7 @@
 section in one run, each against a baseline started here, then one table.
 
 Run through bench/run.sh, which checks the tools and builds the binaries:
-    python3 bench/bench.py --target DIR [--venv DIR] [read split grpc memory usage debits metrics]
+    python3 bench/bench.py --target DIR [--venv DIR] [read split grpc memory usage debits metrics instructions]
 """
 
 import argparse
@@ -22,7 +22,7 @@ import harness
 import sections
 from harness import BenchError
 
-SECTIONS = ["read", "split", "grpc", "memory", "usage", "debits", "metrics"]
+SECTIONS = ["read", "split", "grpc", "memory", "usage", "debits", "metrics", "instructions"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 

@@ -97,10 +97,11 @@ class Quotad:
         self.admin = secrets.token_hex(32)
         self.env = dict(os.environ, QUOTA_ADMIN_TOKEN=self.admin)
 
-    def serve(self, name, database_url, *extra):
-        proc = self.procs.start(name, [self.binary, "serve", "--database-url", database_url,
-                                       "--grpc-addr", "127.0.0.1:0", "--http-addr",
-                                       "127.0.0.1:0", *extra], env=self.env)
+    def serve(self, name, database_url, *extra, under=()):
+        """`quotad serve`, run by the command `under` if given (valgrind, say)."""
+        proc = self.procs.start(name, [*under, self.binary, "serve", "--database-url",
+                                       database_url, "--grpc-addr", "127.0.0.1:0",
+                                       "--http-addr", "127.0.0.1:0", *extra], env=self.env)
         return proc, wait_for(proc, REST_AT, "its REST address"), wait_for(
             proc, GRPC_AT, "its gRPC address")
 

@@ -4,7 +4,7 @@
 # ratios and targets.
 #
 #   bench/run.sh                      # everything (about 6 minutes after the build)
-#   bench/run.sh read grpc            # a subset: read split grpc memory usage debits metrics
+#   bench/run.sh read grpc            # a subset: read split grpc memory usage debits metrics instructions
 #
 # Settings (environment): BENCH_SECONDS (wrk/h2load seconds per run, 4),
 # BENCH_RUNS (runs per figure, median taken; 3), BENCH_DEBIT_SECONDS (5),
@@ -21,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=(read split grpc memory usage debits metrics)
+all=(read split grpc memory usage debits metrics instructions)
 sections=("$@")
 [ ${#sections[@]} -eq 0 ] && sections=("${all[@]}")
 wants() {
@@ -51,6 +51,7 @@ wants read split memory metrics && need wrk wrk
 wants grpc && need h2load nghttp2-client
 wants read debits && need psql postgresql-client
 wants debits && need pgbench postgresql-client
+wants instructions && need valgrind valgrind && need callgrind_control valgrind
 if wants read && command -v python3 >/dev/null 2>&1 && ! python3 -m venv --help >/dev/null 2>&1; then
   missing+=("python3 -m venv (Debian package python3-venv)")
   packages+=("python3-venv")

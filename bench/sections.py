@@ -1,7 +1,9 @@
 """The comparisons of bench/run.sh, one function per section; each adds its
 rows to the table. The targets are those of the README's Performance section."""
 
+import glob
 import hashlib
+import http.client
 import os
 import re
 import signal
@@ -328,3 +330,78 @@ def metrics(ctx, table):
     table.add("REST `quotad serve`, SQLite, with `--metrics-addr`", with_metrics[0],
               f"{without[1]:,.0f} without", with_metrics[1] / without[1], 0.95,
               note=_failed_note(with_metrics, without))
+
+
+CALLGRIND_WARM_UP, CALLGRIND_READS = 300, 3000
+
+
+def _keep_alive_reads(addr, key, count):
+    """`count` reads of the subscription route over one keep-alive connection."""
+    host, port = addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        for _ in range(count):
+            conn.request("GET", harness.ROUTE, headers={"Authorization": f"Bearer {key}"})
+            answer = conn.getresponse()
+            answer.read()
+            if answer.status != 200:
+                raise BenchError(f"{addr} answered {answer.status} to a counted read")
+    finally:
+        conn.close()
+
+
+def _instructions_per_read(proc, out_file, addr, key):
+    """The instructions `proc`, started by `_under_callgrind` with counting
+    off, runs per read: counted over CALLGRIND_READS reads after
+    CALLGRIND_WARM_UP, every thread of it, from callgrind's dump."""
+    harness.check_subscription(proc.bench_name, addr, key)
+    _keep_alive_reads(addr, key, CALLGRIND_WARM_UP)
+    harness.run(["callgrind_control", "--instr=on", str(proc.pid)])
+    _keep_alive_reads(addr, key, CALLGRIND_READS)
+    harness.run(["callgrind_control", "--dump", str(proc.pid)])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for dump in glob.glob(f"{out_file}.{proc.pid}*"):
+            with open(dump, errors="replace") as f:
+                totals = re.search(r"^totals:\s+(\d+)", f.read(), re.M)
+            if totals:
+                return int(totals.group(1)) / CALLGRIND_READS
+        time.sleep(0.2)
+    raise BenchError(f"callgrind wrote no totals for {proc.bench_name}")
+
+
+def _under_callgrind(ctx, name):
+    """valgrind's callgrind with counting off until switched on, and its output file."""
+    out_file = os.path.join(ctx.work, f"callgrind.{name}")
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+            f"--callgrind-out-file={out_file}.%p"], out_file
+
+
+def instructions(ctx, table):
+    """Instructions per cached read, counted by callgrind: the static handler,
+    `quotad serve` on a SQLite file, and the same with --metrics-addr. Unlike
+    throughput, a count does not move with the machine's other load."""
+    counts, key = {}, None
+    for name, extra in (("plain", ()), ("metrics", ("--metrics-addr", "127.0.0.1:0"))):
+        under, out_file = _under_callgrind(ctx, f"serve-{name}")
+        proc, rest, grpc_addr = ctx.quotad.serve(f"callgrind-serve-{name}",
+                                                 f"sqlite://{ctx.work}/callgrind-{name}.db",
+                                                 *extra, under=under)
+        key = ctx.quotad.five_dollar_key(grpc_addr)
+        counts[name] = _instructions_per_read(proc, out_file, rest, key)
+        ctx.procs.stop(proc)
+    under, out_file = _under_callgrind(ctx, "static")
+    proc = ctx.procs.start("callgrind-static", [*under, ctx.binary("baseline"), "static-rest"])
+    addr = harness.wait_for(proc, harness.BASELINE_AT, "its address")
+    counts["static"] = _instructions_per_read(proc, out_file, addr, key)
+    ctx.procs.stop(proc)
+    static, plain, metrics = counts["static"], counts["plain"], counts["metrics"]
+    how = f"callgrind, {CALLGRIND_READS:,} keep-alive reads after {CALLGRIND_WARM_UP}"
+    table.add("instructions per read: static axum handler (baseline)", f"{static:,.0f}",
+              note=how)
+    table.add("instructions per read: `quotad serve`, SQLite file", f"{plain:,.0f}",
+              f"{static:,.0f} static", static / plain, None,
+              note="no target: the read path's own cost, for comparing builds")
+    table.add("instructions per read: `quotad serve` with `--metrics-addr`", f"{metrics:,.0f}",
+              f"{plain:,.0f} without", plain / metrics, 0.95)
+
