@@ -13,7 +13,8 @@
 # BENCH_USAGE_ARGS (extra arguments of the usage example). QUOTA_* variables
 # such as QUOTA_LOG or QUOTA_CACHE_CAPACITY reach every quotad it starts.
 #
-# It checks for what it needs (wrk, h2load, pgbench, psql, python3 with venv)
+# It checks for what it needs (wrk, h2load, pgbench, psql, python3 with venv,
+# valgrind)
 # and installs the Debian packages when run as root, or names what is
 # missing. Exit 0 when everything was measured, targets met or not (the table
 # says which were missed); 1 when a comparison could not be measured; 2 when a
@@ -51,7 +52,7 @@ wants read split memory metrics && need wrk wrk
 wants grpc && need h2load nghttp2-client
 wants read debits && need psql postgresql-client
 wants debits && need pgbench postgresql-client
-wants instructions && need valgrind valgrind && need callgrind_control valgrind
+wants instructions && need callgrind_control valgrind
 if wants read && command -v python3 >/dev/null 2>&1 && ! python3 -m venv --help >/dev/null 2>&1; then
   missing+=("python3 -m venv (Debian package python3-venv)")
   packages+=("python3-venv")
@@ -84,7 +85,7 @@ if wants read && [ ! -x "$venv/bin/uvicorn" ]; then
   fi
 fi
 
-if wants read split grpc memory metrics; then
+if wants read split grpc memory metrics instructions; then
   echo "building quotad and the baselines (release)"
   cargo build --release -q -p quotad -p quota-bench-baselines
 fi

@@ -343,11 +343,23 @@ def _keep_alive_reads(addr, key, count):
         for _ in range(count):
             conn.request("GET", harness.ROUTE, headers={"Authorization": f"Bearer {key}"})
             answer = conn.getresponse()
-            answer.read()
-            if answer.status != 200:
-                raise BenchError(f"{addr} answered {answer.status} to a counted read")
+            body = answer.read()
+            if answer.status != 200 or body != harness.SUBSCRIPTION_JSON:
+                raise BenchError(f"{addr} answered {answer.status} {body[:200]!r} to a"
+                                 " counted read, not the $5 key's body")
+    except http.client.HTTPException as e:
+        raise BenchError(f"{addr} broke off a counted read: {e!r}") from e
     finally:
         conn.close()
+
+
+def _callgrind_control(proc, *args):
+    """callgrind_control on `proc`; it exits 0 even when it found no callgrind
+    run, so its output says whether it worked."""
+    out = harness.run(["callgrind_control", *args, str(proc.pid)])
+    if "Error" in out or "No active" in out or "not detected" in out:
+        raise BenchError(f"callgrind_control {' '.join(args)} on {proc.bench_name}: "
+                         f"{out.strip()[-300:]}")
 
 
 def _instructions_per_read(proc, out_file, addr, key):
@@ -356,16 +368,19 @@ def _instructions_per_read(proc, out_file, addr, key):
     CALLGRIND_WARM_UP, every thread of it, from callgrind's dump."""
     harness.check_subscription(proc.bench_name, addr, key)
     _keep_alive_reads(addr, key, CALLGRIND_WARM_UP)
-    harness.run(["callgrind_control", "--instr=on", str(proc.pid)])
+    _callgrind_control(proc, "--instr=on")
     _keep_alive_reads(addr, key, CALLGRIND_READS)
-    harness.run(["callgrind_control", "--dump", str(proc.pid)])
+    _callgrind_control(proc, "--dump")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        for dump in glob.glob(f"{out_file}.{proc.pid}*"):
+        # The first explicit dump; the file without a number comes at exit.
+        for dump in glob.glob(f"{out_file}.{proc.pid}.1"):
             with open(dump, errors="replace") as f:
                 totals = re.search(r"^totals:\s+(\d+)", f.read(), re.M)
-            if totals:
+            if totals and int(totals.group(1)) > 0:
                 return int(totals.group(1)) / CALLGRIND_READS
+            if totals:
+                raise BenchError(f"callgrind counted nothing in {proc.bench_name}")
         time.sleep(0.2)
     raise BenchError(f"callgrind wrote no totals for {proc.bench_name}")
 
@@ -388,7 +403,15 @@ def instructions(ctx, table):
                                                  f"sqlite://{ctx.work}/callgrind-{name}.db",
                                                  *extra, under=under)
         key = ctx.quotad.five_dollar_key(grpc_addr)
+        scrape = None
+        if extra:
+            scrape = harness.wait_for(proc, r"metrics listening on (http://\S+)",
+                                      "its metrics address")
         counts[name] = _instructions_per_read(proc, out_file, rest, key)
+        if scrape:
+            status, text = harness.get(scrape, "")
+            if status != 200 or b"quota_http_requests_total" not in text:
+                raise BenchError(f"{scrape} did not show quota_http_requests_total ({status})")
         ctx.procs.stop(proc)
     under, out_file = _under_callgrind(ctx, "static")
     proc = ctx.procs.start("callgrind-static", [*under, ctx.binary("baseline"), "static-rest"])
