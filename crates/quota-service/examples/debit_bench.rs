@@ -9,9 +9,10 @@
 //!
 //! Two workloads: debits spread over 1000 tokens, and every debit on one hot
 //! token. Each makes a fresh database (dropped at the end), serves it from an
-//! in-process gRPC server on 127.0.0.1:0 and drives it from `--callers`
-//! concurrent clients for `--seconds`; pgbench then runs the same statements
-//! (rendered by the store itself) at the same concurrency on the same database.
+//! in-process gRPC server on 127.0.0.1:0 (with `quotad`'s allocator) and
+//! drives it from `--callers` concurrent clients for `--seconds`; pgbench
+//! then runs the same statements (rendered by the store itself) at the same
+//! concurrency on the same database.
 //! The holds run counts reserve + settle pairs, compared with the debits/s of
 //! `Consume` at the same concurrency. On PostgreSQL pgbench then runs the
 //! least SQL a pair needs (two transactions: the hold, then its settlement)
@@ -42,6 +43,11 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
 type BoxError = Box<dyn Error + Send + Sync>;
+
+/// The allocator `quotad` runs with, so that the service (and the callers
+/// beside it) is measured as it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Tokens of the spread workload; the hot token comes after them.
 const SPREAD_TOKENS: i64 = 1000;

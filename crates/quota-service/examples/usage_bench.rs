@@ -31,6 +31,11 @@ use std::error::Error;
 use std::time::{Duration, Instant};
 use tonic::transport::Endpoint;
 
+/// The allocator `quotad` runs with, so that the service (and the callers
+/// beside it) is measured as it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type BoxError = Box<dyn Error + Send + Sync>;
 
 const DAYS: i64 = 90;
