@@ -145,11 +145,15 @@ def get(url, key):
         return e.code, e.read()
 
 
-def check_subscription(name, addr, key):
-    """The server at `addr` answers the route with exactly quota's bytes."""
-    status, body = get(f"http://{addr}{ROUTE}", key)
+def expect_subscription(name, status, body):
+    """An answer of the route is exactly quota's bytes for the $5 key."""
     if status != 200 or body != SUBSCRIPTION_JSON:
         raise BenchError(f"{name} answered {status} {body[:200]!r}, not the $5 key's body")
+
+
+def check_subscription(name, addr, key):
+    """The server at `addr` answers the route with exactly quota's bytes."""
+    expect_subscription(name, *get(f"http://{addr}{ROUTE}", key))
 
 
 def _ms(number, unit):
