@@ -82,4 +82,36 @@ mod tests {
         assert_eq!(internal.code(), Code::Internal);
         assert!(!internal.message().contains("secret"));
     }
+
+    /// The contract's Holds section: the table of each call on each state of
+    /// its request id, and a hold's refusals, the same statuses as `Consume`.
+    #[test]
+    fn hold_refusals_have_the_codes_of_the_holds_table() {
+        let code_of = |err| to_status(err, "Test").code();
+        // An id unknown for the token: Settle and Release.
+        assert_eq!(code_of(QuotaError::HoldNotFound), Code::NotFound);
+        // An expired hold: Reserve.
+        assert_eq!(code_of(QuotaError::HoldExpired), Code::FailedPrecondition);
+        // A settled hold: Release.
+        assert_eq!(code_of(QuotaError::HoldSettled), Code::FailedPrecondition);
+        // A released hold: Reserve and Settle.
+        assert_eq!(code_of(QuotaError::HoldReleased), Code::FailedPrecondition);
+        // A `Consume` debit's id for a hold call, and a hold's id for `Consume`.
+        for named in ["a debit", "a debit of Consume", "a hold"] {
+            assert_eq!(
+                code_of(QuotaError::RequestIdInUse(named)),
+                Code::AlreadyExists,
+                "{named}"
+            );
+        }
+        // The token's refusals, as for `Consume`.
+        let spent = QuotaError::QuotaExhausted {
+            remaining: 0,
+            requested: 1,
+        };
+        assert_eq!(code_of(spent), Code::ResourceExhausted);
+        assert_eq!(code_of(QuotaError::TokenExpired), Code::FailedPrecondition);
+        assert_eq!(code_of(QuotaError::TokenDisabled), Code::FailedPrecondition);
+        assert_eq!(code_of(QuotaError::TokenNotFound), Code::NotFound);
+    }
 }
