@@ -167,6 +167,56 @@ async fn a_hold_expires_on_the_real_clock(db: TestDb) {
     assert_eq!(debit.remaining, 0);
 }
 
+on_every_database!(
+    an_expired_hold_answers_the_contracts_row_over_grpc,
+    an_expired_hold_answers_the_contracts_row_over_grpc
+);
+/// The row "an expired hold" of the contract's table, through gRPC on the
+/// real clock: Reserve repeated is FAILED_PRECONDITION, Settle takes the cost
+/// from the balance, Release is OK with nothing to free; `Consume` with its
+/// id is ALREADY_EXISTS. None of the refusals holds or debits anything.
+async fn an_expired_hold_answers_the_contracts_row_over_grpc(db: TestDb) {
+    let api = Api::start(db).await;
+    let (id, key) = api.token(100).await;
+    let released = api.reserve(&key, 30, "to-release", 1).await.unwrap();
+    let settled = api.reserve(&key, 20, "to-settle", 1).await.unwrap();
+    assert_eq!(settled.held, 50);
+    // Wait out both on the service's clock, with no call in between.
+    while unix_now() < released.expires_at.max(settled.expires_at) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    for hold in ["to-release", "to-settle"] {
+        assert_eq!(
+            code(api.reserve(&key, 30, hold, 1).await),
+            Code::FailedPrecondition,
+            "Reserve {hold}"
+        );
+        assert_eq!(
+            code(api.consume(&key, 1, hold).await),
+            Code::AlreadyExists,
+            "Consume {hold}"
+        );
+    }
+    let token = api.get(id).await;
+    assert_eq!((token.remaining, token.used, token.held), (100, 0, 0));
+
+    let freed = api.release(&key, "to-release").await.unwrap();
+    assert_eq!((freed.remaining, freed.used, freed.held), (100, 0, 0));
+    let settled = api.settle(&key, "to-settle", 25).await.unwrap();
+    assert_eq!(
+        (
+            settled.remaining,
+            settled.used,
+            settled.held,
+            settled.repeat,
+            settled.overdraft
+        ),
+        (75, 25, 0, false, 0)
+    );
+    assert_eq!(api.usage_units(&key).await, 25);
+}
+
 on_every_database!(live_holds_count_only_unexpired_open_holds, live_holds_count);
 /// `quota_holds_live` samples [`Store::live_holds`]: holds neither settled,
 /// released nor expired, across tokens, with expired ones not yet swept left out.
