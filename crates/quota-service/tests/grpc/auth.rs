@@ -72,8 +72,9 @@ fn code_or_ok<T>(result: Result<tonic::Response<T>, Status>) -> Code {
     result.map_or_else(|status| status.code(), |_| Code::Ok)
 }
 
-/// The codes of every admin method and of Consume, called with the
-/// `authorization` metadata `value` and otherwise valid requests for `key`.
+/// The codes of every admin method, Consume and the hold methods, called
+/// with the `authorization` metadata `value` and otherwise valid requests
+/// for `key`.
 async fn codes_of_admin_methods(
     api: &Api,
     value: Option<&str>,
@@ -101,7 +102,23 @@ async fn codes_of_admin_methods(
         quota: 1,
         request_id: String::new(),
     };
+    let reserve = pb::ReserveRequest {
+        token: key.into(),
+        quota: 1,
+        request_id: "hold".into(),
+        ttl_seconds: 0,
+    };
+    let settle = pb::SettleRequest {
+        token: key.into(),
+        request_id: "hold".into(),
+        quota: 1,
+    };
+    let release = pb::ReleaseRequest {
+        token: key.into(),
+        request_id: "hold".into(),
+    };
     let mut admin = api.admin();
+    let mut quota = api.quota();
     vec![
         (
             "CreateToken",
@@ -129,11 +146,19 @@ async fn codes_of_admin_methods(
         ),
         (
             "Consume",
-            code_or_ok(
-                api.quota()
-                    .consume(with_authorization(consume, value))
-                    .await,
-            ),
+            code_or_ok(quota.consume(with_authorization(consume, value)).await),
+        ),
+        (
+            "Reserve",
+            code_or_ok(quota.reserve(with_authorization(reserve, value)).await),
+        ),
+        (
+            "Settle",
+            code_or_ok(quota.settle(with_authorization(settle, value)).await),
+        ),
+        (
+            "Release",
+            code_or_ok(quota.release(with_authorization(release, value)).await),
         ),
     ]
 }
@@ -165,8 +190,8 @@ async fn admin_methods_need_the_admin_credential(db: TestDb) {
     // Nothing of it reached the token.
     let after = api.get(by_id(tok.id)).await.unwrap();
     assert_eq!(
-        (after.remaining, after.used, after.name.as_str()),
-        (1_000, 0, "")
+        (after.remaining, after.used, after.held, after.name.as_str()),
+        (1_000, 0, 0, "")
     );
     assert_eq!(api.list(0, "").await.unwrap().tokens.len(), 1);
 
@@ -217,7 +242,10 @@ async fn without_admin_token_admin_methods_are_closed(db: TestDb) {
     let none = codes_of_admin_methods(&api, None, &key).await;
     assert_all(&none, Code::Unauthenticated, "no credential");
 
-    // The key's holder is still served, and nothing was debited.
+    // The key's holder is still served, and nothing was debited or held.
     let sub = api.subscription(&key).await.unwrap();
-    assert_eq!((sub.hard_limit_usd, sub.used_units), (5, 0));
+    assert_eq!(
+        (sub.hard_limit_usd, sub.used_units, sub.held_units),
+        (5, 0, 0)
+    );
 }
