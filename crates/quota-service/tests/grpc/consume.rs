@@ -57,6 +57,64 @@ async fn consume_debits_and_repeats(db: TestDb) {
 }
 
 on_every_database!(
+    repeats_succeed_on_a_token_since_disabled_or_expired,
+    repeats_succeed_on_a_token_since_disabled_or_expired
+);
+/// Once a debit with a request id has succeeded, a repeat of the id succeeds
+/// again and debits nothing more, though the token has since been disabled
+/// or has expired; a new debit of it is refused.
+async fn repeats_succeed_on_a_token_since_disabled_or_expired(db: TestDb) {
+    let api = Api::start(db).await;
+    let (disabled, disabled_key) = api.create_units(1_000).await;
+    let (expired, expired_key) = api.create_units(1_000).await;
+    for key in [&disabled_key, &expired_key] {
+        let debit = api.consume(key, 300, "req-1").await.unwrap();
+        assert_eq!(
+            (debit.remaining, debit.used, debit.repeat),
+            (700, 300, false)
+        );
+    }
+    api.update(pb::UpdateTokenRequest {
+        token: by_id(disabled.id),
+        enabled: Some(false),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    api.update(pb::UpdateTokenRequest {
+        token: by_id(expired.id),
+        expires_at: Some(1),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    for (case, id, key) in [
+        ("disabled", disabled.id, &disabled_key),
+        ("expired", expired.id, &expired_key),
+    ] {
+        let repeat = api.consume(key, 300, "req-1").await.unwrap();
+        assert_eq!(
+            repeat,
+            pb::ConsumeResponse {
+                remaining: 700,
+                used: 300,
+                repeat: true,
+                unlimited: false
+            },
+            "{case}"
+        );
+        assert_eq!(
+            code(api.consume(key, 1, "req-2").await),
+            Code::FailedPrecondition,
+            "{case}"
+        );
+        let token = api.get(by_id(id)).await.unwrap();
+        assert_eq!((token.remaining, token.used), (700, 300), "{case}");
+    }
+}
+
+on_every_database!(
     consume_of_unlimited_token_records_use,
     consume_of_unlimited_token_records_use
 );
