@@ -152,7 +152,8 @@ pub enum DebitOutcome {
     Repeat,
     /// The token cannot afford it (RESOURCE_EXHAUSTED).
     Insufficient,
-    /// The token or the request was refused (unknown, disabled, expired, malformed).
+    /// The token or the request was refused (unknown, disabled, expired,
+    /// malformed; for a settle also no such hold, or a released one).
     Refused,
     /// The database failed or was unreachable.
     Failed,

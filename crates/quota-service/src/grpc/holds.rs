@@ -3,6 +3,7 @@
 //! `Consume`; the rules are the domain's ([`crate::domain::reserve`] and
 //! its siblings), decided by the store under the token's row lock.
 
+use super::quota_service::record_debit;
 use super::{QuotaApi, addressed_key, request_id};
 use crate::domain::{HoldTtl, QuotaError, QuotaUnits, Token, unix_now};
 use quota::pb;
@@ -43,12 +44,24 @@ impl QuotaApi {
         })
     }
 
+    /// `Settle` from a caller with the admin credential: a debit of its
+    /// cost, counted by outcome as `Consume`'s are (`quota_debits_total`).
     pub(super) async fn settle_hold(
         &self,
         request: Request<pb::SettleRequest>,
     ) -> Result<pb::SettleResponse, QuotaError> {
         self.require_admin(request.metadata())?;
         let req = request.into_inner();
+        let settled = self.settle_as_admin(&req).await;
+        // The cost is debited in full, overdraft or not.
+        record_debit(settled.as_ref().map(|s| s.repeat), req.quota);
+        settled
+    }
+
+    async fn settle_as_admin(
+        &self,
+        req: &pb::SettleRequest,
+    ) -> Result<pb::SettleResponse, QuotaError> {
         let key = addressed_key(&req.token, "token")?;
         let id = hold_id(&req.request_id)?;
         if req.quota < 0 {

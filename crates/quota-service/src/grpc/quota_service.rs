@@ -108,7 +108,7 @@ impl QuotaApi {
         self.require_admin(request.metadata())?;
         let req = request.into_inner();
         let debited = self.debit_as_admin(&req).await;
-        metrics::debit(debit_outcome(&debited), req.quota);
+        record_debit(debited.as_ref().map(|d| d.repeat), req.quota);
         debited
     }
 
@@ -136,11 +136,19 @@ impl QuotaApi {
     }
 }
 
-/// What a `Consume` answer says about the debit, for the metrics.
-fn debit_outcome(debited: &Result<pb::ConsumeResponse, QuotaError>) -> DebitOutcome {
-    match debited {
-        Ok(r) if r.repeat => DebitOutcome::Repeat,
-        Ok(_) => DebitOutcome::Debited,
+/// Counts one debit, a `Consume`'s or a settle's, by what its answer says
+/// (`quota_debits_total`, `quota_debited_units_total`): `answer` is the
+/// answer's `repeat` flag, or its error; `units` are the units asked for,
+/// counted only when they were debited.
+pub(super) fn record_debit(answer: Result<bool, &QuotaError>, units: i64) {
+    metrics::debit(debit_outcome(answer), units);
+}
+
+/// What a debit's answer (its `repeat` flag, or its error) says about it.
+fn debit_outcome(answer: Result<bool, &QuotaError>) -> DebitOutcome {
+    match answer {
+        Ok(true) => DebitOutcome::Repeat,
+        Ok(false) => DebitOutcome::Debited,
         Err(QuotaError::QuotaExhausted { .. }) => DebitOutcome::Insufficient,
         Err(QuotaError::Unavailable(_) | QuotaError::Busy(_) | QuotaError::Internal(_)) => {
             DebitOutcome::Failed
@@ -191,5 +199,48 @@ impl QuotaService for QuotaApi {
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         answer("Release", self.release_hold(request)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_debits_answer_gives_its_outcome() {
+        assert_eq!(debit_outcome(Ok(false)), DebitOutcome::Debited);
+        assert_eq!(debit_outcome(Ok(true)), DebitOutcome::Repeat);
+        let exhausted = QuotaError::QuotaExhausted {
+            remaining: 1,
+            requested: 2,
+        };
+        assert_eq!(debit_outcome(Err(&exhausted)), DebitOutcome::Insufficient);
+        for refused in [
+            QuotaError::TokenNotFound,
+            QuotaError::TokenDisabled,
+            QuotaError::TokenExpired,
+            QuotaError::InvalidArgument("quota".into()),
+            QuotaError::MalformedKey,
+            QuotaError::RequestIdInUse("a debit"),
+            QuotaError::HoldNotFound,
+            QuotaError::HoldReleased,
+        ] {
+            assert_eq!(
+                debit_outcome(Err(&refused)),
+                DebitOutcome::Refused,
+                "{refused:?}"
+            );
+        }
+        for failed in [
+            QuotaError::Unavailable("down".into()),
+            QuotaError::Busy("locked".into()),
+            QuotaError::Internal("bug".into()),
+        ] {
+            assert_eq!(
+                debit_outcome(Err(&failed)),
+                DebitOutcome::Failed,
+                "{failed:?}"
+            );
+        }
     }
 }

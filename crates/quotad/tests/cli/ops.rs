@@ -63,7 +63,23 @@ fn grpc_code<T, R, F>(
     call: impl FnOnce(QuotaServiceClient<tonic::transport::Channel>, tonic::Request<T>) -> F,
 ) -> tonic::Code
 where
-    F: std::future::Future<Output = Result<R, tonic::Status>>,
+    F: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+{
+    match grpc_answer(grpc_url, bearer, message, call) {
+        Ok(_) => tonic::Code::Ok,
+        Err(code) => code,
+    }
+}
+
+/// The answer of a gRPC call made as [`grpc_code`] makes it: the message, or the code.
+fn grpc_answer<T, R, F>(
+    grpc_url: &str,
+    bearer: &str,
+    message: T,
+    call: impl FnOnce(QuotaServiceClient<tonic::transport::Channel>, tonic::Request<T>) -> F,
+) -> Result<R, tonic::Code>
+where
+    F: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
 {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -77,10 +93,10 @@ where
         request
             .metadata_mut()
             .insert("authorization", format!("Bearer {bearer}").parse().unwrap());
-        match call(client, request).await {
-            Ok(_) => tonic::Code::Ok,
-            Err(status) => status.code(),
-        }
+        call(client, request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| status.code())
     })
 }
 
@@ -103,6 +119,47 @@ fn consume(grpc_url: &str, key: &str, quota: i64, request_id: &str) -> tonic::Co
     };
     grpc_code(grpc_url, ADMIN, message, |mut c, r| async move {
         c.consume(r).await
+    })
+}
+
+/// `Reserve` of `quota` units of `key` for 600 s under `request_id`, with the admin secret.
+fn reserve(grpc_url: &str, key: &str, quota: i64, request_id: &str) -> tonic::Code {
+    let message = pb::ReserveRequest {
+        token: key.to_owned(),
+        quota,
+        request_id: request_id.to_owned(),
+        ttl_seconds: 600,
+    };
+    grpc_code(grpc_url, ADMIN, message, |mut c, r| async move {
+        c.reserve(r).await
+    })
+}
+
+/// `Settle` of the hold `request_id` of `key` at a cost of `quota` units, with the admin secret.
+fn settle(
+    grpc_url: &str,
+    key: &str,
+    request_id: &str,
+    quota: i64,
+) -> Result<pb::SettleResponse, tonic::Code> {
+    let message = pb::SettleRequest {
+        token: key.to_owned(),
+        request_id: request_id.to_owned(),
+        quota,
+    };
+    grpc_answer(grpc_url, ADMIN, message, |mut c, r| async move {
+        c.settle(r).await
+    })
+}
+
+/// `Release` of the hold `request_id` of `key`, with the admin secret.
+fn release(grpc_url: &str, key: &str, request_id: &str) -> tonic::Code {
+    let message = pb::ReleaseRequest {
+        token: key.to_owned(),
+        request_id: request_id.to_owned(),
+    };
+    grpc_code(grpc_url, ADMIN, message, |mut c, r| async move {
+        c.release(r).await
     })
 }
 
@@ -237,6 +294,85 @@ fn metrics_count_requests_by_route_method_and_status() {
     assert!(!text.contains(&key) && !text.contains("sk-"), "{text}");
     // Anything but /metrics is a 404 on the metrics listener.
     assert_eq!(http_request(metrics, "GET", "/", &[]).status, 404);
+}
+
+#[test]
+fn a_settle_is_counted_as_a_debit_of_its_cost() {
+    let dir = TempDir::new();
+    let mut cmd = quotad();
+    cmd.args(["grpc", "--database-url", &dir.sqlite_url("quota.db")])
+        .args(["--grpc-addr", "127.0.0.1:0"])
+        .env("QUOTA_METRICS_ADDR", "127.0.0.1:0");
+    let server = Server::spawn(
+        cmd,
+        dir.path(),
+        Serves {
+            grpc: true,
+            http: false,
+        },
+    );
+    let metrics = metrics_addr(&server);
+    let url = &server.grpc_url;
+    // $5: 2,500,000 units.
+    let (key, _) = create_key(&server, "5");
+
+    let (_, before) = scrape(metrics);
+    // Settled below its hold, then again: a debit of 700, then a repeat.
+    assert_eq!(reserve(url, &key, 1000, "h-1"), tonic::Code::Ok);
+    let settled = settle(url, &key, "h-1", 700).unwrap();
+    assert_eq!((settled.used, settled.repeat), (700, false));
+    assert!(settle(url, &key, "h-1", 700).unwrap().repeat);
+    // Settled for nothing: a debit of 0 units.
+    assert_eq!(reserve(url, &key, 40, "h-2"), tonic::Code::Ok);
+    assert_eq!(settle(url, &key, "h-2", 0).unwrap().used, 700);
+    // Refused: a released hold, no such hold, a negative cost, an unknown key.
+    assert_eq!(reserve(url, &key, 50, "h-3"), tonic::Code::Ok);
+    assert_eq!(release(url, &key, "h-3"), tonic::Code::Ok);
+    assert_eq!(
+        settle(url, &key, "h-3", 10).unwrap_err(),
+        tonic::Code::FailedPrecondition
+    );
+    assert_eq!(
+        settle(url, &key, "h-4", 10).unwrap_err(),
+        tonic::Code::NotFound
+    );
+    assert_eq!(reserve(url, &key, 10, "h-5"), tonic::Code::Ok);
+    assert_eq!(
+        settle(url, &key, "h-5", -1).unwrap_err(),
+        tonic::Code::InvalidArgument
+    );
+    let unknown = format!("sk-{}", "x".repeat(48));
+    assert_eq!(
+        settle(url, &unknown, "h-5", 10).unwrap_err(),
+        tonic::Code::NotFound
+    );
+    // Above the balance: the whole cost is debited, the part the balance
+    // cannot cover reported as overdraft.
+    assert_eq!(reserve(url, &key, 100, "h-6"), tonic::Code::Ok);
+    let over = settle(url, &key, "h-6", 3_000_000).unwrap();
+    assert_eq!(over.used, 3_000_700);
+    assert!(over.overdraft > 0, "{over:?}");
+    // Reserves and releases are not debits, refused or not.
+    assert_eq!(reserve(url, &key, 1, "h-7"), tonic::Code::ResourceExhausted);
+    assert_eq!(release(url, &key, "h-5"), tonic::Code::Ok);
+
+    let (text, after) = scrape(metrics);
+    let moved = |series: &str| delta(&before, &after, series);
+    for (outcome, n) in [
+        ("debited", 3.0),
+        ("repeat", 1.0),
+        ("insufficient", 0.0),
+        ("refused", 4.0),
+        ("failed", 0.0),
+    ] {
+        let series = format!(r#"quota_debits_total{{outcome="{outcome}"}}"#);
+        assert_eq!(moved(&series), n, "{outcome}: {text}");
+    }
+    assert_eq!(
+        moved("quota_debited_units_total"),
+        700.0 + 3_000_000.0,
+        "{text}"
+    );
 }
 
 #[test]
