@@ -1,13 +1,13 @@
 //! The usage route through the whole chain: cents that are fractions, one
-//! entry per UTC day, the date window, a malformed date, and a rate other
-//! than the default. Debits carry fixed timestamps, so nothing depends on
+//! entry per UTC day with spend, the date window, a malformed date, and a
+//! rate other than the default. Debits carry fixed timestamps, so nothing depends on
 //! today's date.
 
 use crate::chain::{chain, chain_with};
 use crate::helpers::*;
 
 use axum::http::StatusCode;
-use quota_service::domain::{QuotaPerUsd, QuotaUnits};
+use quota_service::domain::{HoldTtl, QuotaPerUsd, QuotaUnits};
 use quota_service::store::NewToken;
 use quota_service::testing::{TestDb, test_config};
 
@@ -96,6 +96,53 @@ async fn fractional_cents_on_several_days(db: TestDb) {
 quota_service::on_every_database!(
     usage_in_fractional_cents_per_utc_day,
     fractional_cents_on_several_days
+);
+
+async fn a_day_whose_debits_are_0_units_has_no_entry(db: TestDb) {
+    let c = chain(db).await;
+    let new = NewToken {
+        name: "usage".into(),
+        quota: 1_000_000,
+        ..Default::default()
+    };
+    let (_, key) = c.store.create_token(new, MARCH_1).await.unwrap();
+    let digest = key.digest();
+    let ttl = HoldTtl::parse(600).unwrap();
+    // March 1: half a cent, and a settle of 0 beside it; March 2: a settle
+    // of 0 alone.
+    let units = |n| QuotaUnits::positive(n).unwrap();
+    c.store
+        .consume(&digest, units(2_500), None, MARCH_1 + 10)
+        .await
+        .unwrap();
+    for (id, at) in [("beside", MARCH_1 + 20), ("alone", MARCH_2 + 20)] {
+        c.store
+            .reserve(&digest, units(100), id, ttl, at)
+            .await
+            .unwrap();
+        c.store.settle(&digest, id, 0, at + 1).await.unwrap();
+    }
+    let bearer = format!("Bearer {}", key.expose());
+    let march_1 = format!(
+        r#"{{"object":"list","total_usage":0.5,"daily_costs":[{{"timestamp":{MARCH_1},"line_items":[{{"name":"usage","cost":0.5}}]}}]}}"#
+    );
+    assert_eq!(
+        get(&c.router, "/v1/dashboard/billing/usage", &bearer).await,
+        (StatusCode::OK, march_1)
+    );
+    let from_march_2 = "/v1/dashboard/billing/usage?start_date=2026-03-02";
+    assert_eq!(
+        get(&c.router, from_march_2, &bearer).await,
+        (
+            StatusCode::OK,
+            r#"{"object":"list","total_usage":0.0,"daily_costs":[]}"#.to_owned()
+        )
+    );
+}
+
+quota_service::on_every_database!(
+    a_day_without_spend_is_not_listed,
+    a_day_whose_debits_are_0_units_has_no_entry
 );
 
 async fn malformed_dates_are_400_invalid_date(db: TestDb) {

@@ -29,7 +29,8 @@ pub(in crate::store) struct UsageDays(BTreeMap<(i64, i64), i64>);
 
 impl UsageDays {
     /// Counts a debit of `units` made at `at` (unix seconds) by `token_id`.
-    /// A debit of 0 units (a settle of 0) still makes its day appear.
+    /// A debit of 0 units (a settle of 0) still writes its day's row, as it
+    /// writes its ledger row; [`Store::daily_usage`] leaves out days of 0.
     pub(in crate::store) fn add(&mut self, token_id: i64, at: i64, units: i64) {
         let day = self.0.entry((token_id, ledger_day(at))).or_insert(0);
         // Never overflows: a day's units are part of `used`, itself an i64.
@@ -98,9 +99,11 @@ pub(in crate::store) fn usage_upsert(
 
 impl Store {
     /// Units debited per UTC day within `window`, oldest first: the token's
-    /// rows of `quota_usage_days`, one per day with a debit. The window's
-    /// bounds are day starts (as [`UsageWindow::parse`] makes them); a day
-    /// counts when its start is within `[start, end)`.
+    /// rows of `quota_usage_days`, one per day with spend. A day whose
+    /// debits add up to 0 units (settles of 0) is not a day with spend and
+    /// is left out. The window's bounds are day starts (as
+    /// [`UsageWindow::parse`] makes them); a day counts when its start is
+    /// within `[start, end)`.
     pub async fn daily_usage(
         &self,
         token_id: i64,
@@ -108,8 +111,9 @@ impl Store {
     ) -> Result<Vec<DaySpend>, QuotaError> {
         self.bounded(async {
             let backend = self.read.get_database_backend();
+            // Debits are never negative: a day's units are 0 or spend.
             let mut sql = format!(
-                "SELECT day, units FROM quota_usage_days WHERE token_id = {}",
+                "SELECT day, units FROM quota_usage_days WHERE token_id = {} AND units > 0",
                 placeholder(backend, 1)
             );
             let mut values: Vec<sea_orm::Value> = vec![token_id.into()];

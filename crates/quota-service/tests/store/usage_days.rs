@@ -61,12 +61,16 @@ async fn kept_days(store: &Store) -> Days {
         .collect()
 }
 
-/// A token's days within `[start, end)` by the ledger scan.
+/// A token's days with spend within `[start, end)` by the ledger scan: a
+/// day whose debits add up to 0 units is not one.
 fn scanned(ledger: &Days, token_id: i64, start: Option<i64>, end: Option<i64>) -> Vec<DaySpend> {
     ledger
         .iter()
-        .filter(|((id, day), _)| {
-            *id == token_id && start.is_none_or(|s| *day >= s) && end.is_none_or(|e| *day < e)
+        .filter(|((id, day), units)| {
+            *id == token_id
+                && **units > 0
+                && start.is_none_or(|s| *day >= s)
+                && end.is_none_or(|e| *day < e)
         })
         .map(|(&(_, day), &units)| DaySpend { day, units })
         .collect()
@@ -275,14 +279,22 @@ async fn a_settle_counts_on_its_own_day(db: TestDb) {
     let (tok, key) = new_token(&store, 10_000).await;
     let digest = key.digest();
     let ttl = HoldTtl::parse(86_400).unwrap();
-    // Held late on day 0, settled on day 1; another settled for 0 on day 2;
-    // a third released.
+    // Held late on day 0, settled on day 1, where another is settled for 0;
+    // one settled for 0 alone on day 2; one released on day 3.
     store
         .reserve(&digest, units(500), "late", ttl, DAY0 + DAY - 10)
         .await
         .unwrap();
     store
         .settle(&digest, "late", 320, DAY0 + DAY + 5)
+        .await
+        .unwrap();
+    store
+        .reserve(&digest, units(60), "beside", ttl, DAY0 + DAY + 6)
+        .await
+        .unwrap();
+    store
+        .settle(&digest, "beside", 0, DAY0 + DAY + 7)
         .await
         .unwrap();
     store
@@ -306,11 +318,20 @@ async fn a_settle_counts_on_its_own_day(db: TestDb) {
         start: None,
         end: None,
     };
+    // Day 2 had no spend: it is not listed, in any window.
     assert_eq!(
         store.daily_usage(tok.id, all).await.unwrap(),
-        [spend(DAY0 + DAY, 320), spend(DAY0 + 2 * DAY, 0)]
+        [spend(DAY0 + DAY, 320)]
     );
-    assert_eq!(kept_days(&store).await, ledger_days(&store).await);
+    let from_day_2 = UsageWindow {
+        start: Some(DAY0 + 2 * DAY),
+        end: None,
+    };
+    assert_eq!(store.daily_usage(tok.id, from_day_2).await.unwrap(), []);
+    // Its settle of 0 is still written, in the ledger and in the day's row.
+    let kept = kept_days(&store).await;
+    assert_eq!(kept.get(&(tok.id, DAY0 + 2 * DAY)), Some(&0));
+    assert_eq!(kept, ledger_days(&store).await);
 }
 
 /// Tokens and a ledger written before the migration; the migration
@@ -331,6 +352,7 @@ async fn the_migration_backfills_the_ledger(store: Store) {
     for (token, kind, units, at) in [
         (1, KIND_GRANT, 1_000, DAY0),
         (1, KIND_DEBIT, 10, DAY0),
+        (1, KIND_DEBIT, 0, DAY0 + 9),
         (1, KIND_DEBIT, 20, DAY0 + DAY - 1),
         (1, KIND_DEBIT, 0, DAY0 + DAY),
         (1, KIND_DEBIT, 5, DAY0 + 40 * DAY + 7),
@@ -357,18 +379,13 @@ async fn the_migration_backfills_the_ledger(store: Store) {
         start: Some(DAY0),
         end: Some(DAY0 + 30 * DAY),
     };
+    // Day 1's debits add up to 0: no spend, not listed.
     assert_eq!(
         store.daily_usage(1, month).await.unwrap(),
-        [
-            DaySpend {
-                day: DAY0,
-                units: 30
-            },
-            DaySpend {
-                day: DAY0 + DAY,
-                units: 0
-            }
-        ]
+        [DaySpend {
+            day: DAY0,
+            units: 30
+        }]
     );
 }
 
