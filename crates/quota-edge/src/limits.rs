@@ -56,12 +56,11 @@ pub(crate) struct BoundsLayer {
 }
 
 impl BoundsLayer {
-    /// At most `max_concurrency` requests in flight, counted across every
-    /// connection and route of the router.
-    pub(crate) fn new(max_concurrency: usize) -> BoundsLayer {
-        BoundsLayer {
-            in_flight: Arc::new(Semaphore::new(max_concurrency.max(1))),
-        }
+    /// At most as many requests in flight as `in_flight` has permits,
+    /// counted across every connection and route of the router (and
+    /// whatever else shares the semaphore).
+    pub(crate) fn new(in_flight: Arc<Semaphore>) -> BoundsLayer {
+        BoundsLayer { in_flight }
     }
 }
 

@@ -18,6 +18,7 @@ use quota_telemetry::request_id;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use tower::ServiceExt;
@@ -206,8 +207,11 @@ impl Upstream {
 /// What the edge is configured with besides its upstream.
 #[derive(Clone, Debug)]
 pub struct EdgeConfig {
-    /// Requests in flight at once (`--max-concurrency`); past it, 503.
-    pub max_concurrency: usize,
+    /// One permit per request in flight (`--max-concurrency`), taken at
+    /// once or refused with 503. A process that also serves gRPC (`quotad
+    /// serve`) gives its gRPC server the same semaphore, so that the bound
+    /// counts both.
+    pub in_flight: Arc<Semaphore>,
     /// The key-guessing throttle.
     pub throttle: ThrottleConfig,
 }
@@ -215,7 +219,7 @@ pub struct EdgeConfig {
 impl Default for EdgeConfig {
     fn default() -> Self {
         EdgeConfig {
-            max_concurrency: limits::DEFAULT_MAX_CONCURRENCY,
+            in_flight: Arc::new(Semaphore::new(limits::DEFAULT_MAX_CONCURRENCY)),
             throttle: ThrottleConfig::default(),
         }
     }
@@ -268,7 +272,7 @@ fn layers(router: Router, config: &EdgeConfig) -> Router {
     router.layer(
         crate::telemetry::layers()
             .layer(CorsLayer)
-            .layer(limits::BoundsLayer::new(config.max_concurrency)),
+            .layer(limits::BoundsLayer::new(config.in_flight.clone())),
     )
 }
 

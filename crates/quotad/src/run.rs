@@ -15,9 +15,10 @@ use quota_service::store::redact_url;
 use quota_service::{CacheConfig, QuotaApi, ServiceConfig, Store};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tonic::transport::Identity;
 
 /// Carries out one command; the exit code when it ends without an error.
@@ -65,12 +66,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             // The gRPC server stops once the edge has drained: a REST request
             // already received may still need the service for its answer.
             let (edge_done, edge_drained) = watch::channel(false);
+            // `--max-concurrency` bounds the process: REST and gRPC share its permits.
+            let in_flight = in_flight(&server);
             let edge = tokio::spawn({
                 let edge = quota_edge::serve_with(
                     http,
                     quota_edge::app_with(
                         upstream,
-                        edge_config(&server, &throttle, cache.ttl.cache_ttl),
+                        edge_config(in_flight.clone(), &throttle, cache.ttl.cache_ttl),
                     ),
                     rest_tls,
                     stopped(stop.clone()),
@@ -84,7 +87,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let grpc = tokio::spawn(quota_service::serve_with(
                 grpc,
                 api,
-                grpc_options(&server, grpc_tls),
+                grpc_options(in_flight, grpc_tls),
                 stopped(edge_drained),
             ));
             if let Some((grpc, edge)) = drained(stop, async { tokio::join!(grpc, edge) }).await {
@@ -112,7 +115,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 stopped(stop.clone()),
             )?;
             let grpc = grpc.listen(tls.is_some())?;
-            let options = grpc_options(&server, tls.map(|t| t.grpc));
+            let options = grpc_options(in_flight(&server), tls.map(|t| t.grpc));
             let served = quota_service::serve_with(grpc, api, options, stopped(stop.clone()));
             if let Some(served) = drained(stop, served).await {
                 served.map_err(|e| anyhow!("gRPC server failed: {e}"))?;
@@ -136,8 +139,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let metrics = telemetry::bind_metrics(&metrics).await?;
             telemetry::serve_metrics(metrics, || async {}, stopped(stop.clone()))?;
             let http = http.listen(tls.is_some())?;
-            let app =
-                quota_edge::app_with(upstream, edge_config(&server, &throttle, cache.cache_ttl));
+            let app = quota_edge::app_with(
+                upstream,
+                edge_config(in_flight(&server), &throttle, cache.cache_ttl),
+            );
             let served =
                 quota_edge::serve_with(http, app, tls.map(|t| t.rest), stopped(stop.clone()));
             if let Some(served) = drained(stop, served).await {
@@ -349,18 +354,24 @@ impl Bound {
     }
 }
 
+/// The permits of `--max-concurrency`: one per request in flight in the process.
+fn in_flight(server: &ServerArgs) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(server.max_concurrency as usize))
+}
+
 /// The gRPC server's bounds and TLS.
-fn grpc_options(server: &ServerArgs, tls: Option<Identity>) -> ServerOptions {
-    ServerOptions {
-        max_concurrency: server.max_concurrency as usize,
-        tls,
-    }
+fn grpc_options(in_flight: Arc<Semaphore>, tls: Option<Identity>) -> ServerOptions {
+    ServerOptions { in_flight, tls }
 }
 
 /// The edge's bounds and throttle; `cache_ttl` is the one `--cache-ttl`.
-fn edge_config(server: &ServerArgs, throttle: &ThrottleArgs, cache_ttl: Duration) -> EdgeConfig {
+fn edge_config(
+    in_flight: Arc<Semaphore>,
+    throttle: &ThrottleArgs,
+    cache_ttl: Duration,
+) -> EdgeConfig {
     EdgeConfig {
-        max_concurrency: server.max_concurrency as usize,
+        in_flight,
         throttle: ThrottleConfig {
             max_failures: throttle.auth_failures_per_minute,
             window: Duration::from_secs(60),

@@ -105,7 +105,7 @@ async fn a_body_over_64_kib_gets_413_even_on_a_get() {
 async fn past_max_concurrency_requests_get_503_at_once() {
     let gate = Arc::new(Semaphore::new(0));
     let config = EdgeConfig {
-        max_concurrency: 2,
+        in_flight: Arc::new(Semaphore::new(2)),
         ..EdgeConfig::default()
     };
     let edge = spawn_edge_with(config, Some(gate.clone()), None).await;

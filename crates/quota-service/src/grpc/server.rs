@@ -6,6 +6,7 @@ use quota::pb::token_admin_server::TokenAdminServer;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
@@ -24,9 +25,10 @@ pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
 /// How the gRPC server runs, besides what it serves.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    /// Calls in flight at once (`--max-concurrency`), all connections
-    /// together; past it a call is refused at once with UNAVAILABLE.
-    pub max_concurrency: usize,
+    /// One permit per call in flight (`--max-concurrency`), all connections
+    /// together, taken at once or refused with UNAVAILABLE. `quotad serve`
+    /// gives its REST edge the same semaphore, so that the bound counts both.
+    pub in_flight: Arc<Semaphore>,
     /// Serve over TLS with this certificate and key (`--tls-cert`, `--tls-key`).
     pub tls: Option<Identity>,
 }
@@ -34,7 +36,7 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
-            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            in_flight: Arc::new(Semaphore::new(DEFAULT_MAX_CONCURRENCY)),
             tls: None,
         }
     }
@@ -91,19 +93,27 @@ pub async fn serve_with(
         // Request id, a span per call, one log line and the metrics per call,
         // refusals for load included.
         .layer(quota_telemetry::grpc::server_layers())
-        // At most `max_concurrency` calls in flight over every connection
+        // At most one call per permit of `in_flight` over every connection
         // together; past it a call is refused at once, never queued.
         .layer(
             tower::ServiceBuilder::new()
                 .layer(MapResultLayer::new(busy))
                 .layer(LoadShedLayer::new())
-                .layer(GlobalConcurrencyLimitLayer::with_semaphore(Arc::new(
-                    tokio::sync::Semaphore::new(options.max_concurrency.max(1)),
-                ))),
+                .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+                    options.in_flight,
+                )),
         )
         .add_service(health_service.max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
+        .add_service(
+            reflection()
+                .build_v1()?
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            reflection()
+                .build_v1alpha()?
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .add_service(
             QuotaServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )

@@ -104,6 +104,99 @@ async fn a_message_over_64_kib_is_refused_before_decoding() {
     );
 }
 
+/// Whether a call that got `answer` was refused as too large.
+fn too_large<T>(answer: &Result<T, tonic::Status>) -> bool {
+    matches!(answer, Err(s) if matches!(s.code(), Code::OutOfRange | Code::ResourceExhausted))
+}
+
+/// Whether a reflection stream that got `answer` to its first request left
+/// that request unread: refused as too large, or, as tonic's reflection
+/// service ends its stream when a request cannot be decoded, closed with no
+/// answer (a request it read would have been answered with the list).
+fn unread<T>(answer: &Result<Option<T>, tonic::Status>) -> bool {
+    too_large(answer) || matches!(answer, Ok(None))
+}
+
+/// What a reflection stream answered, without the request it echoes.
+fn brief<T>(answer: &Result<Option<T>, tonic::Status>) -> String {
+    match answer {
+        Ok(Some(_)) => "an answer".into(),
+        Ok(None) => "no answer".into(),
+        Err(status) => format!("{status:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_service_refuses_a_message_over_64_kib_reflection_and_health_included() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::{v1, v1alpha};
+
+    let db = TestDb::sqlite_memory().await;
+    let (addr, _stop) = spawn(db.store().await, ServerOptions::default()).await;
+    let channel = channel(addr).await;
+    // A listing of the services, whose field reflection ignores: once read,
+    // it is answered with the list.
+    let filler = "s".repeat(100 * 1024);
+
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            filler.clone(),
+        )),
+    };
+    let answer = match v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+    {
+        Ok(stream) => stream.into_inner().message().await,
+        Err(status) => Err(status),
+    };
+    assert!(unread(&answer), "reflection v1 read it: {}", brief(&answer));
+
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(filler.clone()),
+        ),
+    };
+    let answer =
+        match v1alpha::server_reflection_client::ServerReflectionClient::new(channel.clone())
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+        {
+            Ok(stream) => stream.into_inner().message().await,
+            Err(status) => Err(status),
+        };
+    assert!(
+        unread(&answer),
+        "reflection v1alpha read it: {}",
+        brief(&answer)
+    );
+
+    let answer = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest { service: filler })
+        .await;
+    assert!(too_large(&answer), "health: {answer:?}");
+
+    // Still serving, reflection included.
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let listed = v1::server_reflection_client::ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap();
+    assert!(listed.is_some());
+}
+
 #[tokio::test]
 async fn past_max_concurrency_a_call_is_refused_at_once_with_unavailable() {
     let db = TestDb::sqlite_memory().await;
@@ -119,7 +212,7 @@ async fn past_max_concurrency_a_call_is_refused_at_once_with_unavailable() {
         .await
         .unwrap();
     let options = ServerOptions {
-        max_concurrency: 1,
+        in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         ..ServerOptions::default()
     };
     let (addr, _stop) = spawn(store.clone(), options).await;

@@ -316,8 +316,9 @@ pub struct CaCert {
 /// Bounds and TLS of a server (`serve`, `grpc`, `edge`).
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// Requests in flight at once per server, all connections together;
-    /// past it a request is answered at once with 503 (REST) or UNAVAILABLE (gRPC).
+    /// Requests in flight at once in the process, all connections together
+    /// (in `serve`, REST and gRPC together); past it a request is answered
+    /// at once with 503 (REST) or UNAVAILABLE (gRPC).
     #[arg(
         long,
         env = "QUOTA_MAX_CONCURRENCY",
