@@ -11,7 +11,7 @@ use quota_service::ServerOptions;
 use quota_service::auth::AdminCredential;
 use quota_service::domain::QuotaPerUsd;
 use quota_service::grpc::{LocalServices, local_services};
-use quota_service::store::redact_url;
+use quota_service::store::{MigrationStatus, migration_names, redact_url, sqlite_file_missing};
 use quota_service::{CacheConfig, QuotaApi, ServiceConfig, Store};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -228,13 +228,22 @@ async fn open_store(db: &DatabaseArgs, lock: &LockWait, mode: MigrateMode) -> Re
 /// `quotad migrate --status`: one line per migration on stdout; exit 1 when
 /// any is pending.
 async fn migration_status(db: &DatabaseArgs) -> Result<ExitCode> {
-    let store = connect(db).await?;
-    let status = store.migration_status().await.map_err(|e| {
-        anyhow!(
-            "cannot read the migrations of {}: {e}",
-            redact_url(&db.database_url)
-        )
-    })?;
+    // Opening a SQLite file that is not there would create it: a database
+    // not made yet has every migration pending, and stays not made.
+    let status = if sqlite_file_missing(&db.database_url) {
+        MigrationStatus {
+            pending: migration_names(),
+            ..MigrationStatus::default()
+        }
+    } else {
+        let store = connect(db).await?;
+        store.migration_status().await.map_err(|e| {
+            anyhow!(
+                "cannot read the migrations of {}: {e}",
+                redact_url(&db.database_url)
+            )
+        })?
+    };
     for name in &status.applied {
         println!("applied  {name}");
     }

@@ -81,6 +81,18 @@ const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 /// Read connections beside the single writer of a SQLite file.
 const SQLITE_READERS: u32 = 4;
 
+/// Whether `url` names a SQLite file that does not exist (yet): opening it
+/// would create it.
+pub fn sqlite_file_missing(url: &str) -> bool {
+    use sea_orm::sqlx::sqlite::SqliteConnectOptions;
+    use std::str::FromStr;
+    if !url.starts_with("sqlite:") {
+        return false;
+    }
+    // An in-memory database has no file, and every migration pending too.
+    SqliteConnectOptions::from_str(url).is_ok_and(|options| !options.get_filename().exists())
+}
+
 impl Store {
     /// Connects to `url` (`sqlite:`, `postgres://` or `mysql://`).
     ///

@@ -24,3 +24,31 @@ fn migrate_creates_the_sqlite_file_and_is_idempotent() {
         "the default database was created"
     );
 }
+
+#[test]
+fn status_of_a_sqlite_file_not_made_yet_lists_all_pending_and_creates_nothing() {
+    let dir = TempDir::new();
+    let url = dir.sqlite_url("fresh.db");
+    let mut cmd = quotad();
+    cmd.args(["migrate", "--status", "--database-url", &url])
+        .current_dir(dir.path());
+    let out = run(cmd, COMMAND_TIMEOUT);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let names = quota_service::store::migration_names();
+    let listed = stdout_of(&out);
+    for name in &names {
+        assert!(listed.contains(&format!("pending  {name}\n")), "{listed}");
+    }
+    assert!(
+        listed.ends_with(&format!("0 applied, {} pending\n", names.len())),
+        "{listed}"
+    );
+    assert!(
+        !dir.path().join("fresh.db").exists(),
+        "--status made the file"
+    );
+    assert!(
+        !dir.path().join("quota.db").exists(),
+        "the default database was made"
+    );
+}
