@@ -12,6 +12,7 @@ mod token;
 mod verify;
 
 use clap::Parser;
+use clap::error::ErrorKind;
 use std::process::ExitCode;
 
 /// mimalloc rather than the system's allocator: a request allocates and
@@ -24,7 +25,10 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(refused) => return command_line_refused(&refused),
+    };
     let log_format = cli.log_format;
     telemetry::init_logging(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -44,4 +48,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command line clap did not take. Help and the version are printed as
+/// clap prints them; a bad flag or value is one `quotad: …` line on stderr
+/// (clap's own message, its tip, and the `--help` to read), in the log
+/// format asked for, with clap's exit code (2).
+fn command_line_refused(refused: &clap::Error) -> ExitCode {
+    let code = ExitCode::from(u8::try_from(refused.exit_code()).unwrap_or(2));
+    if matches!(
+        refused.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = refused.print();
+        return code;
+    }
+    let format = cli::log_format_of(
+        std::env::args_os().skip(1),
+        std::env::var_os("QUOTA_LOG_FORMAT"),
+    );
+    telemetry::init_logging(format);
+    let command = cli::command_of(std::env::args_os().skip(1));
+    telemetry::fatal(
+        format,
+        &cli::one_line(&refused.render().to_string(), &command),
+    );
+    code
 }

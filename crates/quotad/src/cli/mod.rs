@@ -3,6 +3,7 @@
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use quota_service::domain::DEFAULT_QUOTA_PER_USD;
+use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +28,66 @@ pub struct Cli {
         global = true
     )]
     pub log_format: LogFormat,
+}
+
+/// The log format a command line asks for (`--log-format`, else
+/// `QUOTA_LOG_FORMAT`), read from its raw arguments: for the one line that
+/// says why they did not parse. Anything but `json` is text.
+pub fn log_format_of(args: impl IntoIterator<Item = OsString>, env: Option<OsString>) -> LogFormat {
+    let mut asked = env;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
+        }
+        if arg == "--log-format" {
+            asked = args.next();
+        } else if let Some(value) = arg.to_str().and_then(|a| a.strip_prefix("--log-format=")) {
+            asked = Some(value.into());
+        }
+    }
+    match asked {
+        Some(value) if value.eq_ignore_ascii_case("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
+}
+
+/// clap's message of a refused command line as one line: `quotad: ` and its
+/// first line, its tips, and the `--help` of `command` (see [`command_of`]).
+pub fn one_line(rendered: &str, command: &str) -> String {
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines
+        .next()
+        .unwrap_or("the command line was not understood");
+    let mut line = format!("quotad: {}", first.strip_prefix("error: ").unwrap_or(first));
+    for tip in lines.filter_map(|l| l.strip_prefix("tip: ")) {
+        line.push_str(&format!(" ({tip})"));
+    }
+    line.push_str(&format!("; see '{command} --help'"));
+    line
+}
+
+/// The (sub)command a command line's words name, `quotad token create`
+/// say: its leading subcommand names, wherever flags come between them.
+pub fn command_of(args: impl IntoIterator<Item = OsString>) -> String {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    let mut path = vec![command.get_name().to_owned()];
+    for arg in args {
+        if arg == "--" {
+            break;
+        }
+        let Some(sub) = arg
+            .to_str()
+            .and_then(|word| command.find_subcommand(word))
+            .cloned()
+        else {
+            continue;
+        };
+        path.push(sub.get_name().to_owned());
+        command = sub;
+    }
+    path.join(" ")
 }
 
 /// How log lines are written.

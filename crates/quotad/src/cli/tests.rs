@@ -142,3 +142,93 @@ fn one_cache_ttl_and_a_capacity_for_the_service() {
         .is_err()
     );
 }
+
+#[test]
+fn a_refused_command_line_is_one_line_with_its_tip_and_help() {
+    let refused = |words: &[&str]| {
+        let error = Cli::try_parse_from(words).unwrap_err();
+        let command = command_of(words[1..].iter().map(OsString::from));
+        one_line(&error.render().to_string(), &command)
+    };
+    let line = refused(&["quotad", "serve", "--htp-addr", "x"]);
+    assert!(!line.contains('\n'), "{line}");
+    assert!(
+        line.starts_with("quotad: unexpected argument '--htp-addr' found"),
+        "{line}"
+    );
+    assert!(line.contains("'--http-addr'"), "the tip: {line}");
+    assert!(line.ends_with("; see 'quotad serve --help'"), "{line}");
+
+    let line = refused(&[
+        "quotad", "token", "--output", "json", "create", "--quota", "x",
+    ]);
+    assert!(line.contains("invalid value 'x' for '--quota"), "{line}");
+    assert!(
+        line.ends_with("; see 'quotad token create --help'"),
+        "{line}"
+    );
+
+    let line = refused(&["quotad", "frobnicate"]);
+    assert!(line.contains("'frobnicate'"), "{line}");
+    assert!(line.ends_with("; see 'quotad --help'"), "{line}");
+}
+
+#[test]
+fn the_log_format_of_a_refused_command_line_is_read_from_its_words() {
+    let words = |w: &[&str]| w.iter().map(OsString::from).collect::<Vec<_>>();
+    let json = Some(OsString::from("json"));
+    assert_eq!(
+        log_format_of(words(&["serve", "--x"]), None),
+        LogFormat::Text
+    );
+    assert_eq!(
+        log_format_of(words(&["serve"]), json.clone()),
+        LogFormat::Json
+    );
+    assert_eq!(
+        log_format_of(words(&["--log-format", "json", "serve"]), None),
+        LogFormat::Json
+    );
+    assert_eq!(
+        log_format_of(words(&["serve", "--log-format=JSON"]), None),
+        LogFormat::Json
+    );
+    // The flag wins over the variable, and what follows `--` is no flag.
+    assert_eq!(
+        log_format_of(words(&["serve", "--log-format", "text"]), json),
+        LogFormat::Text
+    );
+    assert_eq!(
+        log_format_of(words(&["serve", "--", "--log-format=json"]), None),
+        LogFormat::Text
+    );
+}
+
+#[test]
+fn defaults_are_the_contracts() {
+    let cli = Cli::try_parse_from(["quotad", "serve"]).unwrap();
+    let Command::Serve {
+        db,
+        grpc,
+        http,
+        server,
+        throttle,
+        cache,
+        ..
+    } = cli.command
+    else {
+        panic!("not serve")
+    };
+    assert_eq!(db.database_url, "sqlite://quota.db");
+    assert_eq!(grpc.grpc_addr, "127.0.0.1:50051");
+    assert_eq!(http.http_addr, "127.0.0.1:8080");
+    assert_eq!(server.max_concurrency, 1024);
+    assert_eq!(throttle.auth_failures_per_minute, 60);
+    assert_eq!(cache.ttl.cache_ttl, Duration::from_secs(1));
+    assert_eq!(cli.log_format, LogFormat::Text);
+    let cli = Cli::try_parse_from(["quotad", "token", "list"]).unwrap();
+    let Command::Token { admin, .. } = cli.command else {
+        panic!("not token")
+    };
+    assert_eq!(admin.server, "http://127.0.0.1:50051");
+}

@@ -66,19 +66,64 @@ fn edge_refuses_an_upstream_it_cannot_call() {
     }
 }
 
-#[test]
-fn an_unknown_flag_prints_the_usage() {
-    let out = run(
-        {
-            let mut cmd = quotad();
-            cmd.args(["serve", "--frobnicate"]);
-            cmd
-        },
-        COMMAND_TIMEOUT,
-    );
+/// A refused command line: exit 2 and one line on stderr, which it returns.
+fn refused_in_one_line(cmd: std::process::Command) -> String {
+    let out = run(cmd, COMMAND_TIMEOUT);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     let stderr = stderr_of(&out);
-    assert!(stderr.contains("--frobnicate"), "{stderr}");
-    assert!(stderr.contains("Usage: quotad serve"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line\n{}", describe(&out));
     assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr.trim_end().to_owned()
+}
+
+#[test]
+fn a_bad_flag_or_value_is_one_line_naming_it_and_the_help() {
+    let mut cmd = quotad();
+    cmd.args(["serve", "--frobnicate"]);
+    let line = refused_in_one_line(cmd);
+    assert!(line.starts_with("quotad: "), "{line}");
+    assert!(line.contains("'--frobnicate'"), "{line}");
+    assert!(line.ends_with("see 'quotad serve --help'"), "{line}");
+
+    let mut cmd = quotad();
+    cmd.args(["serve", "--max-concurrency", "0"]);
+    let line = refused_in_one_line(cmd);
+    assert!(
+        line.contains("'0'") && line.contains("--max-concurrency"),
+        "{line}"
+    );
+
+    // From the environment too.
+    let mut cmd = quotad();
+    cmd.arg("serve").env("QUOTA_MAX_CONCURRENCY", "abc");
+    let line = refused_in_one_line(cmd);
+    assert!(
+        line.contains("'abc'") && line.contains("--max-concurrency"),
+        "{line}"
+    );
+
+    // One JSON object when JSON logs are asked for.
+    for how in [&["--log-format", "json"][..], &[]] {
+        let mut cmd = quotad();
+        cmd.args(how).args(["serve", "--frobnicate"]);
+        if how.is_empty() {
+            cmd.env("QUOTA_LOG_FORMAT", "json");
+        }
+        let line = refused_in_one_line(cmd);
+        let object: serde_json::Value = serde_json::from_str(&line).expect(&line);
+        assert_eq!(object["level"], "ERROR", "{line}");
+        let message = object["fields"]["message"].as_str().expect(&line);
+        assert!(message.contains("'--frobnicate'"), "{line}");
+    }
+}
+
+#[test]
+fn the_version_is_printed_on_stdout() {
+    // `--help` is `help.rs`'s; both pass through the same refusal of clap's.
+    let mut cmd = quotad();
+    cmd.arg("--version");
+    let out = run(cmd, COMMAND_TIMEOUT);
+    succeeded(&out);
+    let version = stdout_of(&out);
+    assert!(version.starts_with("quotad "), "{version}");
 }
