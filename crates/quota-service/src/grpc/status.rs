@@ -33,11 +33,13 @@ fn code(err: &QuotaError) -> Code {
 
 /// The status answering `method` with `err`. Internal detail (an unreachable
 /// or busy database, an internal failure) is logged here and only here; the
-/// caller gets the variant's message.
+/// caller gets the variant's message. A database away or busy is `warn` (the
+/// service is not at fault, and comes back with it); an internal failure
+/// is `error`.
 pub(crate) fn to_status(err: QuotaError, method: &'static str) -> Status {
     match &err {
         QuotaError::Unavailable(detail) => {
-            tracing::error!(method, %detail, "database unreachable");
+            tracing::warn!(method, %detail, "database unreachable");
         }
         QuotaError::Busy(detail) => tracing::warn!(method, %detail, "busy"),
         QuotaError::Internal(detail) => tracing::error!(method, %detail, "internal error"),

@@ -36,6 +36,16 @@ async fn the_database_is_cut_and_restored(db: TestDb) {
 
     server.signal("TERM");
     assert_eq!(server.wait(Duration::from_secs(25)).code(), Some(0));
+    // A database away is the operator's to fix, not a bug: `warn`, with its detail.
+    let log = server.log();
+    let unreachable: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("database unreachable"))
+        .collect();
+    assert!(!unreachable.is_empty(), "no detail logged:\n{log}");
+    for line in unreachable {
+        assert!(line.contains(" WARN "), "{line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
