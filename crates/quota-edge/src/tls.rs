@@ -1,10 +1,13 @@
 //! TLS (rustls, ring): the REST listener's certificate, and how clients of
-//! the gRPC service (the edge, the `token` commands) trust an `https://` one.
+//! the gRPC service (the edge, the `token` commands, `quotad health`) trust
+//! an `https://` one.
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::sync::Arc;
-use tokio_rustls::TlsAcceptor;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 /// A certificate or key that cannot be used, said in one line.
@@ -83,6 +86,38 @@ impl ClientTls {
             Some(ca) => ClientTlsConfig::new().ca_certificate(ca.clone()),
             None => ClientTlsConfig::new().with_webpki_roots(),
         }
+    }
+
+    /// A TLS connection over `stream` to the server named `host` (a name or
+    /// an IP address), trusting what this trusts: for an `https://` URL that
+    /// is not a gRPC service, such as the edge's `/readyz`.
+    pub async fn connect<S>(&self, host: &str, stream: S) -> std::io::Result<TlsStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            Some(ca) => {
+                for cert in certificates(ca.get_ref(), "the CA certificate file")
+                    .map_err(|e| invalid(e.to_string()))?
+                {
+                    roots.add(cert).map_err(|e| invalid(e.to_string()))?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|_| invalid(format!("{host:?} is not a server name")))?;
+        TlsConnector::from(Arc::new(config))
+            .connect(name, stream)
+            .await
     }
 }
 

@@ -1,25 +1,28 @@
 //! `quotad health`: is a server ready? For container health checks, which
 //! must probe readiness, not an open port (the image has no curl or grpcurl).
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
+use quota_edge::ClientTls;
+use quota_edge::tls::endpoint;
 use std::process::ExitCode;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::transport::Endpoint;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-/// Asks the gRPC server or the HTTP URL given; `Ok` (exit 0) when ready.
+/// Asks the gRPC server or the HTTP URL given, over TLS for `https://`
+/// (trusting `tls`); `Ok` (exit 0) when ready.
 pub async fn run(
     grpc: Option<String>,
     http: Option<String>,
+    tls: ClientTls,
     timeout: Duration,
 ) -> Result<ExitCode> {
     let check = async {
         match (grpc, http) {
-            (Some(url), _) => grpc_ready(&url).await,
-            (_, Some(url)) => http_ready(&url).await,
+            (Some(url), _) => grpc_ready(&url, &tls).await,
+            (_, Some(url)) => http_ready(&url, &tls).await,
             (None, None) => bail!("give --grpc URL or --http URL"),
         }
     };
@@ -30,14 +33,14 @@ pub async fn run(
 }
 
 /// `grpc.health.v1.Health/Check` of the server as a whole (service "").
-async fn grpc_ready(url: &str) -> Result<()> {
+async fn grpc_ready(url: &str, tls: &ClientTls) -> Result<()> {
     let url = if url.contains("://") {
         url.to_owned()
     } else {
         format!("http://{url}")
     };
-    let channel = Endpoint::from_shared(url.clone())
-        .with_context(|| format!("--grpc {url:?} is not a valid URL (expected http://HOST:PORT)"))?
+    let channel = endpoint(&url, tls)
+        .map_err(|e| anyhow!("--grpc {e}"))?
         .connect()
         .await
         .map_err(|e| anyhow!("not ready: cannot connect to {url}: {}", innermost(&e)))?;
@@ -55,24 +58,56 @@ async fn grpc_ready(url: &str) -> Result<()> {
     }
 }
 
-/// `GET url` over HTTP/1.1: ready on a 2xx status.
-async fn http_ready(url: &str) -> Result<()> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        bail!("--http {url:?}: expected http://HOST:PORT/PATH");
+/// `GET url` over HTTP/1.1, or over TLS for `https://`: ready on a 2xx status.
+async fn http_ready(url: &str, tls: &ClientTls) -> Result<()> {
+    let (rest, secure) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => bail!("--http {url:?}: expected http://HOST:PORT/PATH or https://HOST:PORT/PATH"),
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, "/"),
     };
-    let target = if authority.contains(':') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
+    let (host, target) = match authority.rsplit_once(':') {
+        Some((host, _)) if !authority.ends_with(']') => (host, authority.to_owned()),
+        _ => (
+            authority,
+            format!("{authority}:{}", if secure { 443 } else { 80 }),
+        ),
     };
-    let mut stream = tokio::net::TcpStream::connect(&target)
+    let stream = tokio::net::TcpStream::connect(&target)
         .await
         .map_err(|e| anyhow!("not ready: cannot connect to {authority}: {e}"))?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    let head = if secure {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let stream = tls.connect(host, stream).await.map_err(|e| {
+            anyhow!(
+                "not ready: cannot connect to {authority}: {}",
+                innermost(&e)
+            )
+        })?;
+        status_line(stream, &request).await?
+    } else {
+        status_line(stream, &request).await?
+    };
+    let status = head
+        .strip_prefix("HTTP/1.")
+        .and_then(|l| l.get(2..5))
+        .ok_or_else(|| anyhow!("not ready: {url} did not answer HTTP"))?;
+    if status.starts_with('2') {
+        Ok(())
+    } else {
+        bail!("not ready: {url} answered {status}")
+    }
+}
+
+/// Sends `request` on `stream` and reads the start of the answer's status line.
+async fn status_line<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    request: &str,
+) -> Result<String> {
     stream.write_all(request.as_bytes()).await?;
     let mut head = [0; 64];
     let mut read = 0;
@@ -82,16 +117,7 @@ async fn http_ready(url: &str) -> Result<()> {
             n => read += n,
         }
     }
-    let line = String::from_utf8_lossy(&head[..read]);
-    let status = line
-        .strip_prefix("HTTP/1.")
-        .and_then(|l| l.get(2..5))
-        .ok_or_else(|| anyhow!("not ready: {url} did not answer HTTP"))?;
-    if status.starts_with('2') {
-        Ok(())
-    } else {
-        bail!("not ready: {url} answered {status}")
-    }
+    Ok(String::from_utf8_lossy(&head[..read]).into_owned())
 }
 
 fn innermost(err: &dyn std::error::Error) -> String {

@@ -160,8 +160,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Health {
             grpc,
             http,
+            ca,
             timeout,
-        } => return crate::health::run(grpc, http, timeout).await,
+        } => {
+            let tls = crate::tls::client(ca.ca_cert.as_deref())?;
+            return crate::health::run(grpc, http, tls, timeout).await;
+        }
         Command::Verify { db } => return Ok(crate::verify::run(&db).await),
         Command::Token { admin, command } => {
             crate::token::run(admin, command).await?;

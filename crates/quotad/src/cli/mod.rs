@@ -182,13 +182,15 @@ pub enum Command {
     /// For container health checks.
     #[command(group(ArgGroup::new("target").required(true).multiple(false)))]
     Health {
-        /// A gRPC server (http://HOST:PORT or HOST:PORT): ready when its
-        /// grpc.health.v1.Health reports SERVING.
+        /// A gRPC server (http://HOST:PORT, https://HOST:PORT or HOST:PORT):
+        /// ready when its grpc.health.v1.Health reports SERVING.
         #[arg(long, value_name = "URL", group = "target")]
         grpc: Option<String>,
-        /// An HTTP URL (the edge's /readyz): ready when it answers 2xx.
+        /// An HTTP or HTTPS URL (the edge's /readyz): ready when it answers 2xx.
         #[arg(long, value_name = "URL", group = "target")]
         http: Option<String>,
+        #[command(flatten)]
+        ca: CaCert,
         /// Give up after this long (500ms, 3s, 1m; a bare number is seconds).
         #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
         timeout: Duration,

@@ -137,3 +137,42 @@ fn the_cli_and_grpc_clients_reach_a_tls_server_trusting_its_ca() {
     let (status, log) = server.stop_with("TERM");
     assert!(status.success(), "{status}\n{log}");
 }
+
+/// `quotad health ARGS`.
+fn health(args: &[&str]) -> std::process::Output {
+    let mut cmd = quotad();
+    cmd.arg("health").args(args);
+    run(cmd, COMMAND_TIMEOUT)
+}
+
+#[test]
+fn health_checks_a_tls_server_trusting_its_ca() {
+    let dir = TempDir::new();
+    let files = write_pki(&dir);
+    let server = serve_tls(&dir, &files);
+    let readyz = format!("https://{}/readyz", server.http.unwrap());
+    for host in ["127.0.0.1", "localhost"] {
+        let grpc = server.grpc_url.replace("127.0.0.1", host);
+        let http = readyz.replace("127.0.0.1", host);
+        for target in [["--grpc", grpc.as_str()], ["--http", http.as_str()]] {
+            let ready = health(&[target[0], target[1], "--ca-cert", &files.ca]);
+            succeeded(&ready);
+        }
+    }
+
+    // Another CA, or plain text to the TLS ports: not ready, in one line.
+    for target in [
+        ["--grpc", server.grpc_url.as_str()],
+        ["--http", readyz.as_str()],
+    ] {
+        let refused = health(&[target[0], target[1], "--ca-cert", &files.wrong_ca]);
+        let line = failed_with_one_line(&refused);
+        assert!(line.starts_with("quotad: not ready: "), "{line}");
+        assert!(line.contains("BadSignature"), "{line}");
+    }
+    let plain = readyz.replace("https://", "http://");
+    failed_with_one_line(&health(&["--http", &plain]));
+
+    let (status, log) = server.stop_with("TERM");
+    assert!(status.success(), "{status}\n{log}");
+}
