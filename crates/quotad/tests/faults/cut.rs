@@ -2,12 +2,31 @@
 //! and the same process serves again within 5 s of its return.
 
 use crate::helpers::{
-    RECOVERED_WITHIN, Server, assert_unavailable, consume, read_again, subscription,
+    RECOVERED_WITHIN, Server, UNAVAILABLE_WITHIN, assert_unavailable, consume, get, read_again,
+    subscription,
 };
 use crate::proxy::{Proxy, server_of};
 use quota::pb::quota_service_client::QuotaServiceClient;
 use quota_service::testing::TestDb;
 use std::time::{Duration, Instant};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// What the server's `grpc.health.v1.Health` reports for the whole server,
+/// and the status of its edge's `/readyz`.
+async fn health(server: &Server) -> (ServingStatus, u16) {
+    let reported = HealthClient::new(server.channel().await)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    let readyz = get(server.http, "/readyz").await.status;
+    (ServingStatus::try_from(reported).unwrap(), readyz)
+}
 
 async fn the_database_is_cut_and_restored(db: TestDb) {
     let proxy = Proxy::start(server_of(&db.url).await).await;
@@ -17,8 +36,21 @@ async fn the_database_is_cut_and_restored(db: TestDb) {
     assert_eq!(subscription(server.http, &key).await.status, 200);
     consume(&mut grpc, &key, "before").await.unwrap();
 
+    assert_eq!(health(&server).await, (ServingStatus::Serving, 200));
+
     proxy.cut();
     let (rest_took, grpc_took) = assert_unavailable(&server, &mut grpc, &key, "while-cut").await;
+    // Health follows the database: NOT_SERVING, and /readyz 503.
+    let cut = Instant::now();
+    while health(&server).await != (ServingStatus::NotServing, 503) {
+        assert!(
+            cut.elapsed() < UNAVAILABLE_WITHIN * 2,
+            "health still {:?} {:?} after the cut",
+            health(&server).await,
+            cut.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     proxy.restore();
     let recovered = read_again(&server, &key, Instant::now()).await;
@@ -26,6 +58,11 @@ async fn the_database_is_cut_and_restored(db: TestDb) {
         recovered < RECOVERED_WITHIN,
         "recovered after {recovered:?}"
     );
+    let back = Instant::now();
+    while health(&server).await != (ServingStatus::Serving, 200) {
+        assert!(back.elapsed() < RECOVERED_WITHIN, "health not back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     eprintln!(
         "database cut: 503 after {rest_took:.2?}, UNAVAILABLE after {grpc_took:.2?}; \
          serving again {recovered:.2?} after its return"

@@ -130,12 +130,24 @@ pub struct Answer {
 /// `GET /v1/dashboard/billing/subscription` with `key`, on a connection of
 /// its own (`Connection: close`), read to its end.
 pub async fn subscription(http: SocketAddr, key: &str) -> Answer {
+    request(
+        http,
+        "/v1/dashboard/billing/subscription",
+        &format!("Authorization: Bearer {key}\r\n"),
+    )
+    .await
+}
+
+/// `GET path` without credentials, as [`subscription`] sends it.
+pub async fn get(http: SocketAddr, path: &str) -> Answer {
+    request(http, path, "").await
+}
+
+async fn request(http: SocketAddr, path: &str, headers: &str) -> Answer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
-    let request = format!(
-        "GET /v1/dashboard/billing/subscription HTTP/1.1\r\nHost: {http}\r\n\
-         Authorization: Bearer {key}\r\nConnection: close\r\n\r\n"
-    );
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {http}\r\n{headers}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
