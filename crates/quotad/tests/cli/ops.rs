@@ -164,6 +164,76 @@ fn release(grpc_url: &str, key: &str, request_id: &str) -> tonic::Code {
 }
 
 #[test]
+fn grpc_and_edge_each_serve_their_own_metrics() {
+    let dir = TempDir::new();
+    let mut grpc = quotad();
+    grpc.args(["grpc", "--database-url", &dir.sqlite_url("quota.db")])
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ]);
+    let service = Server::spawn(
+        grpc,
+        dir.path(),
+        Serves {
+            grpc: true,
+            http: false,
+        },
+    );
+    let mut edge = quotad();
+    edge.args(["edge", "--upstream", &service.grpc_url])
+        .args(["--http-addr", "127.0.0.1:0"])
+        .env("QUOTA_METRICS_ADDR", "127.0.0.1:0");
+    let edge = Server::spawn(
+        edge,
+        dir.path(),
+        Serves {
+            grpc: false,
+            http: true,
+        },
+    );
+    let (key, _) = create_key(&service, "5");
+    let (service_metrics, edge_metrics) = (metrics_addr(&service), metrics_addr(&edge));
+    assert_ne!(service_metrics, edge_metrics);
+    let (_, service_before) = scrape(service_metrics);
+    let (_, edge_before) = scrape(edge_metrics);
+
+    const SUB: &str = "/v1/dashboard/billing/subscription";
+    let auth = format!("Bearer {key}");
+    let http = edge.http.unwrap();
+    assert_eq!(
+        http_request(http, "GET", SUB, &[("Authorization", auth.as_str())]).status,
+        200
+    );
+    assert_eq!(
+        consume(&service.grpc_url, &key, 500, "split-1"),
+        tonic::Code::Ok
+    );
+
+    // The edge counts its REST request; the service the edge's gRPC call
+    // and the debit, and the debit's units.
+    let (text, after) = scrape(edge_metrics);
+    assert_eq!(
+        delta(&edge_before, &after, &http_series(SUB, "GET", 200)),
+        1.0,
+        "{text}"
+    );
+    let (text, after) = scrape(service_metrics);
+    let moved = |series: &str| delta(&service_before, &after, series);
+    assert_eq!(moved(&grpc_series("GetSubscription", "OK")), 1.0, "{text}");
+    assert_eq!(moved(&grpc_series("Consume", "OK")), 1.0, "{text}");
+    assert_eq!(
+        moved(r#"quota_debits_total{outcome="debited"}"#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(moved("quota_debited_units_total"), 500.0, "{text}");
+    assert!(!text.contains("quota_http_requests_total{"), "{text}");
+}
+
+#[test]
 fn metrics_count_requests_by_route_method_and_status() {
     let dir = TempDir::new();
     let mut cmd = quotad();
