@@ -97,6 +97,31 @@ fn quota_must_be_a_number() {
 }
 
 #[test]
+fn a_negative_quota_is_a_value_not_a_flag() {
+    // Taken as the value it is, so that the service's own refusal names it
+    // ("quota must be a positive number of units, got -100") rather than
+    // clap taking `-1` for a flag.
+    let cli = Cli::try_parse_from(["quotad", "token", "create", "--quota", "-100"]).unwrap();
+    let Command::Token {
+        command: TokenCommand::Create { quota, .. },
+        ..
+    } = cli.command
+    else {
+        panic!("not token create")
+    };
+    assert_eq!(quota.quota, Some(-100));
+    let cli = Cli::try_parse_from(["quotad", "token", "grant", "1", "--quota-usd", "-5"]).unwrap();
+    let Command::Token {
+        command: TokenCommand::Grant { quota, .. },
+        ..
+    } = cli.command
+    else {
+        panic!("not token grant")
+    };
+    assert_eq!(quota.quota_usd.as_deref(), Some("-5"));
+}
+
+#[test]
 fn one_cache_ttl_and_a_capacity_for_the_service() {
     let cli = Cli::try_parse_from([
         "quotad",

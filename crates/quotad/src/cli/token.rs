@@ -57,10 +57,10 @@ pub enum TokenCommand {
 #[group(required = true, multiple = false)]
 pub struct CreateQuota {
     /// Quota in US dollars, e.g. 5 or 0.25.
-    #[arg(long, value_name = "USD")]
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
     pub quota_usd: Option<String>,
     /// Quota in units (QUOTA_PER_USD units make one dollar).
-    #[arg(long, value_name = "UNITS")]
+    #[arg(long, value_name = "UNITS", allow_negative_numbers = true)]
     pub quota: Option<i64>,
     /// Never refused for quota; spend is still recorded.
     #[arg(long)]
@@ -72,9 +72,9 @@ pub struct CreateQuota {
 #[group(required = true, multiple = false)]
 pub struct GrantQuota {
     /// Dollars to add, e.g. 5 or 0.25.
-    #[arg(long, value_name = "USD")]
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
     pub quota_usd: Option<String>,
     /// Units to add.
-    #[arg(long, value_name = "UNITS")]
+    #[arg(long, value_name = "UNITS", allow_negative_numbers = true)]
     pub quota: Option<i64>,
 }
