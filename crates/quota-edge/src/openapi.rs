@@ -12,7 +12,7 @@ use utoipa::{Modify, OpenApi};
 
 /// The document's description: the error bodies and how statuses map.
 const DESCRIPTION: &str = "OpenAI-compatible billing routes of quota, answered by its gRPC service.\n\n\
-Every route answers with and without the `/v1` prefix. Errors are OpenAI-shaped \
+The billing routes answer with and without the `/v1` prefix. Errors are OpenAI-shaped \
 (`ErrorBody`): 401 `invalid_api_key` (with `WWW-Authenticate: Bearer`), 400 \
 `invalid_date`, 404 `unknown_url` (any other path), 405 `method_not_allowed`, \
 429 `rate_limit_exceeded` or `insufficient_quota`, 503 `service_unavailable`, \
