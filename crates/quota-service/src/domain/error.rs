@@ -62,10 +62,12 @@ pub enum QuotaError {
     #[error("token has expired")]
     TokenExpired,
     /// The debit would overspend the token.
-    #[error("insufficient quota: {remaining} units remaining, {requested} requested")]
+    #[error(
+        "insufficient quota: {spendable} units spendable (remaining less held), {requested} requested"
+    )]
     QuotaExhausted {
-        /// Units left.
-        remaining: i64,
+        /// Units the token may still spend: `remaining` less its unexpired holds.
+        spendable: i64,
         /// Units asked for.
         requested: i64,
     },

@@ -50,7 +50,7 @@ impl Token {
             Some(QuotaError::TokenExpired)
         } else if !self.balance.unlimited && self.spendable() < n {
             Some(QuotaError::QuotaExhausted {
-                remaining: self.spendable(),
+                spendable: self.spendable(),
                 requested: n,
             })
         } else if self.balance.used > i64::MAX - n {
@@ -95,7 +95,7 @@ mod tests {
         assert!(matches!(
             t.debit_refusal(units(11), 100),
             Some(QuotaError::QuotaExhausted {
-                remaining: 10,
+                spendable: 10,
                 requested: 11
             })
         ));

@@ -211,7 +211,7 @@ mod tests {
         assert_eq!(debit_outcome(Ok(false)), DebitOutcome::Debited);
         assert_eq!(debit_outcome(Ok(true)), DebitOutcome::Repeat);
         let exhausted = QuotaError::QuotaExhausted {
-            remaining: 1,
+            spendable: 1,
             requested: 2,
         };
         assert_eq!(debit_outcome(Err(&exhausted)), DebitOutcome::Insufficient);

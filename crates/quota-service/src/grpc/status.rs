@@ -108,7 +108,7 @@ mod tests {
         }
         // The token's refusals, as for `Consume`.
         let spent = QuotaError::QuotaExhausted {
-            remaining: 0,
+            spendable: 0,
             requested: 1,
         };
         assert_eq!(code_of(spent), Code::ResourceExhausted);

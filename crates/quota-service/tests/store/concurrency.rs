@@ -51,7 +51,7 @@ async fn hammer(
                     Ok(debit) if debit.repeat => outcome.repeats.push(debit.balance),
                     Ok(debit) => outcome.debited.push(debit.balance),
                     Err(QuotaError::QuotaExhausted {
-                        remaining,
+                        spendable: remaining,
                         requested,
                     }) => {
                         assert_eq!(requested, size);

@@ -207,7 +207,7 @@ async fn burst_over_many_tokens(stores: &[Store]) {
             (
                 Case::Exhausted,
                 Err(QuotaError::QuotaExhausted {
-                    remaining,
+                    spendable: remaining,
                     requested,
                 }),
             ) => {
@@ -221,7 +221,7 @@ async fn burst_over_many_tokens(stores: &[Store]) {
             (
                 Case::Tight,
                 Err(QuotaError::QuotaExhausted {
-                    remaining,
+                    spendable: remaining,
                     requested,
                 }),
             ) => {

@@ -152,7 +152,7 @@ pub fn assert_exhausted<T: std::fmt::Debug>(
 ) {
     match result {
         Err(QuotaError::QuotaExhausted {
-            remaining: r,
+            spendable: r,
             requested: q,
         }) => assert_eq!((r, q), (remaining, requested)),
         other => panic!("expected QuotaExhausted {{ {remaining}, {requested} }}, got {other:?}"),
