@@ -13,14 +13,7 @@ fn every_setting_reads_its_environment_variable() {
         .env("QUOTA_DATABASE_URL", dir.sqlite_url("from-env.db"))
         .env("QUOTA_GRPC_ADDR", "127.0.0.1:0")
         .env("QUOTA_PER_USD", "1000");
-    let service = Server::spawn(
-        grpc,
-        dir.path(),
-        Serves {
-            grpc: true,
-            http: false,
-        },
-    );
+    let service = Server::spawn(grpc, dir.path(), Serves::GRPC);
     assert!(dir.path().join("from-env.db").is_file());
     assert!(!dir.path().join("quota.db").exists());
 
@@ -29,14 +22,7 @@ fn every_setting_reads_its_environment_variable() {
     edge.arg("edge")
         .env("QUOTA_UPSTREAM", &service.grpc_url)
         .env("QUOTA_HTTP_ADDR", "127.0.0.1:0");
-    let edge = Server::spawn(
-        edge,
-        dir.path(),
-        Serves {
-            grpc: false,
-            http: true,
-        },
-    );
+    let edge = Server::spawn(edge, dir.path(), Serves::HTTP);
 
     // `token` commands: the server and the secret from the environment.
     let token = |args: &[&str], secret: &str| {
@@ -93,14 +79,7 @@ fn the_default_database_is_a_sqlite_file_created_on_first_start() {
             "--http-addr",
             "127.0.0.1:0",
         ]);
-        Server::spawn(
-            cmd,
-            dir.path(),
-            Serves {
-                grpc: true,
-                http: true,
-            },
-        )
+        Server::spawn(cmd, dir.path(), Serves::BOTH)
     };
     let file = dir.path().join("quota.db");
     assert!(!file.exists());

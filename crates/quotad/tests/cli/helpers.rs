@@ -231,11 +231,7 @@ impl Server {
         cmd.args(["serve", "--database-url", database_url])
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .args(flags);
-        let serves = Serves {
-            grpc: true,
-            http: true,
-        };
-        Server::spawn(cmd, cwd, serves)
+        Server::spawn(cmd, cwd, Serves::BOTH)
     }
 
     /// Starts a `quotad` command that serves what `serves` says, and returns
@@ -343,6 +339,24 @@ impl Server {
 pub struct Serves {
     pub grpc: bool,
     pub http: bool,
+}
+
+impl Serves {
+    /// `quotad grpc`: the gRPC listener alone.
+    pub const GRPC: Serves = Serves {
+        grpc: true,
+        http: false,
+    };
+    /// `quotad serve`: both.
+    pub const BOTH: Serves = Serves {
+        grpc: true,
+        http: true,
+    };
+    /// `quotad edge`: the REST listener alone.
+    pub const HTTP: Serves = Serves {
+        grpc: false,
+        http: true,
+    };
 }
 
 pub fn read_log(

@@ -174,26 +174,12 @@ fn grpc_and_edge_each_serve_their_own_metrics() {
             "--metrics-addr",
             "127.0.0.1:0",
         ]);
-    let service = Server::spawn(
-        grpc,
-        dir.path(),
-        Serves {
-            grpc: true,
-            http: false,
-        },
-    );
+    let service = Server::spawn(grpc, dir.path(), Serves::GRPC);
     let mut edge = quotad();
     edge.args(["edge", "--upstream", &service.grpc_url])
         .args(["--http-addr", "127.0.0.1:0"])
         .env("QUOTA_METRICS_ADDR", "127.0.0.1:0");
-    let edge = Server::spawn(
-        edge,
-        dir.path(),
-        Serves {
-            grpc: false,
-            http: true,
-        },
-    );
+    let edge = Server::spawn(edge, dir.path(), Serves::HTTP);
     let (key, _) = create_key(&service, "5");
     let (service_metrics, edge_metrics) = (metrics_addr(&service), metrics_addr(&edge));
     assert_ne!(service_metrics, edge_metrics);
@@ -240,14 +226,7 @@ fn metrics_count_requests_by_route_method_and_status() {
     cmd.args(["serve", "--database-url", &dir.sqlite_url("quota.db")])
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .env("QUOTA_METRICS_ADDR", "127.0.0.1:0");
-    let server = Server::spawn(
-        cmd,
-        dir.path(),
-        Serves {
-            grpc: true,
-            http: true,
-        },
-    );
+    let server = Server::spawn(cmd, dir.path(), Serves::BOTH);
     let metrics = metrics_addr(&server);
     let http = server.http.unwrap();
     let (key, _) = create_key(&server, "5");
@@ -373,14 +352,7 @@ fn a_settle_is_counted_as_a_debit_of_its_cost() {
     cmd.args(["grpc", "--database-url", &dir.sqlite_url("quota.db")])
         .args(["--grpc-addr", "127.0.0.1:0"])
         .env("QUOTA_METRICS_ADDR", "127.0.0.1:0");
-    let server = Server::spawn(
-        cmd,
-        dir.path(),
-        Serves {
-            grpc: true,
-            http: false,
-        },
-    );
+    let server = Server::spawn(cmd, dir.path(), Serves::GRPC);
     let metrics = metrics_addr(&server);
     let url = &server.grpc_url;
     // $5: 2,500,000 units.
@@ -452,14 +424,7 @@ fn metrics_are_off_unless_an_address_is_given() {
     cmd.args(["serve", "--database-url", &dir.sqlite_url("quota.db")])
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .env("QUOTA_METRICS_ADDR", "");
-    let server = Server::spawn(
-        cmd,
-        dir.path(),
-        Serves {
-            grpc: true,
-            http: true,
-        },
-    );
+    let server = Server::spawn(cmd, dir.path(), Serves::BOTH);
     let (status, log) = server.stop_with("TERM");
     assert!(status.success(), "{log}");
     assert!(!log.contains("metrics listening"), "{log}");
@@ -504,27 +469,13 @@ fn edge_and_service(dir: &TempDir, env: &[(&str, &str)]) -> (Server, Server, Str
     grpc.args(["grpc", "--database-url", &dir.sqlite_url("quota.db")])
         .args(["--grpc-addr", "127.0.0.1:0"])
         .envs(env.iter().copied());
-    let service = Server::spawn(
-        grpc,
-        dir.path(),
-        Serves {
-            grpc: true,
-            http: false,
-        },
-    );
+    let service = Server::spawn(grpc, dir.path(), Serves::GRPC);
     let (key, _) = create_key(&service, "5");
     let mut edge = quotad();
     edge.args(["edge", "--upstream", &service.grpc_url])
         .args(["--http-addr", "127.0.0.1:0"])
         .envs(env.iter().copied());
-    let edge = Server::spawn(
-        edge,
-        dir.path(),
-        Serves {
-            grpc: false,
-            http: true,
-        },
-    );
+    let edge = Server::spawn(edge, dir.path(), Serves::HTTP);
     (service, edge, key)
 }
 

@@ -8,27 +8,13 @@ fn grpc_and_edge_run_as_two_processes() {
     let mut grpc = quotad();
     grpc.args(["grpc", "--database-url", &dir.sqlite_url("quota.db")])
         .args(["--grpc-addr", "127.0.0.1:0"]);
-    let service = Server::spawn(
-        grpc,
-        dir.path(),
-        Serves {
-            grpc: true,
-            http: false,
-        },
-    );
+    let service = Server::spawn(grpc, dir.path(), Serves::GRPC);
     let (key, _) = create_key(&service, "5");
 
     let mut edge = quotad();
     edge.args(["edge", "--upstream", &service.grpc_url])
         .args(["--http-addr", "127.0.0.1:0"]);
-    let edge = Server::spawn(
-        edge,
-        dir.path(),
-        Serves {
-            grpc: false,
-            http: true,
-        },
-    );
+    let edge = Server::spawn(edge, dir.path(), Serves::HTTP);
     assert_subscription(&edge, &key, 5);
     assert_refused(&edge, &"sk-".repeat(17));
 

@@ -64,14 +64,7 @@ fn start_replica(database_url: &str, dir: &Path) -> Server {
     let mut cmd = quotad();
     cmd.args(["grpc", "--database-url", database_url])
         .args(["--grpc-addr", "127.0.0.1:0"]);
-    Server::spawn(
-        cmd,
-        dir,
-        Serves {
-            grpc: true,
-            http: false,
-        },
-    )
+    Server::spawn(cmd, dir, Serves::GRPC)
 }
 
 /// What a caller asks of a token under a request id.
