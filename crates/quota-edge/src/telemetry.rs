@@ -100,7 +100,7 @@ pub(crate) struct AccessLog;
 impl<B> OnResponse<B> for AccessLog {
     fn on_response(self, response: &http::Response<B>, latency: Duration, _: &Span) {
         let status = response.status().as_u16();
-        let latency_ms = latency.as_secs_f64() * 1e3;
+        let latency_ms = quota_telemetry::latency_ms(latency);
         match response.extensions().get::<InternalDetail>() {
             Some(InternalDetail(detail)) if status == 500 => {
                 tracing::error!(status, latency_ms, %detail, "request failed");

@@ -141,7 +141,7 @@ impl Call {
         let took = self.start.elapsed();
         let method = self.method.as_ref().map_or("", PathAndQuery::path);
         metrics::grpc_request(method, code, took);
-        let latency_ms = took.as_secs_f64() * 1e3;
+        let latency_ms = crate::latency_ms(took);
         let code_name = metrics::code_name(code);
         // An answered call is `debug` (at `info` that line alone costs a
         // cached read a sixth of its throughput); any other code is `info`.
