@@ -17,11 +17,19 @@ use tracing_subscriber::field::{RecordFields, VisitOutput};
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 
+/// The filter of log lines when `QUOTA_LOG` is unset: `info`, but for two
+/// libraries' lines that say again what quota's own say at start (each
+/// migration applied) or nothing an operator acts on (PostgreSQL's notices,
+/// such as a table of the migrations that already exists).
+pub const DEFAULT_LOG: &str = "info,sea_orm_migration=warn,sqlx::postgres::notice=warn";
+
 /// Sends log lines to stderr as `format` says, filtered by `QUOTA_LOG`
-/// (default `info`). JSON lines carry the current span's fields (`span`)
-/// and every enclosing span (`spans`): a request's id and route or method.
+/// (default [`DEFAULT_LOG`]). JSON lines carry the current span's fields
+/// (`span`) and every enclosing span (`spans`): a request's id and route or
+/// method.
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("QUOTA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("QUOTA_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
