@@ -5,7 +5,7 @@ use crate::output::{CreatedJson, TokenJson, json_line};
 use anyhow::{Result, anyhow, bail};
 use quota::pb;
 use quota::pb::token_admin_client::TokenAdminClient;
-use quota_service::domain::Balance;
+use quota_service::domain::{Balance, unix_now};
 use std::future::Future;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
@@ -243,6 +243,12 @@ fn describe(t: &pb::Token) -> String {
     };
     let expiry = if t.expires_at == 0 {
         "never expires".to_owned()
+    } else if t.expires_at <= unix_now() {
+        // Not refused (a key may be made to be refused), but said plainly.
+        format!(
+            "expired at {} (already past: the key is refused everywhere)",
+            t.expires_at
+        )
     } else {
         format!("expires at {}", t.expires_at)
     };

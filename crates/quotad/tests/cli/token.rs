@@ -183,6 +183,23 @@ fn create_by_units_unlimited_and_expiring_and_grant_by_units() {
     let dir = TempDir::new();
     let server = Server::start(&dir.sqlite_url("quota.db"), dir.path());
 
+    // An expiry already past: made as asked, and said plainly.
+    let out = server.token(&[
+        "create",
+        "--quota",
+        "1",
+        "--expires-at",
+        "2020-01-01T00:00:00Z",
+    ]);
+    created_key(&out);
+    assert!(
+        stderr_of(&out).contains(
+            "): 1 units, expired at 1577836800 (already past: the key is refused everywhere)"
+        ),
+        "{}",
+        describe(&out)
+    );
+
     // --quota UNITS: 1234567 units are $2 (rounded down).
     let out = server.token(&["create", "--quota", "1234567", "--name", "by-units"]);
     let (key, id) = created_key(&out);
