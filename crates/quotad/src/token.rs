@@ -272,9 +272,13 @@ fn show(t: &pb::Token) -> String {
     )
 }
 
-/// A refused call as one line: the code and the service's message.
+/// A refused call as one line: the code, in words (`not found`, `invalid
+/// argument`), and the service's message.
 fn failed(status: Status) -> anyhow::Error {
-    anyhow!("{}: {}", status.code().description(), status.message())
+    let code = quota_telemetry::metrics::code_name(status.code())
+        .to_lowercase()
+        .replace('_', " ");
+    anyhow!("{code}: {}", status.message())
 }
 
 fn source_of(err: &dyn std::error::Error) -> String {

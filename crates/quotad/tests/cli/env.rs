@@ -56,7 +56,7 @@ fn every_setting_reads_its_environment_variable() {
     let line = failed_with_one_line(&refused);
     assert_eq!(
         line,
-        "quotad: The request does not have valid authentication credentials: invalid admin credential",
+        "quotad: unauthenticated: invalid admin credential",
         "{}",
         describe(&refused)
     );
