@@ -17,11 +17,13 @@ fn every_setting_reads_its_environment_variable() {
     assert!(dir.path().join("from-env.db").is_file());
     assert!(!dir.path().join("quota.db").exists());
 
-    // The edge: upstream and address from the environment.
+    // The edge: upstream, address and throttle from the environment.
     let mut edge = quotad();
     edge.arg("edge")
         .env("QUOTA_UPSTREAM", &service.grpc_url)
-        .env("QUOTA_HTTP_ADDR", "127.0.0.1:0");
+        .env("QUOTA_HTTP_ADDR", "127.0.0.1:0")
+        .env("QUOTA_AUTH_FAILURES_PER_MINUTE", "2")
+        .env("QUOTA_TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1");
     let edge = Server::spawn(edge, dir.path(), Serves::HTTP);
 
     // `token` commands: the server and the secret from the environment.
@@ -60,6 +62,27 @@ fn every_setting_reads_its_environment_variable() {
         "{}",
         describe(&refused)
     );
+
+    // The throttle: past 2 failures a minute a client is refused with 429;
+    // the client is the one X-Forwarded-For names, since the peer
+    // (127.0.0.1, the list's second entry) is a trusted proxy.
+    let guess = format!("Bearer sk-{}", "x".repeat(48));
+    let from = |client: &str| {
+        let headers = [
+            ("Authorization", guess.as_str()),
+            ("X-Forwarded-For", client),
+        ];
+        http_request(
+            edge.http.unwrap(),
+            "GET",
+            "/v1/dashboard/billing/subscription",
+            &headers,
+        )
+        .status
+    };
+    let answers: Vec<u16> = (0..4).map(|_| from("203.0.113.7")).collect();
+    assert_eq!(answers, [401, 401, 401, 429]);
+    assert_eq!(from("203.0.113.8"), 401, "another client is not throttled");
 
     for server in [edge, service] {
         let (status, log) = server.stop_with("TERM");

@@ -176,3 +176,21 @@ fn health_checks_a_tls_server_trusting_its_ca() {
     let (status, log) = server.stop_with("TERM");
     assert!(status.success(), "{status}\n{log}");
 }
+
+#[test]
+fn tls_files_can_come_from_the_environment() {
+    let dir = TempDir::new();
+    let files = write_pki(&dir);
+    let mut cmd = quotad();
+    cmd.env("QUOTA_TLS_CERT", &files.cert)
+        .env("QUOTA_TLS_KEY", &files.key);
+    let mut server = Server::serve(cmd, &dir.sqlite_url("quota.db"), &[], dir.path());
+    server.grpc_url = server.grpc_url.replace("http://", "https://");
+    assert!(server.log.lock().unwrap().contains(" (TLS)"));
+    let mut cmd = quotad();
+    cmd.args(["token", "list", "--server", &server.grpc_url])
+        .env("QUOTA_CA_CERT", &files.ca);
+    succeeded(&run(cmd, COMMAND_TIMEOUT));
+    let (status, log) = server.stop_with("TERM");
+    assert!(status.success(), "{status}\n{log}");
+}
