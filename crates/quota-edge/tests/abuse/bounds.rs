@@ -33,6 +33,7 @@ async fn headers_over_16_kib_get_431_without_an_upstream_call() {
     let reply = send(edge.addr, &get(SUBSCRIPTION, &[("Authorization", &huge)])).await;
     assert_eq!(reply.status, 431, "{reply:?}");
     assert_eq!(reply.code(), "headers_too_large");
+    assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
     // Many small headers count together.
     let pad = "p".repeat(1000);
     let many: Vec<(String, &str)> = (0..20)
@@ -78,6 +79,7 @@ async fn a_body_over_64_kib_gets_413_even_on_a_get() {
     let reply = send(edge.addr, &declared).await;
     assert_eq!(reply.status, 413, "{reply:?}");
     assert_eq!(reply.code(), "payload_too_large");
+    assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
     // Chunked, with no length: refused once 64 KiB have been read.
     let mut chunked = get(
         SUBSCRIPTION,
@@ -124,6 +126,7 @@ async fn past_max_concurrency_requests_get_503_at_once() {
     assert_eq!(reply.status, 503, "{reply:?}");
     assert_eq!(reply.code(), "service_unavailable");
     assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
     assert_eq!(edge.calls(), 2, "a shed request never reaches the upstream");
     gate.add_permits(10);

@@ -27,7 +27,12 @@ async fn unknown_path_is_404_unknown_url() {
 async fn wrong_method_is_405_method_not_allowed() {
     let (router, _closed) = unreachable_upstream().await;
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
-        for path in [SUBSCRIPTION, "/dashboard/billing/usage"] {
+        for path in [
+            SUBSCRIPTION,
+            "/dashboard/billing/subscription",
+            "/v1/dashboard/billing/usage",
+            "/dashboard/billing/usage",
+        ] {
             let response = send(&router, method, path, &[]).await;
             assert_eq!(response.headers()["allow"], "GET, HEAD, OPTIONS");
             assert_error(
