@@ -245,7 +245,16 @@ fn metrics_count_requests_by_route_method_and_status() {
         assert_eq!(http_request(http, "GET", SUB, &[]).status, 401);
     }
     let bad_date = format!("{USAGE}?start_date=yesterday");
-    assert_eq!(http_request(http, "GET", &bad_date, &with_key).status, 400);
+    // In `serve` the edge calls its service in process: the gRPC status's
+    // field (`param`) still reaches the body.
+    let refused = http_request(http, "GET", &bad_date, &with_key);
+    assert_eq!(refused.status, 400);
+    assert!(
+        refused
+            .body
+            .contains(r#""param":"start_date","code":"invalid_date""#),
+        "{refused:?}"
+    );
     assert_eq!(http_request(http, "DELETE", SUB, &with_key).status, 405);
     for path in [
         "/nope",
