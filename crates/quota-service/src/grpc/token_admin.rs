@@ -77,7 +77,7 @@ impl QuotaApi {
             0
         } else if req.quota == 0 && req.quota_usd.is_empty() {
             return Err(QuotaError::InvalidArgument(
-                "give a quota (quota or quota_usd) or unlimited".into(),
+                "a limited key needs a quota of more than 0 (quota or quota_usd); or make it unlimited".into(),
             ));
         } else {
             self.units(req.quota, &req.quota_usd)?.get()
