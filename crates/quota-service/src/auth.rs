@@ -50,7 +50,10 @@ impl AdminCredential {
     /// Admits the caller only with the admin credential. Digests are compared
     /// in constant time, so timing says nothing about the secret.
     pub fn check(&self, metadata: &MetadataMap) -> Result<(), QuotaError> {
-        let credential = bearer(metadata)?;
+        let credential = bearer(metadata).map_err(|e| match e {
+            QuotaError::MissingCredential => QuotaError::MissingAdminCredential,
+            other => other,
+        })?;
         let expected = self.0.as_ref().ok_or(QuotaError::AdminDisabled)?;
         let given = KeyDigest::of(credential);
         if bool::from(
@@ -126,8 +129,11 @@ mod tests {
         assert!(matches!(admin.check(&as_user), Err(QuotaError::NotAdmin)));
         assert!(matches!(
             admin.check(&MetadataMap::new()),
-            Err(QuotaError::MissingCredential)
+            Err(QuotaError::MissingAdminCredential)
         ));
+        // Not told to send a user's key.
+        let missing = admin.check(&MetadataMap::new()).unwrap_err().to_string();
+        assert!(missing.contains("QUOTA_ADMIN_TOKEN"), "{missing}");
     }
 
     #[test]

@@ -17,6 +17,11 @@ pub enum QuotaError {
     /// No `authorization` metadata.
     #[error("missing API key: send the header `Authorization: Bearer sk-...`")]
     MissingCredential,
+    /// No `authorization` metadata on a call that takes the admin credential.
+    #[error(
+        "missing admin credential: send the metadata `authorization: Bearer <QUOTA_ADMIN_TOKEN>`"
+    )]
+    MissingAdminCredential,
     /// `authorization` present but not `Bearer <credential>`.
     #[error("malformed Authorization header: expected `Bearer <key>`")]
     MalformedAuthorization,

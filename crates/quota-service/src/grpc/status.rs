@@ -12,6 +12,7 @@ fn code(err: &QuotaError) -> Code {
     use QuotaError::*;
     match err {
         MissingCredential
+        | MissingAdminCredential
         | MalformedAuthorization
         | MalformedKey
         | CallerKeyUnknown
@@ -73,6 +74,10 @@ mod tests {
     fn caller_and_token_refusals_have_their_own_codes() {
         let code_of = |err| to_status(err, "Test").code();
         assert_eq!(code_of(QuotaError::CallerKeyUnknown), Code::Unauthenticated);
+        assert_eq!(
+            code_of(QuotaError::MissingAdminCredential),
+            Code::Unauthenticated
+        );
         assert_eq!(
             code_of(QuotaError::CallerKeyDisabled),
             Code::Unauthenticated
