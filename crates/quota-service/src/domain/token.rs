@@ -55,8 +55,7 @@ impl Token {
             })
         } else if self.balance.used > i64::MAX - n {
             Some(QuotaError::InvalidArgument(
-                "debit refused: the token's used quota would exceed the largest number of units"
-                    .into(),
+                "refused: the token's used quota would exceed the largest number of units".into(),
             ))
         } else {
             None
