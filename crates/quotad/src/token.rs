@@ -110,7 +110,7 @@ impl Admin {
             }
             TokenCommand::Grant { token, quota } => {
                 let request = pb::GrantQuotaRequest {
-                    token: Some(token_ref(&token)),
+                    token: Some(token_ref(&token)?),
                     quota: quota.quota.unwrap_or(0),
                     quota_usd: quota.quota_usd.unwrap_or_default(),
                 };
@@ -168,7 +168,7 @@ impl Admin {
             }
             TokenCommand::Show { token } => {
                 let request = pb::GetTokenRequest {
-                    token: Some(token_ref(&token)),
+                    token: Some(token_ref(&token)?),
                 };
                 let token = self
                     .call(request, |mut c, r| async move { c.get_token(r).await })
@@ -179,7 +179,7 @@ impl Admin {
             TokenCommand::Enable { token } => self.set_enabled(&token, true).await?,
             TokenCommand::Delete { token } => {
                 let request = pb::DeleteTokenRequest {
-                    token: Some(token_ref(&token)),
+                    token: Some(token_ref(&token)?),
                 };
                 self.call(request, |mut c, r| async move { c.delete_token(r).await })
                     .await?;
@@ -191,7 +191,7 @@ impl Admin {
 
     async fn set_enabled(&self, token: &str, enabled: bool) -> Result<()> {
         let request = pb::UpdateTokenRequest {
-            token: Some(token_ref(token)),
+            token: Some(token_ref(token)?),
             enabled: Some(enabled),
             ..Default::default()
         };
@@ -211,13 +211,15 @@ impl Admin {
     }
 }
 
-/// A numeric argument is an id; anything else is taken as a key.
-fn token_ref(arg: &str) -> pb::TokenRef {
+/// A numeric argument is an id, one that starts with `sk-` a key (the
+/// service checks its form); anything else, a name say, is neither.
+fn token_ref(arg: &str) -> Result<pb::TokenRef> {
     let r = match arg.parse::<i64>() {
         Ok(id) => pb::token_ref::Ref::Id(id),
-        Err(_) => pb::token_ref::Ref::Key(arg.to_owned()),
+        Err(_) if arg.starts_with("sk-") => pb::token_ref::Ref::Key(arg.to_owned()),
+        Err(_) => bail!("{arg:?} is neither a key (sk-...) nor a numeric id"),
     };
-    pb::TokenRef { r#ref: Some(r) }
+    Ok(pb::TokenRef { r#ref: Some(r) })
 }
 
 /// Unix seconds, or an RFC 3339 time.
@@ -303,11 +305,19 @@ mod tests {
     }
 
     #[test]
-    fn numeric_arguments_are_ids() {
-        assert_eq!(token_ref("42").r#ref, Some(pb::token_ref::Ref::Id(42)));
+    fn numeric_arguments_are_ids_and_keys_start_with_sk() {
         assert_eq!(
-            token_ref("sk-abc").r#ref,
+            token_ref("42").unwrap().r#ref,
+            Some(pb::token_ref::Ref::Id(42))
+        );
+        assert_eq!(
+            token_ref("sk-abc").unwrap().r#ref,
             Some(pb::token_ref::Ref::Key("sk-abc".into()))
+        );
+        let name = token_ref("alice").unwrap_err().to_string();
+        assert_eq!(
+            name,
+            r#""alice" is neither a key (sk-...) nor a numeric id"#
         );
     }
 }
