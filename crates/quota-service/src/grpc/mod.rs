@@ -92,7 +92,14 @@ impl QuotaApi {
     /// Quota units from either `quota` or a decimal `quota_usd`, not both.
     fn units(&self, quota: i64, quota_usd: &str) -> Result<QuotaUnits, QuotaError> {
         match (quota, quota_usd.is_empty()) {
-            (0, false) => QuotaUnits::positive(self.config.per_usd.usd_to_units(quota_usd)?),
+            (0, false) => match self.config.per_usd.usd_to_units(quota_usd)? {
+                // Zero, or so few dollars that they round down to no unit.
+                0 => Err(QuotaError::InvalidArgument(format!(
+                    "quota_usd {quota_usd:?} comes to 0 units ({} units make a dollar): give more",
+                    self.config.per_usd.get()
+                ))),
+                units => QuotaUnits::positive(units),
+            },
             (_, true) => QuotaUnits::positive(quota),
             _ => Err(QuotaError::InvalidArgument(
                 "give either quota or quota_usd, not both".into(),

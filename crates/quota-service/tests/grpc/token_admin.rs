@@ -224,6 +224,20 @@ async fn admin_refuses_malformed_requests(db: TestDb) {
             .await;
         assert_eq!(code(created), Code::InvalidArgument, "{case}");
     }
+    // Dollars too few for one unit are told apart from a missing quota.
+    let refused = api
+        .admin()
+        .create_token(as_admin(pb::CreateTokenRequest {
+            quota_usd: "0.000001".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains(r#""0.000001" comes to 0 units"#),
+        "{refused:?}"
+    );
 
     let grants = [
         ("both quota and quota_usd", 1_000, "5"),
