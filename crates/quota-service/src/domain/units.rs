@@ -67,10 +67,18 @@ impl QuotaPerUsd {
         {
             return Err(invalid());
         }
+        let too_large = || {
+            QuotaError::InvalidArgument(format!(
+                "quota_usd {usd:?} is more units than a key can hold (at most {} at {} units a dollar)",
+                i64::MAX,
+                self.0
+            ))
+        };
+        // Only digits are left: a whole part that does not parse is too large.
         let whole: i64 = if whole.is_empty() {
             0
         } else {
-            whole.parse().map_err(|_| invalid())?
+            whole.parse().map_err(|_| too_large())?
         };
         let scale = 10i128.pow(frac.len() as u32);
         let frac: i128 = if frac.is_empty() {
@@ -79,7 +87,7 @@ impl QuotaPerUsd {
             frac.parse().map_err(|_| invalid())?
         };
         let units = i128::from(whole) * i128::from(self.0) + frac * i128::from(self.0) / scale;
-        i64::try_from(units).map_err(|_| invalid())
+        i64::try_from(units).map_err(|_| too_large())
     }
 }
 
@@ -112,8 +120,20 @@ mod tests {
         assert_eq!(PER_USD.usd_to_units("0.25").unwrap(), 125_000);
         assert_eq!(PER_USD.usd_to_units(".1").unwrap(), 50_000);
         assert_eq!(PER_USD.usd_to_units("0.0000001").unwrap(), 0);
-        for bad in ["", ".", "-1", "1e3", "abc", "1.2.3", "99999999999999999999"] {
-            assert!(PER_USD.usd_to_units(bad).is_err(), "{bad:?}");
+        for bad in ["", ".", "-1", "1e3", "abc", "1.2.3"] {
+            let refused = PER_USD.usd_to_units(bad).unwrap_err().to_string();
+            assert!(
+                refused.starts_with("not a dollar amount"),
+                "{bad:?}: {refused}"
+            );
+        }
+        // Digits, but more than a key holds: said as such.
+        for huge in ["99999999999999999999", "18446744073709.6"] {
+            let refused = PER_USD.usd_to_units(huge).unwrap_err().to_string();
+            assert!(
+                refused.contains("more units than a key can hold"),
+                "{huge:?}: {refused}"
+            );
         }
         assert_eq!(PER_USD.cents(500_000), 100.0);
         assert_eq!(PER_USD.cents(1), 0.0002);
