@@ -515,7 +515,8 @@ pub struct AdminToken {
 
 impl AdminToken {
     /// The secret, from --admin-token or the file, or `None` when unset or
-    /// empty. Both given is an error: neither silently wins.
+    /// empty. Both given is an error: neither silently wins. So is a file
+    /// that holds nothing (a secret not mounted, say): a file was asked for.
     pub fn secret(&self) -> anyhow::Result<Option<String>> {
         let secret = match (&self.admin_token, &self.admin_token_file) {
             (Some(_), Some(_)) => anyhow::bail!(
@@ -526,7 +527,14 @@ impl AdminToken {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     anyhow::anyhow!("cannot read QUOTA_ADMIN_TOKEN_FILE {}: {e}", path.display())
                 })?;
-                without_trailing_newline(&text).to_owned()
+                let secret = without_trailing_newline(&text);
+                if secret.is_empty() {
+                    anyhow::bail!(
+                        "QUOTA_ADMIN_TOKEN_FILE {} is empty: it must hold the admin secret",
+                        path.display()
+                    );
+                }
+                secret.to_owned()
             }
             (None, None) => return Ok(None),
         };

@@ -190,6 +190,23 @@ fn the_admin_token_can_come_from_a_file_but_not_from_both() {
     );
     assert_eq!(line, expected, "{}", describe(&out));
 
+    // So is an empty one (a secret not mounted): a server does not start
+    // with its admin methods closed by accident.
+    let empty = dir.path().join("empty-secret");
+    std::fs::write(&empty, "\n").unwrap();
+    let mut cmd = quotad();
+    cmd.env_remove("QUOTA_ADMIN_TOKEN")
+        .env("QUOTA_ADMIN_TOKEN_FILE", &empty)
+        .current_dir(dir.path())
+        .args(["serve", "--database-url", &database])
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+    let out = run(cmd, COMMAND_TIMEOUT);
+    let expected = format!(
+        "quotad: QUOTA_ADMIN_TOKEN_FILE {} is empty: it must hold the admin secret",
+        empty.display()
+    );
+    assert_eq!(failed_with_one_line(&out), expected, "{}", describe(&out));
+
     let (status, log) = server.stop_with("TERM");
     assert!(status.success(), "{status}\n{log}");
 }
