@@ -23,7 +23,9 @@ use tower::{Layer, Service};
 // The policy, as its headers carry it (lists comma-separated, as tower-http
 // writes them; the test builds tower-http's layer from the same lists).
 const ALLOW_METHODS: HeaderValue = HeaderValue::from_static("GET,HEAD,OPTIONS");
-const ALLOW_HEADERS: HeaderValue = HeaderValue::from_static("authorization,content-type");
+// `x-request-id` too: a browser may send its own id, which the edge keeps.
+const ALLOW_HEADERS: HeaderValue =
+    HeaderValue::from_static("authorization,content-type,x-request-id");
 const EXPOSE_HEADERS: HeaderValue =
     HeaderValue::from_static("www-authenticate,retry-after,x-request-id");
 /// A day, in seconds.
@@ -169,7 +171,11 @@ mod tests {
         let theirs = tower_http::cors::CorsLayer::new()
             .allow_origin(Any)
             .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                quota_telemetry::request_id::HEADER,
+            ])
             .expose_headers([
                 header::WWW_AUTHENTICATE,
                 header::RETRY_AFTER,
