@@ -268,7 +268,12 @@ fn show(t: &pb::Token) -> String {
         t.remaining,
         t.used,
         t.held,
-        t.expires_at,
+        // As `token list` says it (and JSON's null): 0 is no expiry.
+        if t.expires_at == 0 {
+            "never".to_owned()
+        } else {
+            t.expires_at.to_string()
+        },
         t.created_at,
         t.updated_at
     )

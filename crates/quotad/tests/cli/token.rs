@@ -222,7 +222,7 @@ fn create_by_units_unlimited_and_expiring_and_grant_by_units() {
             "unlimited: false",
             "remaining: 1234567",
             "used: 0",
-            "expires_at: 0",
+            "expires_at: never",
         ],
     );
     assert_subscription(&server, &key, 2);
