@@ -9,13 +9,7 @@ on_every_database!(
 async fn user_methods_refuse_bad_credentials(db: TestDb) {
     let api = Api::start(db).await;
     let (disabled, disabled_key) = api.create_units(1_000).await;
-    api.update(pb::UpdateTokenRequest {
-        token: by_id(disabled.id),
-        enabled: Some(false),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    api.disable(disabled.id).await;
     let (_, expired_key) = api
         .create(pb::CreateTokenRequest {
             quota: 1_000,

@@ -74,13 +74,7 @@ async fn repeats_succeed_on_a_token_since_disabled_or_expired(db: TestDb) {
             (700, 300, false)
         );
     }
-    api.update(pb::UpdateTokenRequest {
-        token: by_id(disabled.id),
-        enabled: Some(false),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    api.disable(disabled.id).await;
     api.update(pb::UpdateTokenRequest {
         token: by_id(expired.id),
         expires_at: Some(1),
@@ -182,13 +176,7 @@ async fn consume_refuses_bad_requests_and_tokens(db: TestDb) {
         Code::FailedPrecondition
     );
 
-    api.update(pb::UpdateTokenRequest {
-        token: by_id(tok.id),
-        enabled: Some(false),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    api.disable(tok.id).await;
     assert_eq!(
         code(api.consume(&key, 1, "r").await),
         Code::FailedPrecondition

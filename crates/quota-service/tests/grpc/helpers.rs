@@ -114,6 +114,17 @@ impl Api {
         Ok(self.admin().update_token(as_admin(req)).await?.into_inner())
     }
 
+    /// Disables the token with `id`.
+    pub async fn disable(&self, id: i64) {
+        self.update(pb::UpdateTokenRequest {
+            token: by_id(id),
+            enabled: Some(false),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+
     pub async fn list(
         &self,
         page_size: u32,
