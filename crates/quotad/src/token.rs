@@ -38,6 +38,10 @@ pub async fn run(admin: AdminArgs, command: TokenCommand) -> Result<()> {
         client: TokenAdminClient::new(channel),
         authorization,
         output: admin.output,
+        plain: admin
+            .server
+            .starts_with("http://")
+            .then(|| admin.server.clone()),
     };
     client.run(command).await
 }
@@ -48,6 +52,9 @@ struct Admin {
     authorization: MetadataValue<Ascii>,
     /// Text or JSON on stdout.
     output: Output,
+    /// The server's URL when it is plain `http://`: a TLS port answers it
+    /// with bytes that are not HTTP/2, which the one line then explains.
+    plain: Option<String>,
 }
 
 impl Admin {
@@ -64,7 +71,15 @@ impl Admin {
         request
             .metadata_mut()
             .insert("authorization", self.authorization.clone());
-        let response = method(self.client.clone(), request).await.map_err(failed)?;
+        let response = method(self.client.clone(), request)
+            .await
+            .map_err(|status| match &self.plain {
+                Some(server) if status.message().contains("h2 protocol error") => anyhow!(
+                    "{server} did not answer as a plain gRPC server ({}): if it serves TLS, use https:// (and --ca-cert)",
+                    status.message()
+                ),
+                _ => failed(status),
+            })?;
         Ok(response.into_inner())
     }
 

@@ -126,7 +126,13 @@ fn the_cli_and_grpc_clients_reach_a_tls_server_trusting_its_ca() {
     let mut cmd = quotad();
     cmd.args(["token", "list", "--server", &plain]);
     let refused = run(cmd, COMMAND_TIMEOUT);
-    failed_with_one_line(&refused);
+    let line = failed_with_one_line(&refused);
+    assert!(
+        line.starts_with(&format!(
+            "quotad: {plain} did not answer as a plain gRPC server"
+        )) && line.ends_with("if it serves TLS, use https:// (and --ca-cert)"),
+        "{line}"
+    );
 
     let shown = token(&server, &files.ca, &["show", &key]);
     assert!(
