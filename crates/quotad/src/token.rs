@@ -74,7 +74,11 @@ impl Admin {
         let response = method(self.client.clone(), request)
             .await
             .map_err(|status| match &self.plain {
-                Some(server) if status.message().contains("h2 protocol error") => anyhow!(
+                // A failure of the transport (the status has a source), not
+                // an answer of the service: a TLS port answers plain HTTP/2
+                // with bytes that break the connection (a protocol error or
+                // a cancelled call, as the timing falls).
+                Some(server) if std::error::Error::source(&status).is_some() => anyhow!(
                     "{server} did not answer as a plain gRPC server ({}): if it serves TLS, use https:// (and --ca-cert)",
                     status.message()
                 ),
