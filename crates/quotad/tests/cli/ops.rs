@@ -48,6 +48,10 @@ fn http_series(route: &str, method: &str, status: u16) -> String {
     format!(r#"quota_http_requests_total{{route="{route}",method="{method}",status="{status}"}}"#)
 }
 
+fn debits_series(outcome: &str) -> String {
+    format!(r#"quota_debits_total{{outcome="{outcome}"}}"#)
+}
+
 fn grpc_series(method: &str, code: &str) -> String {
     format!(
         r#"quota_grpc_requests_total{{method="/quota.v1.QuotaService/{method}",code="{code}"}}"#
@@ -210,11 +214,7 @@ fn grpc_and_edge_each_serve_their_own_metrics() {
     let moved = |series: &str| delta(&service_before, &after, series);
     assert_eq!(moved(&grpc_series("GetSubscription", "OK")), 1.0, "{text}");
     assert_eq!(moved(&grpc_series("Consume", "OK")), 1.0, "{text}");
-    assert_eq!(
-        moved(r#"quota_debits_total{outcome="debited"}"#),
-        1.0,
-        "{text}"
-    );
+    assert_eq!(moved(&debits_series("debited")), 1.0, "{text}");
     assert_eq!(moved("quota_debited_units_total"), 500.0, "{text}");
     assert!(!text.contains("quota_http_requests_total{"), "{text}");
 }
@@ -325,8 +325,7 @@ fn metrics_count_requests_by_route_method_and_status() {
         ("insufficient", 1.0),
         ("refused", 1.0),
     ] {
-        let series = format!(r#"quota_debits_total{{outcome="{outcome}"}}"#);
-        assert_eq!(moved(&series), n, "{outcome}: {text}");
+        assert_eq!(moved(&debits_series(outcome)), n, "{outcome}: {text}");
     }
     assert_eq!(moved("quota_debited_units_total"), 1234.0, "{text}");
     // Both duration metrics are histograms.
@@ -416,8 +415,7 @@ fn a_settle_is_counted_as_a_debit_of_its_cost() {
         ("refused", 4.0),
         ("failed", 0.0),
     ] {
-        let series = format!(r#"quota_debits_total{{outcome="{outcome}"}}"#);
-        assert_eq!(moved(&series), n, "{outcome}: {text}");
+        assert_eq!(moved(&debits_series(outcome)), n, "{outcome}: {text}");
     }
     assert_eq!(
         moved("quota_debited_units_total"),
