@@ -38,10 +38,7 @@ pub async fn run(admin: AdminArgs, command: TokenCommand) -> Result<()> {
         client: TokenAdminClient::new(channel),
         authorization,
         output: admin.output,
-        plain: admin
-            .server
-            .starts_with("http://")
-            .then(|| admin.server.clone()),
+        server: admin.server,
     };
     client.run(command).await
 }
@@ -52,9 +49,9 @@ struct Admin {
     authorization: MetadataValue<Ascii>,
     /// Text or JSON on stdout.
     output: Output,
-    /// The server's URL when it is plain `http://`: a TLS port answers it
-    /// with bytes that are not HTTP/2, which the one line then explains.
-    plain: Option<String>,
+    /// `--server`: named when a plain `http://` call breaks, as a TLS port
+    /// answers it with bytes that are not HTTP/2.
+    server: String,
 }
 
 impl Admin {
@@ -73,16 +70,22 @@ impl Admin {
             .insert("authorization", self.authorization.clone());
         let response = method(self.client.clone(), request)
             .await
-            .map_err(|status| match &self.plain {
+            .map_err(|status| {
                 // A failure of the transport (the status has a source), not
                 // an answer of the service: a TLS port answers plain HTTP/2
                 // with bytes that break the connection (a protocol error or
                 // a cancelled call, as the timing falls).
-                Some(server) if std::error::Error::source(&status).is_some() => anyhow!(
-                    "{server} did not answer as a plain gRPC server ({}): if it serves TLS, use https:// (and --ca-cert)",
-                    status.message()
-                ),
-                _ => failed(status),
+                if self.server.starts_with("http://")
+                    && std::error::Error::source(&status).is_some()
+                {
+                    anyhow!(
+                        "{} did not answer as a plain gRPC server ({}): if it serves TLS, use https:// (and --ca-cert)",
+                        self.server,
+                        status.message()
+                    )
+                } else {
+                    failed(status)
+                }
             })?;
         Ok(response.into_inner())
     }
