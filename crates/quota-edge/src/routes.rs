@@ -17,6 +17,7 @@ use quota::pb::quota_service_server::QuotaService;
 use quota_telemetry::request_id;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
@@ -195,12 +196,23 @@ impl Upstream {
             forward_request_id(&mut request, headers);
             request.set_timeout(self.timeout + Duration::from_secs(1));
         }
-        match tokio::time::timeout(self.timeout, method(self.quota.clone(), request)).await {
-            Ok(answer) => Ok(answer?.into_inner()),
-            Err(_) => Err(EdgeError::Upstream(tonic::Status::deadline_exceeded(
-                "the quota service did not answer in time",
-            ))),
-        }
+        let mut call = std::pin::pin!(method(self.quota.clone(), request));
+        // A call answered at its first poll (a cached read in `serve`)
+        // needs no timer: making and dropping one reads the clock and
+        // clones the runtime's handle. The deadline runs from the first
+        // poll that waits.
+        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        let answer = match first {
+            Poll::Ready(answer) => answer,
+            Poll::Pending => tokio::time::timeout(self.timeout, call)
+                .await
+                .map_err(|_| {
+                    EdgeError::Upstream(tonic::Status::deadline_exceeded(
+                        "the quota service did not answer in time",
+                    ))
+                })?,
+        };
+        Ok(answer?.into_inner())
     }
 }
 
