@@ -5,64 +5,40 @@
 //! (`MatchedPath`), and outside CORS, so that preflights and every refusal
 //! carry the request id, are logged and are counted.
 
-use axum::body::Body;
 use axum::extract::MatchedPath;
 use axum::response::Response;
 use http::Method;
 use pin_project_lite::pin_project;
-use quota_telemetry::{metrics, request_id};
+use quota_telemetry::metrics;
+use quota_telemetry::request_id::{self, RequestIdLayer};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
-use tower::layer::util::Stack;
+use tower::layer::util::{Identity, Stack};
 use tower::{Layer, Service, ServiceBuilder};
-use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
-use tower_http::trace::{DefaultOnBodyChunk, DefaultOnEos, DefaultOnRequest};
-use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
 use tracing::Span;
 
 /// The internal detail of a failed request, put in the response's
-/// extensions by the error that made it and logged once by [`AccessLog`],
+/// extensions by the error that made it and logged once by [`access_line`],
 /// in the request's span. It never reaches the client.
 #[derive(Clone, Debug)]
 pub(crate) struct InternalDetail(pub(crate) String);
 
 /// The telemetry layers, outermost first: a caller's valid `X-Request-Id`
-/// kept (or a UUID v4 made) and returned on the response; the request's
-/// span and access log line; the metrics. The router adds the rest of its
-/// layers to this builder, so that a route's whole stack is one service:
-/// axum boxes each `Router::layer` apart, and clones every box of the
-/// stack for every request.
+/// kept (or a UUID v4 made) and returned on the response; then, in one
+/// layer ([`ObserveLayer`]), the request's span, its access line and its
+/// metrics. The router adds the rest of its layers to this builder, so that
+/// a route's whole stack is one service: axum boxes each `Router::layer`
+/// apart, and clones every box of the stack for every request.
 pub(crate) fn layers() -> Layers {
-    request_id::layers::<Body>()
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(RequestSpan)
-                .on_response(AccessLog)
-                .on_failure(()),
-        )
-        .layer(RecordLayer)
+    ServiceBuilder::new()
+        .layer(RequestIdLayer)
+        .layer(ObserveLayer)
 }
 
 /// The type of [`layers`].
-pub(crate) type Layers = ServiceBuilder<
-    Stack<
-        RecordLayer,
-        Stack<
-            TraceLayer<
-                SharedClassifier<ServerErrorsAsFailures>,
-                RequestSpan,
-                DefaultOnRequest,
-                AccessLog,
-                DefaultOnBodyChunk,
-                DefaultOnEos,
-                (),
-            >,
-            request_id::Stacked<Body>,
-        >,
-    >,
->;
+pub(crate) type Layers = ServiceBuilder<Stack<ObserveLayer, Stack<RequestIdLayer, Identity>>>;
 
 /// The route template of a request, or [`metrics::UNKNOWN_ROUTE`].
 fn route_of<B>(request: &http::Request<B>) -> &str {
@@ -72,101 +48,105 @@ fn route_of<B>(request: &http::Request<B>) -> &str {
         .map_or(metrics::UNKNOWN_ROUTE, MatchedPath::as_str)
 }
 
+/// The span of a request:
 /// `http{method=GET route=/v1/dashboard/billing/subscription request_id=...}`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RequestSpan;
-
-impl<B> MakeSpan<B> for RequestSpan {
-    fn make_span(&mut self, request: &http::Request<B>) -> Span {
-        // Displayed, not debugged: a template and an id of visible ASCII
-        // need no quotes or escapes, and span fields are formatted for
-        // every request.
-        tracing::info_span!(
-            "http",
-            method = %request.method(),
-            route = %route_of(request),
-            request_id = %request_id::of(request),
-        )
-    }
+fn request_span<B>(request: &http::Request<B>) -> Span {
+    // Displayed, not debugged: a template and an id of visible ASCII need
+    // no quotes or escapes, and span fields are formatted for every
+    // request.
+    tracing::info_span!(
+        "http",
+        method = %request.method(),
+        route = %route_of(request),
+        request_id = %request_id::of(request),
+    )
 }
 
-/// One line per request, in its span: `debug` for an answer below 400 (a
-/// read served: at `info` that line alone costs a cached read a sixth of
-/// its throughput), `info` for a refusal (401, 404, 429, ...), `error`
-/// (500) or `warn` (503, 504) with the internal detail when there is one.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct AccessLog;
-
-impl<B> OnResponse<B> for AccessLog {
-    fn on_response(self, response: &http::Response<B>, latency: Duration, _: &Span) {
-        let status = response.status().as_u16();
-        let latency_ms = quota_telemetry::latency_ms(latency);
-        match response.extensions().get::<InternalDetail>() {
-            Some(InternalDetail(detail)) if status == 500 => {
-                tracing::error!(status, latency_ms, %detail, "request failed");
-            }
-            // 503 and 504: the service or its database is away; not a bug here.
-            Some(InternalDetail(detail)) => {
-                tracing::warn!(status, latency_ms, %detail, "request failed");
-            }
-            None if status < 400 => tracing::debug!(status, latency_ms, "request finished"),
-            None => tracing::info!(status, latency_ms, "request finished"),
+/// The one line of a request, written in its span: `debug` for an answer
+/// below 400 (a read served: at `info` that line alone costs a cached read
+/// a sixth of its throughput), `info` for a refusal (401, 404, 429, ...),
+/// `error` (500) or `warn` (503, 504) with the internal detail when there
+/// is one.
+fn access_line(response: &Response, latency: Duration) {
+    let status = response.status().as_u16();
+    let latency_ms = quota_telemetry::latency_ms(latency);
+    match response.extensions().get::<InternalDetail>() {
+        Some(InternalDetail(detail)) if status == 500 => {
+            tracing::error!(status, latency_ms, %detail, "request failed");
         }
+        // 503 and 504: the service or its database is away; not a bug here.
+        Some(InternalDetail(detail)) => {
+            tracing::warn!(status, latency_ms, %detail, "request failed");
+        }
+        None if status < 400 => tracing::debug!(status, latency_ms, "request finished"),
+        None => tracing::info!(status, latency_ms, "request finished"),
     }
 }
 
-/// Counts every request by route template, method and status, and times it.
+/// A request's span, access line and metrics, in one layer and from one
+/// clock: the span is made with the request and entered whenever the
+/// request is worked on (the service's own lines land in it); when the
+/// response is ready, its line is written ([`access_line`]) and it is
+/// counted and timed ([`metrics::http_request`]). The response body is left
+/// as it is: every body here is whole when the response is.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct RecordLayer;
+pub(crate) struct ObserveLayer;
 
-impl<S> Layer<S> for RecordLayer {
-    type Service = Record<S>;
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
 
-    fn layer(&self, inner: S) -> Record<S> {
-        Record { inner }
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner }
     }
 }
 
-/// The service of [`RecordLayer`].
+/// The service of [`ObserveLayer`].
 #[derive(Clone, Debug)]
-pub(crate) struct Record<S> {
+pub(crate) struct Observe<S> {
     inner: S,
 }
 
-impl<S, B> Service<http::Request<B>> for Record<S>
+impl<S, B> Service<http::Request<B>> for Observe<S>
 where
     S: Service<http::Request<B>, Response = Response>,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Recorded<S::Future>;
+    type Future = Observed<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Recorded<S::Future> {
-        Recorded {
-            route: request.extensions().get::<MatchedPath>().cloned(),
-            method: request.method().clone(),
-            start: Instant::now(),
-            inner: self.inner.call(request),
+    fn call(&mut self, request: http::Request<B>) -> Observed<S::Future> {
+        let span = request_span(&request);
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let method = request.method().clone();
+        let start = Instant::now();
+        let inner = span.in_scope(|| self.inner.call(request));
+        Observed {
+            inner,
+            span,
+            route,
+            method,
+            start,
         }
     }
 }
 
 pin_project! {
-    /// The response future of [`Record`].
-    pub(crate) struct Recorded<F> {
+    /// The response future of [`Observe`].
+    pub(crate) struct Observed<F> {
         #[pin]
         inner: F,
+        span: Span,
         route: Option<MatchedPath>,
         method: Method,
         start: Instant,
     }
 }
 
-impl<F, E> Future for Recorded<F>
+impl<F, E> Future for Observed<F>
 where
     F: Future<Output = Result<Response, E>>,
 {
@@ -174,13 +154,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let _in_span = this.span.enter();
         let result = ready!(this.inner.poll(cx));
         if let Ok(response) = &result {
+            let latency = this.start.elapsed();
+            access_line(response, latency);
             let route = this
                 .route
                 .as_ref()
                 .map_or(metrics::UNKNOWN_ROUTE, MatchedPath::as_str);
-            metrics::http_request(route, this.method, response.status(), this.start.elapsed());
+            metrics::http_request(route, this.method, response.status(), latency);
         }
         Poll::Ready(result)
     }

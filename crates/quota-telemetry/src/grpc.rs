@@ -5,7 +5,8 @@
 //! [`server_layers`] is the stack, outermost first; a server adds it with
 //! `tonic::transport::Server::builder().layer(server_layers())`.
 
-use crate::{metrics, request_id};
+use crate::metrics;
+use crate::request_id::{self, RequestIdLayer};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response};
 use pin_project_lite::pin_project;
@@ -13,70 +14,42 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
-use tower::layer::util::Stack;
+use tower::layer::util::{Identity, Stack};
 use tower::{Layer, Service, ServiceBuilder};
-use tower_http::classify::{GrpcErrorsAsFailures, SharedClassifier};
-use tower_http::trace::{DefaultOnBodyChunk, DefaultOnEos, DefaultOnRequest, DefaultOnResponse};
-use tower_http::trace::{MakeSpan, TraceLayer};
 use tracing::Span;
 
-/// The request body of a tonic server.
-type Body = tonic::body::Body;
-
 /// The type of [`server_layers`].
-pub type ServerLayers = ServiceBuilder<
-    Stack<
-        RecordCallsLayer,
-        Stack<
-            TraceLayer<
-                SharedClassifier<GrpcErrorsAsFailures>,
-                CallSpan,
-                DefaultOnRequest,
-                DefaultOnResponse,
-                DefaultOnBodyChunk,
-                DefaultOnEos,
-                (),
-            >,
-            request_id::Stacked<Body>,
-        >,
-    >,
->;
+pub type ServerLayers = ServiceBuilder<Stack<RecordCallsLayer, Stack<RequestIdLayer, Identity>>>;
 
 /// The telemetry layers of the gRPC server, outermost first: a caller's
 /// `x-request-id` kept (or made) and returned; a span per call
-/// ([`CallSpan`]); one record per call ([`RecordCallsLayer`]). Failures are
-/// not logged by the trace layer: the service logs an internal error once,
-/// with its detail, inside the span, and the record line gives the code.
+/// ([`call_span`]) and one record per call ([`RecordCallsLayer`]). Failures
+/// are not logged here: the service logs an internal error once, with its
+/// detail, inside the span, and the record line gives the code.
 pub fn server_layers() -> ServerLayers {
-    request_id::layers::<Body>()
-        .layer(
-            TraceLayer::new_for_grpc()
-                .make_span_with(CallSpan)
-                .on_failure(()),
-        )
+    ServiceBuilder::new()
+        .layer(RequestIdLayer)
         .layer(RecordCallsLayer)
 }
 
 /// The span of one gRPC call: `grpc{method=/quota.v1.QuotaService/Consume request_id=...}`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CallSpan;
-
-impl<B> MakeSpan<B> for CallSpan {
-    fn make_span(&mut self, request: &Request<B>) -> Span {
-        // Displayed, not debugged: a method path and an id of visible ASCII
-        // need no quotes or escapes, and span fields are formatted for
-        // every call.
-        tracing::info_span!(
-            "grpc",
-            method = %request.uri().path(),
-            request_id = %request_id::of(request),
-        )
-    }
+pub fn call_span<B>(request: &Request<B>) -> Span {
+    // Displayed, not debugged: a method path and an id of visible ASCII
+    // need no quotes or escapes, and span fields are formatted for every
+    // call.
+    tracing::info_span!(
+        "grpc",
+        method = %request.uri().path(),
+        request_id = %request_id::of(request),
+    )
 }
 
-/// Records every call once its status is known: the counter and histogram
-/// of [`metrics::grpc_request`] and one line with the code and the time
-/// taken, in the call's span (`debug` for OK, `info` otherwise).
+/// Makes the span of every call ([`call_span`]), entered while the call is
+/// worked on (the service's own lines land in it), and records every call
+/// once its status is known: the counter and histogram of
+/// [`metrics::grpc_request`] and one line with the code and the time taken,
+/// in the call's span (`debug` for OK, `info` otherwise). One clock reading
+/// at each end.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RecordCallsLayer;
 
@@ -107,16 +80,19 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let call = Call {
-            // A clone of the URI's own bytes (a reference count), not a copy.
-            method: request.uri().path_and_query().cloned(),
-            start: Instant::now(),
-            span: Span::current(),
-            done: false,
-        };
+        let span = call_span(&request);
+        // A clone of the URI's own bytes (a reference count), not a copy.
+        let method = request.uri().path_and_query().cloned();
+        let start = Instant::now();
+        let inner = span.in_scope(|| self.inner.call(request));
         RecordedFuture {
-            inner: self.inner.call(request),
-            call: Some(call),
+            inner,
+            call: Some(Call {
+                method,
+                start,
+                span,
+                done: false,
+            }),
         }
     }
 }
@@ -177,6 +153,8 @@ pin_project! {
     pub struct RecordedFuture<F> {
         #[pin]
         inner: F,
+        // Some until the call's response arrives: its span is entered
+        // whenever the call is polled.
         call: Option<Call>,
     }
 }
@@ -189,7 +167,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        let result = {
+            let _in_span = this.call.as_ref().map(|call| call.span.enter());
+            ready!(this.inner.poll(cx))
+        };
         let call = this.call.take();
         Poll::Ready(match result {
             Ok(response) => {

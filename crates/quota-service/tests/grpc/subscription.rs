@@ -119,3 +119,65 @@ async fn subscription_of_unlimited_and_expiring_tokens(db: TestDb) {
     let sub = api.subscription(&expiring).await.unwrap();
     assert_eq!((sub.access_until, sub.hard_limit_usd), (expires_at, 1));
 }
+
+on_every_database!(
+    a_callers_request_id_comes_back_and_a_missing_one_is_made,
+    a_callers_request_id_comes_back_and_a_missing_one_is_made
+);
+async fn a_callers_request_id_comes_back_and_a_missing_one_is_made(db: TestDb) {
+    let api = Api::start(db).await;
+    let (_, key) = api
+        .create(pb::CreateTokenRequest {
+            name: "ids".into(),
+            quota_usd: "1".into(),
+            ..Default::default()
+        })
+        .await;
+    let with_id = |credential: &str, id: &str| {
+        let mut request = bearer(pb::GetSubscriptionRequest {}, credential);
+        request
+            .metadata_mut()
+            .insert("x-request-id", id.parse().unwrap());
+        request
+    };
+
+    // A valid id is kept and returned with the answer.
+    let answered = api
+        .quota()
+        .get_subscription(with_id(&key, "order-42"))
+        .await
+        .unwrap();
+    assert_eq!(answered.metadata().get("x-request-id").unwrap(), "order-42");
+
+    // An invalid one is replaced by a UUID v4, returned with a refusal too.
+    let refused = api
+        .quota()
+        .get_subscription(with_id("sk-not-a-key", "has space"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let made = refused
+        .metadata()
+        .get("x-request-id")
+        .expect("a refusal carries an id")
+        .to_str()
+        .unwrap();
+    let groups: Vec<usize> = made.split('-').map(str::len).collect();
+    assert_eq!(groups, [8, 4, 4, 4, 12], "{made}");
+    assert!(
+        made.chars().all(|c| c == '-' || c.is_ascii_hexdigit()),
+        "{made}"
+    );
+    assert_eq!(made.as_bytes()[14], b'4', "version 4: {made}");
+
+    // Without one, each call gets its own.
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        let request = bearer(pb::GetSubscriptionRequest {}, &key);
+        let answered = api.quota().get_subscription(request).await.unwrap();
+        let id = answered.metadata().get("x-request-id").expect("an id");
+        made.push(id.to_str().unwrap().to_owned());
+    }
+    assert_eq!(made[0].len(), 36, "{made:?}");
+    assert_ne!(made[0], made[1]);
+}
