@@ -40,24 +40,21 @@ pub(crate) fn layers() -> Layers {
 /// The type of [`layers`].
 pub(crate) type Layers = ServiceBuilder<Stack<ObserveLayer, Stack<RequestIdLayer, Identity>>>;
 
-/// The route template of a request, or [`metrics::UNKNOWN_ROUTE`].
-fn route_of<B>(request: &http::Request<B>) -> &str {
-    request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(metrics::UNKNOWN_ROUTE, MatchedPath::as_str)
+/// The route template a request matched, or [`metrics::UNKNOWN_ROUTE`].
+fn route_name(route: Option<&MatchedPath>) -> &str {
+    route.map_or(metrics::UNKNOWN_ROUTE, MatchedPath::as_str)
 }
 
 /// The span of a request:
 /// `http{method=GET route=/v1/dashboard/billing/subscription request_id=...}`.
-fn request_span<B>(request: &http::Request<B>) -> Span {
+fn request_span<B>(request: &http::Request<B>, route: Option<&MatchedPath>) -> Span {
     // Displayed, not debugged: a template and an id of visible ASCII need
     // no quotes or escapes, and span fields are formatted for every
     // request.
     tracing::info_span!(
         "http",
         method = %request.method(),
-        route = %route_of(request),
+        route = %route_name(route),
         request_id = %request_id::of(request),
     )
 }
@@ -119,8 +116,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Observed<S::Future> {
-        let span = request_span(&request);
         let route = request.extensions().get::<MatchedPath>().cloned();
+        let span = request_span(&request, route.as_ref());
         let method = request.method().clone();
         let start = Instant::now();
         let inner = span.in_scope(|| self.inner.call(request));
@@ -159,10 +156,7 @@ where
         if let Ok(response) = &result {
             let latency = this.start.elapsed();
             access_line(response, latency);
-            let route = this
-                .route
-                .as_ref()
-                .map_or(metrics::UNKNOWN_ROUTE, MatchedPath::as_str);
+            let route = route_name(this.route.as_ref());
             metrics::http_request(route, this.method, response.status(), latency);
         }
         Poll::Ready(result)
