@@ -6,6 +6,9 @@ COPY proto proto
 COPY src src
 COPY crates crates
 COPY migrations migrations
+# A workspace member (the benchmark's baselines): cargo loads every member's
+# manifest, even to build one package.
+COPY bench/baselines bench/baselines
 RUN cargo build --release --locked -p quotad
 
 FROM debian:bookworm-slim
