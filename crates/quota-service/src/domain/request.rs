@@ -6,19 +6,21 @@ use super::QuotaError;
 pub const MAX_REQUEST_ID_LEN: usize = 255;
 
 /// A caller's idempotency key for a debit: any text of 1 to
-/// [`MAX_REQUEST_ID_LEN`] bytes, compared exactly (case and spaces count).
+/// [`MAX_REQUEST_ID_LEN`] bytes without a NUL character (which PostgreSQL
+/// cannot store in text), compared exactly (case and spaces count).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestId<'a>(&'a str);
 
 impl<'a> RequestId<'a> {
     /// `None` for an empty id (the debit is then not idempotent); an id
-    /// longer than the ledger keeps is refused.
+    /// longer than the ledger keeps, or with a NUL in it, is refused.
     pub fn parse(id: &'a str) -> Result<Option<RequestId<'a>>, QuotaError> {
         if id.len() > MAX_REQUEST_ID_LEN {
             return Err(QuotaError::InvalidArgument(format!(
                 "request_id is longer than {MAX_REQUEST_ID_LEN} bytes"
             )));
         }
+        no_nul("request_id", id)?;
         Ok(Some(RequestId(id)).filter(|id| !id.0.is_empty()))
     }
 
@@ -26,6 +28,17 @@ impl<'a> RequestId<'a> {
     pub fn as_str(self) -> &'a str {
         self.0
     }
+}
+
+/// Refuses text with a NUL character: PostgreSQL cannot store one in a text
+/// column, and it is the same mistake on every database.
+pub fn no_nul(field: &str, text: &str) -> Result<(), QuotaError> {
+    if text.contains('\0') {
+        return Err(QuotaError::InvalidArgument(format!(
+            "{field} contains a NUL character"
+        )));
+    }
+    Ok(())
 }
 
 /// Where a page of tokens starts: after the token with this id. The token
@@ -78,6 +91,9 @@ mod tests {
         assert!(RequestId::parse(&"x".repeat(255)).unwrap().is_some());
         assert!(RequestId::parse(&"x".repeat(256)).is_err());
         assert!(RequestId::parse(&"é".repeat(128)).is_err());
+        for nul in ["\0", "a\0b", "ab\0"] {
+            assert!(RequestId::parse(nul).is_err(), "{nul:?}");
+        }
     }
 
     #[test]

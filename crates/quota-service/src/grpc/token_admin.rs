@@ -5,7 +5,7 @@
 
 use super::QuotaApi;
 use super::status::answer;
-use crate::domain::{PageToken, QuotaError, Token, TokenKey, TokenLocator, unix_now};
+use crate::domain::{PageToken, QuotaError, Token, TokenKey, TokenLocator, no_nul, unix_now};
 use crate::store::{NewToken, TokenChanges};
 use quota::pb;
 use quota::pb::token_admin_server::TokenAdmin;
@@ -20,12 +20,12 @@ const MAX_NAME_LEN: usize = 255;
 
 fn checked_name(name: String) -> Result<String, QuotaError> {
     if name.len() > MAX_NAME_LEN {
-        Err(QuotaError::InvalidArgument(format!(
+        return Err(QuotaError::InvalidArgument(format!(
             "name is longer than {MAX_NAME_LEN} bytes"
-        )))
-    } else {
-        Ok(name)
+        )));
     }
+    no_nul("name", &name)?;
+    Ok(name)
 }
 
 fn locator(token: Option<pb::TokenRef>) -> Result<TokenLocator, QuotaError> {

@@ -159,6 +159,12 @@ async fn consume_refuses_bad_requests_and_tokens(db: TestDb) {
         code(api.consume(&key, 1, &long_id).await),
         Code::InvalidArgument
     );
+    // PostgreSQL cannot store a NUL in text: refused on every database
+    // before any store call, not an INTERNAL from the database.
+    assert_eq!(
+        code(api.consume(&key, 1, "a\0b").await),
+        Code::InvalidArgument
+    );
     assert_eq!(
         code(api.consume(&unknown_key(), 1, "").await),
         Code::NotFound

@@ -256,26 +256,28 @@ async fn admin_refuses_malformed_requests(db: TestDb) {
         assert_eq!(code(granted), Code::InvalidArgument, "{case}");
     }
 
-    // A name longer than the store keeps is the caller's mistake, not a 500.
-    let long = "n".repeat(256);
-    let created = api
-        .admin()
-        .create_token(as_admin(pb::CreateTokenRequest {
-            name: long.clone(),
-            quota: 1,
-            ..Default::default()
-        }))
-        .await;
-    assert_eq!(code(created), Code::InvalidArgument);
-    let renamed = api
-        .admin()
-        .update_token(as_admin(pb::UpdateTokenRequest {
-            token: by_id(tok.id),
-            name: Some(long),
-            ..Default::default()
-        }))
-        .await;
-    assert_eq!(code(renamed), Code::InvalidArgument);
+    // A name longer than the store keeps, or with a NUL in it (PostgreSQL
+    // cannot store one), is the caller's mistake, not a 500.
+    for bad in ["n".repeat(256), "a\0b".to_owned()] {
+        let created = api
+            .admin()
+            .create_token(as_admin(pb::CreateTokenRequest {
+                name: bad.clone(),
+                quota: 1,
+                ..Default::default()
+            }))
+            .await;
+        assert_eq!(code(created), Code::InvalidArgument, "{bad:?}");
+        let renamed = api
+            .admin()
+            .update_token(as_admin(pb::UpdateTokenRequest {
+                token: by_id(tok.id),
+                name: Some(bad.clone()),
+                ..Default::default()
+            }))
+            .await;
+        assert_eq!(code(renamed), Code::InvalidArgument, "{bad:?}");
+    }
 
     // Nothing of it changed anything.
     let after = api.get(by_id(tok.id)).await.unwrap();

@@ -298,6 +298,9 @@ async fn holds_refuse_bad_requests(db: TestDb) {
     assert_eq!(code(api.reserve(&key, 1, &long, 60).await), invalid);
     assert_eq!(code(api.settle(&key, &long, 1).await), invalid);
     assert_eq!(code(api.release(&key, &long).await), invalid);
+    assert_eq!(code(api.reserve(&key, 1, "a\0b", 60).await), invalid);
+    assert_eq!(code(api.settle(&key, "a\0b", 1).await), invalid);
+    assert_eq!(code(api.release(&key, "a\0b").await), invalid);
     assert!(api.reserve(&key, 1, &"x".repeat(255), 60).await.is_ok());
     for ttl in [-1, 86_401, i64::MIN, i64::MAX] {
         assert_eq!(code(api.reserve(&key, 1, "t", ttl).await), invalid, "{ttl}");
