@@ -4,7 +4,8 @@
 //!
 //! Both tables are bounded caches (moka): failure windows per client
 //! address, and keyed 64-bit hashes (never keys) of keys that recently
-//! succeeded. Millions of passing addresses cost at most their capacity.
+//! succeeded, each with the time of its last success. Millions of passing
+//! addresses cost at most their capacity.
 
 use crate::error::EdgeError;
 use axum::extract::{ConnectInfo, Request};
@@ -20,6 +21,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 use tower::{Layer, Service};
@@ -69,7 +71,9 @@ struct Window {
 pub(crate) struct Throttle {
     config: ThrottleConfig,
     failures: Cache<IpAddr, Window>,
-    succeeded: Option<Cache<u64, ()>>,
+    /// Per key hash, its last success in nanoseconds after `origin`.
+    succeeded: Option<Cache<u64, Arc<AtomicU64>>>,
+    origin: Instant,
     /// The hash of [`Throttle::key_hash`], seeded at random per process, so
     /// that no one outside can aim a guess at a remembered key's hash.
     hasher: RandomState,
@@ -81,16 +85,20 @@ impl Throttle {
             .max_capacity(ADDRESS_CAPACITY)
             .time_to_idle(config.window.max(Duration::from_millis(1)))
             .build();
+        // An entry is kept while it is used: every success reads it, so it
+        // outlives the TTL counted from the last one; whether a key passes
+        // is decided by the time it holds.
         let succeeded = (!config.success_ttl.is_zero()).then(|| {
             Cache::builder()
                 .max_capacity(KEY_CAPACITY)
-                .time_to_live(config.success_ttl)
+                .time_to_idle(config.success_ttl)
                 .build()
         });
         Throttle {
             config,
             failures,
             succeeded,
+            origin: Instant::now(),
             hasher: RandomState::new(),
         }
     }
@@ -120,20 +128,35 @@ impl Throttle {
         });
     }
 
-    /// Remembers that `key` succeeded, for the TTL from the first success
-    /// it remembers: a key that keeps succeeding is looked up, not written
-    /// again (a write costs a read path far more), and written anew once
-    /// its entry has expired.
-    fn record_success(&self, key: u64) {
-        if let Some(succeeded) = &self.succeeded
-            && !succeeded.contains_key(&key)
-        {
-            succeeded.insert(key, ());
+    /// Remembers that `key` succeeded at `now`: a key that keeps
+    /// succeeding has its time moved on in place (a write to the cache
+    /// costs a read path far more), so it keeps passing a throttled address
+    /// for as long as it keeps succeeding there.
+    fn record_success(&self, key: u64, now: Instant) {
+        let Some(succeeded) = &self.succeeded else {
+            return;
+        };
+        let at = self.nanos(now);
+        match succeeded.get(&key) {
+            Some(last) => {
+                last.fetch_max(at, Ordering::Relaxed);
+            }
+            None => succeeded.insert(key, Arc::new(AtomicU64::new(at))),
         }
     }
 
-    fn succeeded_lately(&self, key: &u64) -> bool {
-        self.succeeded.as_ref().is_some_and(|s| s.contains_key(key))
+    /// Whether `key` succeeded within the TTL before `now`.
+    fn succeeded_lately(&self, key: &u64, now: Instant) -> bool {
+        self.succeeded.as_ref().is_some_and(|s| {
+            s.get(key).is_some_and(|last| {
+                let since = self.nanos(now).saturating_sub(last.load(Ordering::Relaxed));
+                u128::from(since) <= self.config.success_ttl.as_nanos()
+            })
+        })
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// The address a request is counted against: the peer, or, when the peer
@@ -224,8 +247,9 @@ where
             .map(|c| c.0.ip());
         let client = peer.map(|peer| throttle.client(peer, request.headers()));
         let key = throttle.key_hash(request.headers());
-        if let Some(wait) = client.and_then(|c| throttle.throttled(c, Instant::now()))
-            && !key.is_some_and(|k| throttle.succeeded_lately(&k))
+        let now = Instant::now();
+        if let Some(wait) = client.and_then(|c| throttle.throttled(c, now))
+            && !key.is_some_and(|k| throttle.succeeded_lately(&k, now))
         {
             let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             quota_telemetry::metrics::throttle_refused();
@@ -291,7 +315,7 @@ where
                     }
                     status if status.is_success() => {
                         if let Some(key) = key {
-                            throttle.record_success(*key);
+                            throttle.record_success(*key, Instant::now());
                         }
                     }
                     _ => {}
@@ -383,20 +407,40 @@ mod tests {
         headers.insert(header::AUTHORIZATION, "bearer sk-abc".parse().unwrap());
         let t = throttle(1, &[]);
         let key = t.key_hash(&headers).unwrap();
-        t.record_success(key);
-        assert!(t.succeeded_lately(&key));
+        let now = Instant::now();
+        t.record_success(key, now);
+        assert!(t.succeeded_lately(&key, now));
         // The same credential, however the header spells the scheme, is the same key.
         let mut spelled = HeaderMap::new();
         spelled.insert(header::AUTHORIZATION, "Bearer   sk-abc".parse().unwrap());
         assert_eq!(t.key_hash(&spelled), Some(key));
         let mut other = HeaderMap::new();
         other.insert(header::AUTHORIZATION, "Bearer sk-abd".parse().unwrap());
-        assert!(!t.succeeded_lately(&t.key_hash(&other).unwrap()));
+        assert!(!t.succeeded_lately(&t.key_hash(&other).unwrap(), now));
         let off = Throttle::new(ThrottleConfig {
             success_ttl: Duration::ZERO,
             ..ThrottleConfig::default()
         });
-        off.record_success(key);
-        assert!(!off.succeeded_lately(&key));
+        off.record_success(key, now);
+        assert!(!off.succeeded_lately(&key, now));
+    }
+
+    #[test]
+    fn a_key_passes_for_the_ttl_after_its_last_success() {
+        let t = throttle(1, &[]);
+        let key = 7;
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        t.record_success(key, start);
+        assert!(t.succeeded_lately(&key, at(1_000)));
+        assert!(!t.succeeded_lately(&key, at(1_001)));
+        // A success within the TTL moves it on: counted from the last
+        // success, not the first remembered.
+        t.record_success(key, at(900));
+        assert!(t.succeeded_lately(&key, at(1_900)));
+        assert!(!t.succeeded_lately(&key, at(1_901)));
+        // An earlier success reported late does not move it back.
+        t.record_success(key, at(100));
+        assert!(t.succeeded_lately(&key, at(1_900)));
     }
 }

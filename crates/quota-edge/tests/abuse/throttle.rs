@@ -69,6 +69,25 @@ async fn more_than_n_failures_throttle_the_address_without_upstream_calls() {
 }
 
 #[tokio::test]
+async fn a_key_that_keeps_succeeding_keeps_passing_a_throttled_address() {
+    let ttl = Duration::from_secs(1);
+    let edge = spawn_edge(config(1, Duration::from_secs(60), ttl)).await;
+    assert_eq!(send(edge.addr, &subscription(VALID_KEY)).await.status, 200);
+    fail(&edge, LOCAL, 2).await;
+    // Used every quarter of a second for three TTLs: each success counts
+    // from itself, not from the first one remembered.
+    for i in 0..12 {
+        let reply = send(edge.addr, &subscription(VALID_KEY)).await;
+        assert_eq!(reply.status, 200, "read {i}: {reply:?}");
+        tokio::time::sleep(ttl / 4).await;
+    }
+    // Unused for longer than the TTL, it is throttled like any other key.
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    let reply = send(edge.addr, &subscription(VALID_KEY)).await;
+    assert_eq!(reply.status, 429, "{reply:?}");
+}
+
+#[tokio::test]
 async fn another_address_is_not_affected() {
     let edge = spawn_edge(config(2, Duration::from_secs(60), Duration::from_secs(1))).await;
     fail(&edge, LOCAL, 3).await;
