@@ -12,7 +12,20 @@ fn main() -> Result<(), Box<dyn Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out_dir.join("quota_descriptor.bin"), fds.encode_to_vec())?;
 
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // The messages and the servers, whose codec answers a request that does
+    // not decode with INVALID_ARGUMENT (`src/codec.rs`)...
+    tonic_prost_build::configure()
+        .build_client(false)
+        .codec_path("crate::codec::RequestCodec")
+        .compile_fds(fds.clone())?;
+    // ...and the clients, with tonic-prost's codec and the same messages.
+    let clients = out_dir.join("clients");
+    fs::create_dir_all(&clients)?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .extern_path(".quota.v1", "crate::pb")
+        .out_dir(clients)
+        .compile_fds(fds)?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

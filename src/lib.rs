@@ -4,10 +4,13 @@
 #[allow(missing_docs, clippy::all)]
 pub mod pb {
     tonic::include_proto!("quota.v1");
+    include!(concat!(env!("OUT_DIR"), "/clients/quota.v1.rs"));
 
     /// The encoded `FileDescriptorSet` of `proto/`, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quota_descriptor");
 }
+
+pub mod codec;
 
 /// Trailing metadata of an INVALID_ARGUMENT status that names the request
 /// field at fault (`start_date`, `end_date`), as OpenAI's error `param`.

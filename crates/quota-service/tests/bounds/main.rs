@@ -1,5 +1,5 @@
 //! The gRPC server's bounds: an oversized message is refused by tonic at
-//! the door, past `max_concurrency` a call is refused at once with
+//! the door, one that does not decode is INVALID_ARGUMENT, past `max_concurrency` a call is refused at once with
 //! UNAVAILABLE, and the server serves on afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -94,6 +94,124 @@ async fn a_message_over_64_kib_is_refused_before_decoding() {
         matches!(refused.code(), Code::OutOfRange | Code::ResourceExhausted),
         "{refused:?}"
     );
+    // Still serving, on the same connection.
+    assert_eq!(
+        subscription(&channel, key.expose())
+            .await
+            .unwrap()
+            .hard_limit_usd,
+        0
+    );
+}
+
+/// A codec that sends its bytes as they are and reads nothing back: a
+/// request the server cannot decode.
+#[derive(Clone, Copy, Debug)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = &'static [u8];
+    type Decode = ();
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = &'static [u8];
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: &'static [u8],
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        dst.put_slice(item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        use prost::bytes::Buf;
+        buf.advance(buf.remaining());
+        Ok(Some(()))
+    }
+}
+
+/// The status of a call of `method` whose message is `bytes`.
+async fn raw_call(
+    channel: &Channel,
+    method: &'static str,
+    bytes: &'static [u8],
+    credential: &str,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(method);
+    match grpc
+        .unary(with_bearer(bytes, credential), path, RawCodec)
+        .await
+    {
+        Ok(_) => panic!("{method} took {bytes:?}"),
+        Err(status) => status,
+    }
+}
+
+#[tokio::test]
+async fn a_message_that_does_not_decode_is_invalid_argument_not_internal() {
+    let db = TestDb::sqlite_memory().await;
+    let store = db.store().await;
+    let (_, key) = store
+        .create_token(
+            NewToken {
+                quota: 1,
+                ..NewToken::default()
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    let (addr, _stop) = spawn(store, ServerOptions::default()).await;
+    let channel = channel(addr).await;
+    // Field 1 (a string in every one of these requests) holding a byte
+    // that is not UTF-8; and a tag cut short.
+    let not_utf8: &[u8] = &[0x0a, 0x01, 0xff];
+    let cut_short: &[u8] = &[0xff];
+    let calls = [
+        ("/quota.v1.QuotaService/Consume", TEST_ADMIN_TOKEN),
+        ("/quota.v1.QuotaService/Reserve", TEST_ADMIN_TOKEN),
+        ("/quota.v1.QuotaService/GetUsage", key.expose()),
+        ("/quota.v1.QuotaService/GetSubscription", key.expose()),
+        ("/quota.v1.TokenAdmin/CreateToken", TEST_ADMIN_TOKEN),
+    ];
+    for (method, credential) in calls {
+        for bytes in [not_utf8, cut_short] {
+            if method.ends_with("GetSubscription") && bytes == not_utf8 {
+                continue; // its request has no fields: an unknown one is skipped
+            }
+            let status = raw_call(&channel, method, bytes, credential).await;
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{method} {bytes:?}: {status:?}"
+            );
+        }
+    }
     // Still serving, on the same connection.
     assert_eq!(
         subscription(&channel, key.expose())
