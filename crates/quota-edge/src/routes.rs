@@ -15,7 +15,7 @@ use quota::pb;
 use quota::pb::quota_service_client::QuotaServiceClient;
 use quota::pb::quota_service_server::QuotaService;
 use quota_telemetry::request_id;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -403,7 +403,7 @@ impl Subscription {
 }
 
 /// The query of the usage route.
-#[derive(Deserialize, IntoParams)]
+#[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct UsageQuery {
     /// First UTC day counted (`YYYY-MM-DD`, inclusive); all time without it.
@@ -412,6 +412,34 @@ pub(crate) struct UsageQuery {
     /// First UTC day not counted (`YYYY-MM-DD`, exclusive); no end without it.
     #[param(example = "2026-12-01")]
     end_date: Option<String>,
+}
+
+impl UsageQuery {
+    /// The dates of a query's pairs; other parameters are ignored. A date
+    /// given more than once is its values joined by commas, which the
+    /// service refuses as any malformed date (`invalid_date`, once the key
+    /// has passed): which one the caller meant is not the edge's to guess.
+    fn from_pairs(pairs: Vec<(String, String)>) -> UsageQuery {
+        let mut query = UsageQuery {
+            start_date: None,
+            end_date: None,
+        };
+        for (name, value) in pairs {
+            let date = match name.as_str() {
+                "start_date" => &mut query.start_date,
+                "end_date" => &mut query.end_date,
+                _ => continue,
+            };
+            match date {
+                Some(dates) => {
+                    dates.push(',');
+                    dates.push_str(&value);
+                }
+                None => *date = Some(value),
+            }
+        }
+        query
+    }
 }
 
 /// The body of the usage route, as the service sends it.
@@ -465,10 +493,11 @@ pub(crate) struct LineItem {
 )]
 pub(crate) async fn usage(
     State(upstream): State<Upstream>,
-    query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
     request: Request,
 ) -> Result<Response, EdgeError> {
-    let Query(query) = query.map_err(|e| EdgeError::InvalidQuery(e.body_text()))?;
+    let Query(pairs) = query.map_err(|e| EdgeError::InvalidQuery(e.body_text()))?;
+    let query = UsageQuery::from_pairs(pairs);
     let window = pb::GetUsageRequest {
         start_date: query.start_date.unwrap_or_default(),
         end_date: query.end_date.unwrap_or_default(),

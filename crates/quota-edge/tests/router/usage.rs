@@ -157,6 +157,13 @@ async fn malformed_dates_are_400_invalid_date(db: TestDb) {
             "end_date",
             "2026-03-01T00:00",
         ),
+        // A date given twice is not one date.
+        (
+            "start_date=2026-03-01&start_date=2026-03-02",
+            "start_date",
+            "2026-03-01,2026-03-02",
+        ),
+        ("end_date=&end_date=2026-03-02", "end_date", ",2026-03-02"),
     ];
     for (query, field, value) in cases {
         let uri = format!("/v1/dashboard/billing/usage?{query}");
@@ -172,6 +179,10 @@ async fn malformed_dates_are_400_invalid_date(db: TestDb) {
             "{query}"
         );
     }
+    // The key is checked first: a malformed query without a key is 401.
+    let uri = "/v1/dashboard/billing/usage?start_date=2026-03-01&start_date=x";
+    let response = send(&c.router, "GET", uri, &[]).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     // Dates far in the future, or a window that is empty, are no error.
     let uri = "/dashboard/billing/usage?start_date=2999-12-31&end_date=2000-01-01";
     assert_eq!(
