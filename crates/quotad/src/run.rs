@@ -166,7 +166,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let tls = crate::tls::client(ca.ca_cert.as_deref())?;
             return crate::health::run(grpc, http, tls, timeout).await;
         }
-        Command::Verify { db } => return Ok(crate::verify::run(&db).await),
+        Command::Verify { db } => return Ok(crate::verify::run(&db, cli.log_format).await),
         Command::Token { admin, command } => {
             crate::token::run(admin, command).await?;
             return Ok(ExitCode::SUCCESS);

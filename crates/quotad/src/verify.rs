@@ -1,6 +1,6 @@
 //! `quotad verify`: the counters of every token against its ledger.
 
-use crate::cli::DatabaseArgs;
+use crate::cli::{DatabaseArgs, LogFormat};
 use quota_service::store::redact_url;
 use quota_service::store::verify::verify_url;
 use std::process::ExitCode;
@@ -13,14 +13,13 @@ const UNREADABLE: u8 = 2;
 /// Prints one line per disagreement on stdout, then a summary; exits 0 when
 /// everything agrees, 1 when something disagrees, 2 (with one line on
 /// stderr) when the database cannot be read. Nothing is created or migrated.
-pub async fn run(db: &DatabaseArgs) -> ExitCode {
+pub async fn run(db: &DatabaseArgs, log_format: LogFormat) -> ExitCode {
     let found = match verify_url(&db.database_url).await {
         Ok(found) => found,
         Err(e) => {
-            eprintln!(
-                "quotad verify: cannot read the database {}: {e}",
-                redact_url(&db.database_url)
-            );
+            let url = redact_url(&db.database_url);
+            let message = format!("quotad verify: cannot read the database {url}: {e}");
+            crate::telemetry::fatal(log_format, &message);
             return ExitCode::from(UNREADABLE);
         }
     };

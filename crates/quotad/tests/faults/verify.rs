@@ -1,7 +1,8 @@
 //! `quotad verify`: clean while debits run, a counter or a day's usage total
 //! changed behind its back found, exit 2 when the database cannot be read.
 
-use crate::helpers::{Server, admin, consume, describe, verify};
+use crate::common::{COMMAND_TIMEOUT, run};
+use crate::helpers::{Server, admin, consume, describe, quotad, verify};
 use quota::pb::quota_service_client::QuotaServiceClient;
 use quota::pb::token_admin_client::TokenAdminClient;
 use quota::pb::{CreateTokenRequest, GrantQuotaRequest, TokenRef, token_ref};
@@ -196,6 +197,26 @@ fn cannot_read(url: &str) {
     assert_eq!(stderr.lines().count(), 1, "{}", describe(&out));
     assert!(
         stderr.starts_with("quotad verify: cannot read the database"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!stderr.contains("hunter2"), "{}", describe(&out));
+
+    // With QUOTA_LOG_FORMAT=json that line is one JSON object, like every
+    // other line on stderr.
+    let mut cmd = quotad();
+    cmd.env("QUOTA_LOG_FORMAT", "json")
+        .args(["verify", "--database-url", url]);
+    let out = run(cmd, COMMAND_TIMEOUT);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = String::from_utf8(out.stderr.clone()).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{}", describe(&out));
+    let line: serde_json::Value =
+        serde_json::from_str(&stderr).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
+    assert_eq!(line["level"], "ERROR", "{}", describe(&out));
+    let message = line["fields"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("quotad verify: cannot read the database"),
         "{}",
         describe(&out)
     );
