@@ -2,10 +2,12 @@
 //! authentications (401) within a window gets 429 for every key the edge has
 //! not seen succeed lately, answered without a call to the gRPC service.
 //!
-//! Both tables are bounded caches (moka): failure windows per client
-//! address, and keyed 64-bit hashes (never keys) of keys that recently
-//! succeeded, each with the time of its last success. Millions of passing
-//! addresses cost at most their capacity.
+//! Both tables are bounded: failure windows per client address (a moka
+//! cache), and keyed 64-bit hashes (never keys) of keys that recently
+//! succeeded, each with the time of its last success ([`RecentKeys`]).
+//! Millions of passing addresses cost at most their capacity.
+
+mod recent;
 
 use crate::error::EdgeError;
 use axum::extract::{ConnectInfo, Request};
@@ -15,13 +17,13 @@ use ipnet::IpNet;
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 use pin_project_lite::pin_project;
+use recent::RecentKeys;
 use std::convert::Infallible;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 use tower::{Layer, Service};
@@ -30,8 +32,6 @@ use tower::{Layer, Service};
 pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u32 = 60;
 /// How many addresses the throttle remembers at most.
 const ADDRESS_CAPACITY: u64 = 100_000;
-/// How many recently succeeded key digests the throttle remembers at most.
-const KEY_CAPACITY: u64 = 100_000;
 
 /// How the throttle counts.
 #[derive(Clone, Debug)]
@@ -71,9 +71,8 @@ struct Window {
 pub(crate) struct Throttle {
     config: ThrottleConfig,
     failures: Cache<IpAddr, Window>,
-    /// Per key hash, its last success in nanoseconds after `origin`.
-    succeeded: Option<Cache<u64, Arc<AtomicU64>>>,
-    origin: Instant,
+    /// Keys seen succeeding; none with a TTL of zero.
+    succeeded: Option<RecentKeys>,
     /// The hash of [`Throttle::key_hash`], seeded at random per process, so
     /// that no one outside can aim a guess at a remembered key's hash.
     hasher: RandomState,
@@ -85,20 +84,12 @@ impl Throttle {
             .max_capacity(ADDRESS_CAPACITY)
             .time_to_idle(config.window.max(Duration::from_millis(1)))
             .build();
-        // An entry is kept while it is used: every success reads it, so it
-        // outlives the TTL counted from the last one; whether a key passes
-        // is decided by the time it holds.
-        let succeeded = (!config.success_ttl.is_zero()).then(|| {
-            Cache::builder()
-                .max_capacity(KEY_CAPACITY)
-                .time_to_idle(config.success_ttl)
-                .build()
-        });
+        let succeeded =
+            (!config.success_ttl.is_zero()).then(|| RecentKeys::new(config.success_ttl));
         Throttle {
             config,
             failures,
             succeeded,
-            origin: Instant::now(),
             hasher: RandomState::new(),
         }
     }
@@ -129,34 +120,18 @@ impl Throttle {
     }
 
     /// Remembers that `key` succeeded at `now`: a key that keeps
-    /// succeeding has its time moved on in place (a write to the cache
-    /// costs a read path far more), so it keeps passing a throttled address
-    /// for as long as it keeps succeeding there.
+    /// succeeding keeps passing a throttled address for as long as it does.
     fn record_success(&self, key: u64, now: Instant) {
-        let Some(succeeded) = &self.succeeded else {
-            return;
-        };
-        let at = self.nanos(now);
-        match succeeded.get(&key) {
-            Some(last) => {
-                last.fetch_max(at, Ordering::Relaxed);
-            }
-            None => succeeded.insert(key, Arc::new(AtomicU64::new(at))),
+        if let Some(succeeded) = &self.succeeded {
+            succeeded.record(key, now);
         }
     }
 
     /// Whether `key` succeeded within the TTL before `now`.
     fn succeeded_lately(&self, key: &u64, now: Instant) -> bool {
-        self.succeeded.as_ref().is_some_and(|s| {
-            s.get(key).is_some_and(|last| {
-                let since = self.nanos(now).saturating_sub(last.load(Ordering::Relaxed));
-                u128::from(since) <= self.config.success_ttl.as_nanos()
-            })
-        })
-    }
-
-    fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+        self.succeeded
+            .as_ref()
+            .is_some_and(|s| s.succeeded_lately(*key, now))
     }
 
     /// The address a request is counted against: the peer, or, when the peer
@@ -423,24 +398,5 @@ mod tests {
         });
         off.record_success(key, now);
         assert!(!off.succeeded_lately(&key, now));
-    }
-
-    #[test]
-    fn a_key_passes_for_the_ttl_after_its_last_success() {
-        let t = throttle(1, &[]);
-        let key = 7;
-        let start = Instant::now();
-        let at = |ms| start + Duration::from_millis(ms);
-        t.record_success(key, start);
-        assert!(t.succeeded_lately(&key, at(1_000)));
-        assert!(!t.succeeded_lately(&key, at(1_001)));
-        // A success within the TTL moves it on: counted from the last
-        // success, not the first remembered.
-        t.record_success(key, at(900));
-        assert!(t.succeeded_lately(&key, at(1_900)));
-        assert!(!t.succeeded_lately(&key, at(1_901)));
-        // An earlier success reported late does not move it back.
-        t.record_success(key, at(100));
-        assert!(t.succeeded_lately(&key, at(1_900)));
     }
 }
