@@ -2,12 +2,13 @@
 //! authentications (401) within a window gets 429 for every key the edge has
 //! not seen succeed lately, answered without a call to the gRPC service.
 //!
-//! Both tables are bounded: failure windows per client address (a moka
-//! cache), and keyed 64-bit hashes (never keys) of keys that recently
-//! succeeded, each with the time of its last success ([`RecentKeys`]).
-//! Millions of passing addresses cost at most their capacity.
+//! Its tables are bounded: failure windows per client address (a moka
+//! cache, written only on a failure), and two [`Stamps`] that every request
+//! reads: until when each throttled address is throttled, and when each key
+//! (by a keyed 64-bit hash, never the key) last succeeded. Millions of
+//! passing addresses cost at most their capacity.
 
-mod recent;
+mod stamps;
 
 use crate::error::EdgeError;
 use axum::extract::{ConnectInfo, Request};
@@ -17,7 +18,7 @@ use ipnet::IpNet;
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 use pin_project_lite::pin_project;
-use recent::RecentKeys;
+use stamps::Stamps;
 use std::convert::Infallible;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
@@ -32,6 +33,10 @@ use tower::{Layer, Service};
 pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u32 = 60;
 /// How many addresses the throttle remembers at most.
 const ADDRESS_CAPACITY: u64 = 100_000;
+/// Sets of [`Stamps`] of throttled addresses: 2^12, 16,384 addresses.
+const THROTTLED_SET_BITS: u32 = 12;
+/// Sets of [`Stamps`] of keys seen succeeding: 2^14, 65,536 keys.
+const SUCCEEDED_SET_BITS: u32 = 14;
 
 /// How the throttle counts.
 #[derive(Clone, Debug)]
@@ -71,9 +76,12 @@ struct Window {
 pub(crate) struct Throttle {
     config: ThrottleConfig,
     failures: Cache<IpAddr, Window>,
-    /// Keys seen succeeding; none with a TTL of zero.
-    succeeded: Option<RecentKeys>,
-    /// The hash of [`Throttle::key_hash`], seeded at random per process, so
+    /// Until when each throttled address (by hash) is throttled: the end
+    /// of the window in which its failures passed the limit.
+    throttled_until: Stamps,
+    /// When each key (by hash) last succeeded; none with a TTL of zero.
+    succeeded: Option<Stamps>,
+    /// The hash of keys and addresses, seeded at random per process, so
     /// that no one outside can aim a guess at a remembered key's hash.
     hasher: RandomState,
 }
@@ -84,26 +92,27 @@ impl Throttle {
             .max_capacity(ADDRESS_CAPACITY)
             .time_to_idle(config.window.max(Duration::from_millis(1)))
             .build();
-        let succeeded =
-            (!config.success_ttl.is_zero()).then(|| RecentKeys::new(config.success_ttl));
+        let succeeded = (!config.success_ttl.is_zero()).then(|| Stamps::new(SUCCEEDED_SET_BITS));
         Throttle {
             config,
             failures,
+            throttled_until: Stamps::new(THROTTLED_SET_BITS),
             succeeded,
             hasher: RandomState::new(),
         }
     }
 
-    /// How long `client` stays throttled, if it is.
+    /// How long `client` stays throttled, if it is (to the millisecond).
     fn throttled(&self, client: IpAddr, now: Instant) -> Option<Duration> {
-        let window = self.failures.get(&client)?;
-        let elapsed = now.saturating_duration_since(window.start);
-        (window.failures > self.config.max_failures && elapsed < self.config.window)
-            .then(|| self.config.window - elapsed)
+        let until = self.throttled_until.latest(self.hasher.hash_one(client))?;
+        Some(until.saturating_duration_since(now)).filter(|wait| !wait.is_zero())
     }
 
+    /// Counts a failure of `client`; past the limit, it is throttled until
+    /// its window ends.
     fn record_failure(&self, client: IpAddr, now: Instant) {
         let window = self.config.window;
+        let mut counted = None;
         self.failures.entry(client).and_compute_with(|entry| {
             let next = match entry.map(|e| e.into_value()) {
                 Some(w) if now.saturating_duration_since(w.start) < window => Window {
@@ -115,15 +124,23 @@ impl Throttle {
                     failures: 1,
                 },
             };
+            counted = Some(next);
             Op::Put(next)
         });
+        if let Some(w) = counted
+            && w.failures > self.config.max_failures
+        {
+            let until = w.start + window;
+            self.throttled_until
+                .stamp(self.hasher.hash_one(client), until);
+        }
     }
 
     /// Remembers that `key` succeeded at `now`: a key that keeps
     /// succeeding keeps passing a throttled address for as long as it does.
     fn record_success(&self, key: u64, now: Instant) {
         if let Some(succeeded) = &self.succeeded {
-            succeeded.record(key, now);
+            succeeded.stamp(key, now);
         }
     }
 
@@ -131,7 +148,8 @@ impl Throttle {
     fn succeeded_lately(&self, key: &u64, now: Instant) -> bool {
         self.succeeded
             .as_ref()
-            .is_some_and(|s| s.succeeded_lately(*key, now))
+            .and_then(|s| s.latest(*key))
+            .is_some_and(|last| now.saturating_duration_since(last) <= self.config.success_ttl)
     }
 
     /// The address a request is counted against: the peer, or, when the peer
@@ -333,8 +351,13 @@ mod tests {
         assert!(t.throttled(ip, start).is_none(), "two failures are allowed");
         t.record_failure(ip, start);
         let wait = t.throttled(ip, start + Duration::from_secs(10)).unwrap();
-        assert_eq!(wait, Duration::from_secs(50));
-        assert!(t.throttled(ip, start + Duration::from_secs(60)).is_none());
+        // The end of the window, to the millisecond (rounded up).
+        assert!(wait >= Duration::from_secs(50), "{wait:?}");
+        assert!(wait <= Duration::from_millis(50_001), "{wait:?}");
+        assert!(
+            t.throttled(ip, start + Duration::from_millis(60_001))
+                .is_none()
+        );
         t.record_failure(ip, start + Duration::from_secs(61));
         assert!(t.throttled(ip, start + Duration::from_secs(61)).is_none());
     }
@@ -398,5 +421,39 @@ mod tests {
         });
         off.record_success(key, now);
         assert!(!off.succeeded_lately(&key, now));
+    }
+
+    #[test]
+    fn a_key_passes_for_the_ttl_after_its_last_success() {
+        let t = throttle(1, &[]);
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        t.record_success(7, start);
+        assert!(t.succeeded_lately(&7, at(1_000)));
+        assert!(!t.succeeded_lately(&7, at(1_002)));
+        // Counted from the last success, not the first remembered.
+        t.record_success(7, at(900));
+        assert!(t.succeeded_lately(&7, at(1_900)));
+        assert!(!t.succeeded_lately(&7, at(1_902)));
+        assert!(!t.succeeded_lately(&8, at(900)));
+    }
+
+    #[test]
+    fn each_address_is_throttled_on_its_own() {
+        let t = throttle(0, &[]);
+        let start = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        t.record_failure(a, start);
+        assert!(t.throttled(a, start).is_some());
+        assert!(t.throttled(b, start).is_none());
+        t.record_failure(b, start + Duration::from_secs(30));
+        let wait = t.throttled(b, start + Duration::from_secs(30)).unwrap();
+        assert!(wait >= Duration::from_secs(60), "{wait:?}");
+        assert!(
+            t.throttled(a, start + Duration::from_millis(60_001))
+                .is_none()
+        );
+        assert!(t.throttled(b, start + Duration::from_secs(60)).is_some());
     }
 }
