@@ -45,6 +45,16 @@ fn with_bearer<T>(message: T, credential: &str) -> Request<T> {
     request
 }
 
+/// The key of a new token of one unit.
+async fn one_unit_key(store: &Store) -> String {
+    let new = NewToken {
+        quota: 1,
+        ..NewToken::default()
+    };
+    let (_, key) = store.create_token(new, 0).await.unwrap();
+    key.expose().to_owned()
+}
+
 async fn subscription(channel: &Channel, key: &str) -> Result<pb::Subscription, tonic::Status> {
     QuotaServiceClient::new(channel.clone())
         .get_subscription(with_bearer(pb::GetSubscriptionRequest {}, key))
@@ -56,16 +66,7 @@ async fn subscription(channel: &Channel, key: &str) -> Result<pb::Subscription, 
 async fn a_message_over_64_kib_is_refused_before_decoding() {
     let db = TestDb::sqlite_memory().await;
     let store = db.store().await;
-    let (_, key) = store
-        .create_token(
-            NewToken {
-                quota: 1,
-                ..NewToken::default()
-            },
-            0,
-        )
-        .await
-        .unwrap();
+    let key = one_unit_key(&store).await;
     let (addr, _stop) = spawn(store, ServerOptions::default()).await;
     let channel = channel(addr).await;
     let huge = pb::CreateTokenRequest {
@@ -82,7 +83,7 @@ async fn a_message_over_64_kib_is_refused_before_decoding() {
         "{refused:?}"
     );
     let consume = pb::ConsumeRequest {
-        token: key.expose().to_owned(),
+        token: key.clone(),
         quota: 1,
         request_id: "r".repeat(70 * 1024),
     };
@@ -96,10 +97,7 @@ async fn a_message_over_64_kib_is_refused_before_decoding() {
     );
     // Still serving, on the same connection.
     assert_eq!(
-        subscription(&channel, key.expose())
-            .await
-            .unwrap()
-            .hard_limit_usd,
+        subscription(&channel, &key).await.unwrap().hard_limit_usd,
         0
     );
 }
@@ -176,16 +174,7 @@ async fn raw_call(
 async fn a_message_that_does_not_decode_is_invalid_argument_not_internal() {
     let db = TestDb::sqlite_memory().await;
     let store = db.store().await;
-    let (_, key) = store
-        .create_token(
-            NewToken {
-                quota: 1,
-                ..NewToken::default()
-            },
-            0,
-        )
-        .await
-        .unwrap();
+    let key = one_unit_key(&store).await;
     let (addr, _stop) = spawn(store, ServerOptions::default()).await;
     let channel = channel(addr).await;
     // Field 1 (a string in every one of these requests) holding a byte
@@ -195,8 +184,8 @@ async fn a_message_that_does_not_decode_is_invalid_argument_not_internal() {
     let calls = [
         ("/quota.v1.QuotaService/Consume", TEST_ADMIN_TOKEN),
         ("/quota.v1.QuotaService/Reserve", TEST_ADMIN_TOKEN),
-        ("/quota.v1.QuotaService/GetUsage", key.expose()),
-        ("/quota.v1.QuotaService/GetSubscription", key.expose()),
+        ("/quota.v1.QuotaService/GetUsage", &key),
+        ("/quota.v1.QuotaService/GetSubscription", &key),
         ("/quota.v1.TokenAdmin/CreateToken", TEST_ADMIN_TOKEN),
     ];
     for (method, credential) in calls {
@@ -214,10 +203,7 @@ async fn a_message_that_does_not_decode_is_invalid_argument_not_internal() {
     }
     // Still serving, on the same connection.
     assert_eq!(
-        subscription(&channel, key.expose())
-            .await
-            .unwrap()
-            .hard_limit_usd,
+        subscription(&channel, &key).await.unwrap().hard_limit_usd,
         0
     );
 }
@@ -319,16 +305,7 @@ async fn every_service_refuses_a_message_over_64_kib_reflection_and_health_inclu
 async fn past_max_concurrency_a_call_is_refused_at_once_with_unavailable() {
     let db = TestDb::sqlite_memory().await;
     let store = db.store().await;
-    let (_, key) = store
-        .create_token(
-            NewToken {
-                quota: 1,
-                ..NewToken::default()
-            },
-            0,
-        )
-        .await
-        .unwrap();
+    let key = one_unit_key(&store).await;
     let options = ServerOptions {
         in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         ..ServerOptions::default()
@@ -340,7 +317,7 @@ async fn past_max_concurrency_a_call_is_refused_at_once_with_unavailable() {
     let held = store.connection().begin().await.unwrap();
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..2 {
-        let (channel, key) = (channel.clone(), key.expose().to_owned());
+        let (channel, key) = (channel.clone(), key.clone());
         calls.spawn(async move { subscription(&channel, &key).await });
     }
     // One of the two holds the only permit; the other is refused at once.
@@ -351,5 +328,5 @@ async fn past_max_concurrency_a_call_is_refused_at_once_with_unavailable() {
     drop(held);
     let second = calls.join_next().await.unwrap().unwrap();
     assert!(second.is_ok(), "{second:?}");
-    assert!(subscription(&channel, key.expose()).await.is_ok());
+    assert!(subscription(&channel, &key).await.is_ok());
 }
