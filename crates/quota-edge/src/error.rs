@@ -15,8 +15,6 @@ pub enum EdgeError {
     Upstream(Status),
     /// The service refused `start_date` / `end_date`.
     InvalidDate(Status),
-    /// The query string cannot be read.
-    InvalidQuery(String),
     /// The `Authorization` header holds bytes that cannot travel as metadata.
     MalformedAuthorization,
     /// No such route.
@@ -181,13 +179,6 @@ impl IntoResponse for EdgeError {
                 "invalid_date",
                 upstream.message().to_owned(),
                 param_of(upstream),
-            ),
-            EdgeError::InvalidQuery(message) => (
-                StatusCode::BAD_REQUEST,
-                INVALID_REQUEST,
-                "invalid_request",
-                message.clone(),
-                None,
             ),
             EdgeError::MalformedAuthorization => (
                 StatusCode::UNAUTHORIZED,

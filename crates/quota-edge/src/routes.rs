@@ -6,7 +6,7 @@ use crate::limits::{self, MAX_AUTHORIZATION_BYTES};
 use crate::throttle::{Throttle, ThrottleConfig, ThrottleLayer};
 use crate::tls::{ClientTls, InvalidUrl, endpoint};
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
@@ -415,19 +415,21 @@ pub(crate) struct UsageQuery {
 }
 
 impl UsageQuery {
-    /// The dates of a query's pairs; other parameters are ignored. A date
-    /// given more than once is its values joined by commas, which the
-    /// service refuses as any malformed date (`invalid_date`, once the key
-    /// has passed): which one the caller meant is not the edge's to guess.
-    fn from_pairs(pairs: Vec<(String, String)>) -> UsageQuery {
-        let mut query = UsageQuery {
+    /// The dates of a query string (form-encoded, as any query is read:
+    /// bytes that are not UTF-8 become U+FFFD); other parameters are
+    /// ignored. A date given more than once is its values joined by commas,
+    /// which the service refuses as any malformed date (`invalid_date`,
+    /// once the key has passed): which one the caller meant is not the
+    /// edge's to guess.
+    fn parse(query: &str) -> UsageQuery {
+        let mut dates = UsageQuery {
             start_date: None,
             end_date: None,
         };
-        for (name, value) in pairs {
-            let date = match name.as_str() {
-                "start_date" => &mut query.start_date,
-                "end_date" => &mut query.end_date,
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            let date = match &*name {
+                "start_date" => &mut dates.start_date,
+                "end_date" => &mut dates.end_date,
                 _ => continue,
             };
             match date {
@@ -435,10 +437,10 @@ impl UsageQuery {
                     dates.push(',');
                     dates.push_str(&value);
                 }
-                None => *date = Some(value),
+                None => *date = Some(value.into_owned()),
             }
         }
-        query
+        dates
     }
 }
 
@@ -493,11 +495,10 @@ pub(crate) struct LineItem {
 )]
 pub(crate) async fn usage(
     State(upstream): State<Upstream>,
-    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+    RawQuery(query): RawQuery,
     request: Request,
 ) -> Result<Response, EdgeError> {
-    let Query(pairs) = query.map_err(|e| EdgeError::InvalidQuery(e.body_text()))?;
-    let query = UsageQuery::from_pairs(pairs);
+    let query = UsageQuery::parse(query.as_deref().unwrap_or_default());
     let window = pb::GetUsageRequest {
         start_date: query.start_date.unwrap_or_default(),
         end_date: query.end_date.unwrap_or_default(),

@@ -3,10 +3,11 @@
 //! not seen succeed lately, answered without a call to the gRPC service.
 //!
 //! Its tables are bounded: failure windows per client address (a moka
-//! cache, written only on a failure), and two [`Stamps`] that every request
-//! reads: until when each throttled address is throttled, and when each key
-//! (by a keyed 64-bit hash, never the key) last succeeded. Millions of
-//! passing addresses cost at most their capacity.
+//! cache, written on a failure and read only for an address that may be
+//! throttled), and two tables of atomic words that every request reads:
+//! until when any address of a bucket is throttled ([`Horizons`]), and when
+//! each key (by a keyed 64-bit hash, never the key) last succeeded
+//! ([`Stamps`]). Millions of passing addresses cost at most their capacity.
 
 mod stamps;
 
@@ -18,7 +19,7 @@ use ipnet::IpNet;
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 use pin_project_lite::pin_project;
-use stamps::Stamps;
+use stamps::{Horizons, Stamps};
 use std::convert::Infallible;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
@@ -33,8 +34,8 @@ use tower::{Layer, Service};
 pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u32 = 60;
 /// How many addresses the throttle remembers at most.
 const ADDRESS_CAPACITY: u64 = 100_000;
-/// Sets of [`Stamps`] of throttled addresses: 2^12, 16,384 addresses.
-const THROTTLED_SET_BITS: u32 = 12;
+/// Buckets of [`Horizons`] of throttled addresses: 2^14, 128 KiB.
+const THROTTLED_BUCKET_BITS: u32 = 14;
 /// Sets of [`Stamps`] of keys seen succeeding: 2^14, 65,536 keys.
 const SUCCEEDED_SET_BITS: u32 = 14;
 
@@ -76,9 +77,10 @@ struct Window {
 pub(crate) struct Throttle {
     config: ThrottleConfig,
     failures: Cache<IpAddr, Window>,
-    /// Until when each throttled address (by hash) is throttled: the end
-    /// of the window in which its failures passed the limit.
-    throttled_until: Stamps,
+    /// Per bucket of address hashes, until when an address of it is
+    /// throttled: the end of the window in which its failures passed the
+    /// limit.
+    throttled_until: Horizons,
     /// When each key (by hash) last succeeded; none with a TTL of zero.
     succeeded: Option<Stamps>,
     /// The hash of keys and addresses, seeded at random per process, so
@@ -96,16 +98,24 @@ impl Throttle {
         Throttle {
             config,
             failures,
-            throttled_until: Stamps::new(THROTTLED_SET_BITS),
+            throttled_until: Horizons::new(THROTTLED_BUCKET_BITS),
             succeeded,
             hasher: RandomState::new(),
         }
     }
 
-    /// How long `client` stays throttled, if it is (to the millisecond).
+    /// How long `client` stays throttled, if it is. An address whose
+    /// bucket holds no throttled one (nearly every address, nearly always)
+    /// is answered by one load; any other by its failure window.
     fn throttled(&self, client: IpAddr, now: Instant) -> Option<Duration> {
-        let until = self.throttled_until.latest(self.hasher.hash_one(client))?;
-        Some(until.saturating_duration_since(now)).filter(|wait| !wait.is_zero())
+        let horizon = self.throttled_until.latest(self.hasher.hash_one(client))?;
+        if horizon <= now {
+            return None;
+        }
+        let window = self.failures.get(&client)?;
+        let elapsed = now.saturating_duration_since(window.start);
+        (window.failures > self.config.max_failures && elapsed < self.config.window)
+            .then(|| self.config.window - elapsed)
     }
 
     /// Counts a failure of `client`; past the limit, it is throttled until
@@ -132,7 +142,7 @@ impl Throttle {
         {
             let until = w.start + window;
             self.throttled_until
-                .stamp(self.hasher.hash_one(client), until);
+                .raise(self.hasher.hash_one(client), until);
         }
     }
 
@@ -184,9 +194,11 @@ impl Throttle {
 
 impl Throttle {
     /// The keyed hash of the request's bearer credential, if it has one: all
-    /// the throttle needs to recognise a key it saw succeed (a collision
-    /// would only let one guess past the throttle to the key check), at a
-    /// fraction of a cryptographic digest's cost on every request.
+    /// the throttle needs to recognise a key it saw succeed, at a fraction
+    /// of a cryptographic digest's cost on every request. [`Stamps`] keeps
+    /// 38 of its bits, so about one guess in four million from a throttled
+    /// address is taken for a key seen succeeding: it gets past the throttle
+    /// to the key check, no further.
     fn key_hash(&self, headers: &HeaderMap) -> Option<u64> {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
         let (scheme, credential) = value.trim().split_once(' ')?;
@@ -351,13 +363,8 @@ mod tests {
         assert!(t.throttled(ip, start).is_none(), "two failures are allowed");
         t.record_failure(ip, start);
         let wait = t.throttled(ip, start + Duration::from_secs(10)).unwrap();
-        // The end of the window, to the millisecond (rounded up).
-        assert!(wait >= Duration::from_secs(50), "{wait:?}");
-        assert!(wait <= Duration::from_millis(50_001), "{wait:?}");
-        assert!(
-            t.throttled(ip, start + Duration::from_millis(60_001))
-                .is_none()
-        );
+        assert_eq!(wait, Duration::from_secs(50));
+        assert!(t.throttled(ip, start + Duration::from_secs(60)).is_none());
         t.record_failure(ip, start + Duration::from_secs(61));
         assert!(t.throttled(ip, start + Duration::from_secs(61)).is_none());
     }
@@ -449,11 +456,26 @@ mod tests {
         assert!(t.throttled(b, start).is_none());
         t.record_failure(b, start + Duration::from_secs(30));
         let wait = t.throttled(b, start + Duration::from_secs(30)).unwrap();
-        assert!(wait >= Duration::from_secs(60), "{wait:?}");
-        assert!(
-            t.throttled(a, start + Duration::from_millis(60_001))
-                .is_none()
-        );
+        assert_eq!(wait, Duration::from_secs(60));
+        assert!(t.throttled(a, start + Duration::from_secs(60)).is_none());
         assert!(t.throttled(b, start + Duration::from_secs(60)).is_some());
+    }
+
+    #[test]
+    fn more_throttled_addresses_than_buckets_are_all_throttled() {
+        let t = throttle(0, &[]);
+        let start = Instant::now();
+        let addresses: Vec<IpAddr> = (0..20_000u32)
+            .map(|i| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+            .collect();
+        for &ip in &addresses {
+            t.record_failure(ip, start);
+        }
+        let later = start + Duration::from_secs(1);
+        for &ip in &addresses {
+            assert!(t.throttled(ip, later).is_some(), "{ip}");
+        }
+        let outsider: IpAddr = "192.0.2.9".parse().unwrap();
+        assert!(t.throttled(outsider, later).is_none());
     }
 }

@@ -70,11 +70,11 @@ async fn more_than_n_failures_throttle_the_address_without_upstream_calls() {
 
 #[tokio::test]
 async fn a_key_that_keeps_succeeding_keeps_passing_a_throttled_address() {
-    let ttl = Duration::from_secs(1);
+    let ttl = Duration::from_secs(2);
     let edge = spawn_edge(config(1, Duration::from_secs(60), ttl)).await;
     assert_eq!(send(edge.addr, &subscription(VALID_KEY)).await.status, 200);
     fail(&edge, LOCAL, 2).await;
-    // Used every quarter of a second for three TTLs: each success counts
+    // Used every quarter of the TTL for three TTLs: each success counts
     // from itself, not from the first one remembered.
     for i in 0..12 {
         let reply = send(edge.addr, &subscription(VALID_KEY)).await;

@@ -1,6 +1,7 @@
 //! The gRPC server's bounds: an oversized message is refused by tonic at
-//! the door, one that does not decode is INVALID_ARGUMENT, past `max_concurrency` a call is refused at once with
-//! UNAVAILABLE, and the server serves on afterwards.
+//! the door, one that does not decode is INVALID_ARGUMENT, past
+//! `max_concurrency` a call is refused at once with UNAVAILABLE, and the
+//! server serves on afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use quota::pb;
