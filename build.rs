@@ -26,6 +26,29 @@ fn main() -> Result<(), Box<dyn Error>> {
         .extern_path(".quota.v1", "crate::pb")
         .out_dir(clients)
         .compile_fds(fds)?;
+
+    // The standard health and reflection services' servers, with the same
+    // codec. Their messages are tonic-health's and tonic-reflection's, whose
+    // services the generated servers call; reflection describes them with
+    // those crates' descriptor sets, so none is written here.
+    let standard_protos = [
+        "proto/grpc/health/v1/health.proto",
+        "proto/grpc/reflection/v1/reflection.proto",
+        "proto/grpc/reflection/v1alpha/reflection.proto",
+    ];
+    let standard = out_dir.join("standard");
+    fs::create_dir_all(&standard)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .codec_path("crate::codec::RequestCodec")
+        .extern_path(".grpc.health.v1", "::tonic_health::pb")
+        .extern_path(".grpc.reflection.v1", "::tonic_reflection::pb::v1")
+        .extern_path(
+            ".grpc.reflection.v1alpha",
+            "::tonic_reflection::pb::v1alpha",
+        )
+        .out_dir(standard)
+        .compile_fds(protox::compile(standard_protos, ["proto"])?)?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -10,6 +10,28 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("quota_descriptor");
 }
 
+/// The servers of the standard services quota serves beside its own:
+/// generated with [`codec::RequestCodec`], for tonic-health's and
+/// tonic-reflection's messages and services.
+#[allow(missing_docs, clippy::all)]
+pub mod standard {
+    /// `grpc.health.v1`.
+    pub mod health {
+        include!(concat!(env!("OUT_DIR"), "/standard/grpc.health.v1.rs"));
+    }
+    /// `grpc.reflection.v1`.
+    pub mod reflection_v1 {
+        include!(concat!(env!("OUT_DIR"), "/standard/grpc.reflection.v1.rs"));
+    }
+    /// `grpc.reflection.v1alpha`.
+    pub mod reflection_v1alpha {
+        include!(concat!(
+            env!("OUT_DIR"),
+            "/standard/grpc.reflection.v1alpha.rs"
+        ));
+    }
+}
+
 pub mod codec;
 
 /// Trailing metadata of an INVALID_ARGUMENT status that names the request

@@ -6,16 +6,17 @@
 //! upstream, so one watcher decides readiness for both listeners.
 
 use crate::grpc::QuotaApi;
+use crate::grpc::standard::{Health, health_server};
 use crate::store::Store;
 use quota::pb::quota_service_server::QuotaServiceServer;
 use quota::pb::token_admin_server::TokenAdminServer;
+use quota::standard::health::health_server::HealthServer;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
-use tonic_health::pb::health_server::{Health, HealthServer};
-use tonic_health::server::{HealthReporter, health_reporter};
+use tonic_health::server::HealthReporter;
 
 /// How often the database is pinged.
 pub const PING_EVERY: Duration = Duration::from_secs(1);
@@ -57,8 +58,9 @@ impl Drop for DatabaseWatch {
 /// The health service of `store`, and the watcher that feeds it. The first
 /// ping is answered before this returns, so the service never reports a
 /// state it has not seen.
-pub async fn watch_database(store: Store) -> (HealthServer<impl Health>, DatabaseWatch) {
-    let (reporter, service) = health_reporter();
+pub async fn watch_database(store: Store) -> (HealthServer<Health>, DatabaseWatch) {
+    let reporter = HealthReporter::new();
+    let service = health_server(&reporter);
     let first = ping(&store).await;
     report(&reporter, first).await;
     if !first {

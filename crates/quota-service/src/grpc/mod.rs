@@ -10,6 +10,7 @@ mod holds;
 mod local;
 mod quota_service;
 mod server;
+pub(crate) mod standard;
 mod status;
 mod token_admin;
 

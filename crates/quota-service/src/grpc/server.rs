@@ -74,7 +74,7 @@ pub async fn serve_with(
     // Kept until the server stops: it keeps the health service true to the database.
     let (health_service, _watch) = crate::health::watch_database(api.store.clone()).await;
     // Both reflection versions describe every served service, each other included.
-    let reflection = || {
+    let (reflection_v1, reflection_v1alpha) = super::standard::reflection_servers(|| {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(quota::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -82,7 +82,7 @@ pub async fn serve_with(
             .register_encoded_file_descriptor_set(
                 tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
             )
-    };
+    })?;
     let mut server = tonic::transport::Server::builder();
     if let Some(identity) = options.tls {
         server = server.tls_config(ServerTlsConfig::new().identity(identity))?;
@@ -104,16 +104,8 @@ pub async fn serve_with(
                 )),
         )
         .add_service(health_service.max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .add_service(
-            reflection()
-                .build_v1()?
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
-            reflection()
-                .build_v1alpha()?
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
+        .add_service(reflection_v1.max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(reflection_v1alpha.max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(
             QuotaServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
