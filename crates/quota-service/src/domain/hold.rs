@@ -77,6 +77,15 @@ impl HoldTtl {
     pub fn expires_at(self, now: i64) -> i64 {
         now.saturating_add(self.0)
     }
+
+    /// This ttl for a hold made `subsec_nanos` into a second, counted from
+    /// the start of that second: a second more unless it is the very start.
+    /// A hold's expiry is a whole second, and a hold has expired once the
+    /// clock's whole seconds reach it; so a hold counts for at least its
+    /// ttl, and less than a second more, rather than up to a second less.
+    pub fn from_second_start(self, subsec_nanos: u32) -> HoldTtl {
+        HoldTtl(self.0 + i64::from(subsec_nanos > 0))
+    }
 }
 
 /// A hold as the store keeps it.
@@ -307,6 +316,10 @@ mod tests {
         assert_eq!(HoldTtl::parse(1).unwrap().seconds(), 1);
         assert_eq!(HoldTtl::parse(86_400).unwrap().seconds(), 86_400);
         assert_eq!(HoldTtl::parse(30).unwrap().expires_at(100), 130);
+        let ttl = HoldTtl::parse(30).unwrap();
+        assert_eq!(ttl.from_second_start(0).expires_at(100), 130);
+        assert_eq!(ttl.from_second_start(1).expires_at(100), 131);
+        assert_eq!(ttl.from_second_start(999_999_999).expires_at(100), 131);
         for bad in [-1, 86_401, i64::MIN, i64::MAX] {
             assert!(matches!(
                 HoldTtl::parse(bad),

@@ -28,9 +28,11 @@ impl QuotaApi {
         let id = hold_id(&req.request_id)?;
         let ttl = HoldTtl::parse(req.ttl_seconds)?;
         let digest = key.digest();
+        let clock = chrono::Utc::now();
+        let ttl = ttl.from_second_start(clock.timestamp_subsec_nanos());
         let held = self
             .store
-            .reserve(&digest, units, id, ttl, unix_now())
+            .reserve(&digest, units, id, ttl, clock.timestamp())
             .await;
         self.forget(Some(&digest));
         let held = held?;

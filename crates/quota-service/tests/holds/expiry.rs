@@ -168,6 +168,37 @@ async fn a_hold_expires_on_the_real_clock(db: TestDb) {
 }
 
 on_every_database!(
+    a_hold_counts_for_at_least_its_ttl_on_the_real_clock,
+    a_hold_counts_for_at_least_its_ttl
+);
+/// A hold made late in a second still counts once the clock's whole
+/// seconds have moved on, until its ttl has passed on the real clock.
+async fn a_hold_counts_for_at_least_its_ttl(db: TestDb) {
+    let api = Api::start(db).await;
+    let (id, key) = api.token(100).await;
+    // Reserve 0.8 s into a second.
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let into_second = u64::from(since_epoch.subsec_nanos());
+    let to_wait = (1_800_000_000 - into_second) % 1_000_000_000;
+    tokio::time::sleep(Duration::from_nanos(to_wait)).await;
+    let made = std::time::Instant::now();
+    let held = api.reserve(&key, 100, "late-in-a-second", 1).await.unwrap();
+    // The next second on the service's clock, short of the ttl.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(made.elapsed() < Duration::from_secs(1), "too slow to tell");
+    assert_eq!(api.subscription(&key).await.held_units, 100);
+    assert_eq!(api.get(id).await.held, 100);
+    while unix_now() < held.expires_at {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(made.elapsed() >= Duration::from_secs(1));
+    // `GetToken` reads no cache (a subscription may lag by the cache's ttl).
+    assert_eq!(api.get(id).await.held, 0);
+}
+
+on_every_database!(
     an_expired_hold_answers_the_contracts_row_over_grpc,
     an_expired_hold_answers_the_contracts_row_over_grpc
 );
