@@ -2,7 +2,8 @@
 //! no credentials: a key travels in `Authorization`, never in a cookie),
 //! with `GET`, `HEAD` and `OPTIONS` and the `Authorization` and
 //! `Content-Type` headers. A preflight (any `OPTIONS`) is answered at once,
-//! to be cached for a day.
+//! to be cached for a day, unless its URI or headers are over the bounds
+//! every request is held to ([`crate::limits`]).
 //!
 //! This is tower-http's `CorsLayer` with `allow_origin(Any)`, the policy
 //! below and no `Vary`, and it answers exactly as that layer does (a test
@@ -12,7 +13,7 @@
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use pin_project_lite::pin_project;
 use std::convert::Infallible;
 use std::future::Future;
@@ -64,8 +65,14 @@ where
 
     fn call(&mut self, request: Request) -> CorsFuture<S::Future> {
         if request.method() == Method::OPTIONS {
+            // Before any authentication, but not past the bounds on a
+            // request's size, which every request is held to.
+            let response = match crate::limits::refusal(&request) {
+                Some(refusal) => with_headers(refusal.into_response()),
+                None => preflight(),
+            };
             return CorsFuture::Preflight {
-                response: Some(preflight()),
+                response: Some(response),
             };
         }
         CorsFuture::Call {
@@ -82,6 +89,14 @@ fn preflight() -> Response {
     headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, ALLOW_METHODS);
     headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOW_HEADERS);
     headers.insert(header::ACCESS_CONTROL_MAX_AGE, MAX_AGE);
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, ANY_ORIGIN);
+    response
+}
+
+/// `response` with the headers of an answer that is not a preflight's.
+fn with_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE_HEADERS);
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, ANY_ORIGIN);
     response
 }
@@ -108,14 +123,7 @@ where
             CorsFutureProj::Preflight { response } => {
                 Poll::Ready(Ok(response.take().unwrap_or_else(preflight)))
             }
-            CorsFutureProj::Call { inner } => inner.poll(cx).map(|answer| {
-                answer.map(|mut response| {
-                    let headers = response.headers_mut();
-                    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE_HEADERS);
-                    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, ANY_ORIGIN);
-                    response
-                })
-            }),
+            CorsFutureProj::Call { inner } => inner.poll(cx).map(|answer| answer.map(with_headers)),
         }
     }
 }

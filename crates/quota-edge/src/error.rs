@@ -36,6 +36,8 @@ pub enum EdgeError {
     PayloadTooLarge,
     /// The body could not be read (400).
     UnreadableBody,
+    /// The body did not arrive within [`crate::limits::BODY_READ_TIMEOUT`] (408).
+    BodyTimeout,
     /// Every permit of `--max-concurrency` is taken (503, `Retry-After: 1`).
     Overloaded,
     /// Too many failed authentications from this address (429).
@@ -246,6 +248,16 @@ impl IntoResponse for EdgeError {
                 INVALID_REQUEST,
                 "invalid_request",
                 "the request body could not be read".to_owned(),
+                None,
+            ),
+            EdgeError::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                INVALID_REQUEST,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} seconds",
+                    crate::limits::BODY_READ_TIMEOUT.as_secs()
+                ),
                 None,
             ),
             EdgeError::Overloaded => (

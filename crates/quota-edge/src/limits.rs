@@ -2,9 +2,10 @@
 //!
 //! Oversized input is refused with the status HTTP has for it, in the edge's
 //! JSON shape: 414 for a long URI, 431 for large headers, 413 for a large
-//! body. Past [`HTTP_BUFFER_BYTES`] hyper itself refuses the head with a bare
-//! 431 before the router sees it. Past the concurrency limit a request is
-//! answered at once with 503 and `Retry-After: 1`, never queued.
+//! body, 408 for a body that takes too long. Past [`HTTP_BUFFER_BYTES`]
+//! hyper itself refuses the head with a bare 431 before the router sees it.
+//! Past the concurrency limit a request is answered at once with 503 and
+//! `Retry-After: 1`, never queued.
 
 use crate::error::EdgeError;
 use axum::body::{Body, HttpBody};
@@ -18,9 +19,19 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{BoxError, Layer, Service};
 
+/// How long a request's body may take to arrive (408 beyond). A body is
+/// read before its request takes a permit of the concurrency limit, so a
+/// slow one holds back no other request, only its own connection, and for
+/// no longer than this.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The one route served past the concurrency limit: `/healthz` answers while
+/// the process runs, so a liveness probe never takes a busy process for a
+/// dead one.
+const UNBOUNDED_PATH: &str = "/healthz";
 /// The most a URI may hold (414 beyond).
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// The most all request headers together may hold, counted as HTTP/1.1
@@ -40,12 +51,14 @@ pub const HTTP_BUFFER_BYTES: usize = 64 * 1024;
 /// Requests in flight per process when `--max-concurrency` is not given.
 pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
 
-/// Sheds a request past the concurrency limit (503 at once, never queued),
-/// then refuses a URI, headers or body over their bounds. The body is read
-/// here, up to [`MAX_BODY_BYTES`], so that a body no handler reads (a GET
-/// with a chunked body) is bounded too; tower-http's `RequestBodyLimitLayer`
-/// bounds only what a handler reads and answers in plain text, so the same
-/// `http_body_util::Limited` it uses is applied here directly.
+/// Refuses a URI, headers or a declared body over their bounds, then sheds
+/// a request past the concurrency limit (503 at once, never queued). A body
+/// is read here, up to [`MAX_BODY_BYTES`] and within [`BODY_READ_TIMEOUT`],
+/// before the request takes its permit, so that a body no handler reads (a
+/// GET with a chunked body) is bounded too, and a slow one holds no permit;
+/// tower-http's `RequestBodyLimitLayer` bounds only what a handler reads and
+/// answers in plain text, so the same `http_body_util::Limited` it uses is
+/// applied here directly.
 ///
 /// A request holds its permit until its answer is ready. The permit is
 /// taken here, not by tower's `ConcurrencyLimit` behind `LoadShed`: that
@@ -96,34 +109,42 @@ where
     }
 
     fn call(&mut self, request: Request) -> Bounded<S::Future> {
-        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            return Bounded::answered(EdgeError::Overloaded);
-        };
         if let Some(refusal) = refusal(&request) {
             return Bounded::answered(refusal);
         }
+        let unbounded = request.uri().path() == UNBOUNDED_PATH;
         // A request without a body (every GET a client sends) goes on as it is.
         if HttpBody::is_end_stream(request.body()) {
-            return Bounded::Passed {
-                inner: self.inner.call(request),
-                permit,
+            return match permit(&self.in_flight, unbounded) {
+                Ok(permit) => Bounded::Passed {
+                    inner: self.inner.call(request),
+                    permit,
+                },
+                Err(refusal) => Bounded::answered(refusal),
             };
         }
         // The service made ready goes with the body; its clone serves the next request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let in_flight = self.in_flight.clone();
         Bounded::Reading {
             read: Box::pin(async move {
                 let (parts, body) = request.into_parts();
-                let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-                    Ok(collected) => Body::from(collected.to_bytes()),
-                    Err(e) if is_length_limit(&e) => {
+                let read = Limited::new(body, MAX_BODY_BYTES).collect();
+                let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+                    Ok(Ok(collected)) => Body::from(collected.to_bytes()),
+                    Ok(Err(e)) if is_length_limit(&e) => {
                         return EdgeError::PayloadTooLarge.into_response();
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         tracing::debug!(error = %e, "request body could not be read");
                         return EdgeError::UnreadableBody.into_response();
                     }
+                    Err(_) => return EdgeError::BodyTimeout.into_response(),
+                };
+                let permit = match permit(&in_flight, unbounded) {
+                    Ok(permit) => permit,
+                    Err(refusal) => return refusal.into_response(),
                 };
                 let answer = match inner.call(Request::from_parts(parts, body)).await {
                     Ok(response) => response,
@@ -136,8 +157,24 @@ where
     }
 }
 
+/// A permit of `in_flight` for a request, none for an `unbounded` one, or
+/// the refusal of a busy process.
+fn permit(
+    in_flight: &Arc<Semaphore>,
+    unbounded: bool,
+) -> Result<Option<OwnedSemaphorePermit>, EdgeError> {
+    if unbounded {
+        return Ok(None);
+    }
+    in_flight
+        .clone()
+        .try_acquire_owned()
+        .map(Some)
+        .map_err(|_| EdgeError::Overloaded)
+}
+
 /// What a request's head is refused for, if anything.
-fn refusal(request: &Request) -> Option<EdgeError> {
+pub(crate) fn refusal(request: &Request) -> Option<EdgeError> {
     if uri_bytes(request.uri()) > MAX_URI_BYTES {
         Some(EdgeError::UriTooLong)
     } else if header_bytes(request.headers()) > MAX_HEADER_BYTES {
@@ -156,7 +193,7 @@ pin_project! {
         /// Refused at once.
         Answered { response: Option<Response> },
         /// Within bounds, without a body; in flight until answered.
-        Passed { #[pin] inner: F, permit: OwnedSemaphorePermit },
+        Passed { #[pin] inner: F, permit: Option<OwnedSemaphorePermit> },
         /// A body being read within its bound, then the request.
         Reading { read: Pin<Box<dyn Future<Output = Response> + Send>> },
     }

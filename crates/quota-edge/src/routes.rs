@@ -271,9 +271,9 @@ pub fn app_with(upstream: Upstream, config: EdgeConfig) -> Router {
 ///    access log, the metrics, so that every answer below is counted;
 /// 2. CORS ([`crate::cors`]), so preflights are answered before anything
 ///    else and every response, refusals included, carries the headers;
-/// 3. load shedding past `max_concurrency` requests in flight (503 at once),
-///    then bounds on the URI (414), the headers (431) and the body (413)
-///    ([`limits::BoundsLayer`]).
+/// 3. bounds on the URI (414), the headers (431) and the body (413, or 408
+///    when it is slow), then load shedding past `max_concurrency` requests
+///    in flight (503 at once), `/healthz` excepted ([`limits::BoundsLayer`]).
 ///
 /// They are one `Router::layer`: axum boxes each layer call's service apart
 /// and clones every box of a route's stack for every request.

@@ -3,7 +3,9 @@
 
 use crate::helpers::*;
 use quota_edge::EdgeConfig;
+use quota_edge::limits::BODY_READ_TIMEOUT;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 const SUBSCRIPTION: &str = "/v1/dashboard/billing/subscription";
@@ -104,6 +106,80 @@ async fn a_body_over_64_kib_gets_413_even_on_a_get() {
 }
 
 #[tokio::test]
+async fn a_preflight_is_held_to_the_same_bounds() {
+    let edge = spawn_edge(EdgeConfig::default()).await;
+    let preflight = |path: &str, headers: &[(&str, &str)]| {
+        let mut raw = get(path, headers);
+        raw.splice(0..3, *b"OPTIONS");
+        raw
+    };
+    let long_uri = format!("{SUBSCRIPTION}?pad={}", "a".repeat(9 * 1024));
+    let pad = "p".repeat(17 * 1024);
+    for (raw, status, code) in [
+        (preflight(&long_uri, &[]), 414, "uri_too_long"),
+        (
+            preflight(SUBSCRIPTION, &[("x-pad", &pad)]),
+            431,
+            "headers_too_large",
+        ),
+        (
+            preflight(SUBSCRIPTION, &[("Content-Length", "100000")]),
+            413,
+            "payload_too_large",
+        ),
+    ] {
+        let reply = send(edge.addr, &raw).await;
+        assert_eq!(reply.status, status, "{reply:?}");
+        assert_eq!(reply.code(), code);
+        assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+    }
+    // Within the bounds, a preflight is answered as ever.
+    let reply = send(edge.addr, &preflight(SUBSCRIPTION, &[])).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(edge.calls(), 0);
+}
+
+#[tokio::test]
+async fn a_slow_body_holds_no_permit_and_gets_408() {
+    let config = EdgeConfig {
+        in_flight: Arc::new(Semaphore::new(1)),
+        ..EdgeConfig::default()
+    };
+    let edge = spawn_edge(config).await;
+    let auth = format!("Bearer {VALID_KEY}");
+    // Ten bytes announced, one sent, and the connection kept open.
+    let mut slow = get(
+        SUBSCRIPTION,
+        &[("Authorization", &auth), ("Content-Length", "10")],
+    );
+    slow.push(b'x');
+    let started = Instant::now();
+    let addr = edge.addr;
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let slow = slow.clone();
+            tokio::spawn(async move { send(addr, &slow).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The only permit is free: bodies still arriving hold none.
+    still_serves(&edge).await;
+    still_serves(&edge).await;
+    for slow in slow {
+        let reply = slow.await.unwrap();
+        assert_eq!(reply.status, 408, "{reply:?}");
+        assert_eq!(reply.code(), "request_timeout");
+        assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+    }
+    assert!(started.elapsed() >= BODY_READ_TIMEOUT);
+    assert_eq!(
+        edge.calls(),
+        2,
+        "a request whose body never came is not served"
+    );
+}
+
+#[tokio::test]
 async fn past_max_concurrency_requests_get_503_at_once() {
     let gate = Arc::new(Semaphore::new(0));
     let config = EdgeConfig {
@@ -129,6 +205,9 @@ async fn past_max_concurrency_requests_get_503_at_once() {
     assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
     assert_eq!(edge.calls(), 2, "a shed request never reaches the upstream");
+    // A liveness probe still finds the process alive.
+    let reply = send(edge.addr, &get("/healthz", &[])).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
     gate.add_permits(10);
     for h in held {
         assert_eq!(h.await.unwrap().status, 200);
