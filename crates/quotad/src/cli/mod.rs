@@ -53,14 +53,26 @@ pub fn log_format_of(args: impl IntoIterator<Item = OsString>, env: Option<OsStr
 }
 
 /// clap's message of a refused command line as one line: `quotad: ` and its
-/// first line, its tips, and the `--help` of `command` (see [`command_of`]).
+/// first line, with the indented list that follows it when it ends in a
+/// colon (the arguments not provided, say), its tips, and the `--help` of
+/// `command` (see [`command_of`]).
 pub fn one_line(rendered: &str, command: &str) -> String {
-    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut lines = rendered.lines().skip_while(|l| l.trim().is_empty());
     let first = lines
         .next()
+        .map(str::trim)
         .unwrap_or("the command line was not understood");
     let mut line = format!("quotad: {}", first.strip_prefix("error: ").unwrap_or(first));
-    for tip in lines.filter_map(|l| l.strip_prefix("tip: ")) {
+    if line.ends_with(':') {
+        let listed: Vec<&str> = lines
+            .clone()
+            .take_while(|l| l.starts_with(char::is_whitespace) && !l.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        line.push(' ');
+        line.push_str(&listed.join(", "));
+    }
+    for tip in lines.filter_map(|l| l.trim().strip_prefix("tip: ")) {
         line.push_str(&format!(" ({tip})"));
     }
     line.push_str(&format!("; see '{command} --help'"));

@@ -196,6 +196,18 @@ fn a_refused_command_line_is_one_line_with_its_tip_and_help() {
     let line = refused(&["quotad", "frobnicate"]);
     assert!(line.contains("'frobnicate'"), "{line}");
     assert!(line.ends_with("; see 'quotad --help'"), "{line}");
+
+    // What is missing is named.
+    assert_eq!(
+        refused(&["quotad", "edge"]),
+        "quotad: the following required arguments were not provided: --upstream <URL>; \
+         see 'quotad edge --help'"
+    );
+    let line = refused(&["quotad", "token", "grant"]);
+    assert!(
+        line.contains("not provided: <--quota-usd <USD>|--quota <UNITS>>, <KEY|ID>;"),
+        "{line}"
+    );
 }
 
 #[test]
