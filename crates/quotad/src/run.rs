@@ -43,6 +43,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let stop = shutdown_signal()?;
             let grpc = bind(&grpc.grpc_addr, "gRPC")?;
             let http = bind(&http.http_addr, "REST")?;
+            http.apart_from(&grpc)?;
             let metrics = telemetry::bind_metrics(&metrics).await?;
             let (api, store) = open_api(&db, &migrate, &service, &cache).await?;
             telemetry::serve_metrics(
@@ -307,6 +308,7 @@ struct Bound {
     socket: socket2::Socket,
     what: &'static str,
     addr: String,
+    local: SocketAddr,
 }
 
 /// Binds `addr` (`HOST:PORT`; every address a name resolves to is tried),
@@ -326,6 +328,7 @@ fn bind(addr: &str, what: &'static str) -> Result<Bound> {
                     socket,
                     what,
                     addr: addr.to_owned(),
+                    local,
                 });
             }
             Err(e) => last = Some(e),
@@ -349,9 +352,28 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
 }
 
 impl Bound {
+    /// Refuses a port that `other` has bound too: both can be bound (neither
+    /// listens yet), but only one could listen.
+    fn apart_from(&self, other: &Bound) -> Result<()> {
+        let (a, b) = (self.local, other.local);
+        let overlap = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+        if a.port() == b.port() && overlap {
+            return Err(anyhow!(
+                "cannot listen for {} on {:?}: {} is to listen there ({:?})",
+                self.what,
+                self.addr,
+                other.what,
+                other.addr
+            ));
+        }
+        Ok(())
+    }
+
     /// Starts accepting connections, and says where.
     fn listen(self, tls: bool) -> Result<TcpListener> {
-        let Bound { socket, what, addr } = self;
+        let Bound {
+            socket, what, addr, ..
+        } = self;
         socket
             .listen(1024)
             .with_context(|| format!("cannot listen for {what} on {addr:?}"))?;

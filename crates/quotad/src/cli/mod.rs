@@ -13,7 +13,7 @@ use std::time::Duration;
 /// Serves the quota gRPC API (quota.v1) and the OpenAI-style REST billing
 /// routes, and manages keys through the admin API.
 #[derive(Debug, Parser)]
-#[command(name = "quotad", version, propagate_version = true)]
+#[command(name = "quotad", version, propagate_version = true, mut_subcommands = negative_numbers)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -50,6 +50,15 @@ pub fn log_format_of(args: impl IntoIterator<Item = OsString>, env: Option<OsStr
         Some(value) if value.eq_ignore_ascii_case("json") => LogFormat::Json,
         _ => LogFormat::Text,
     }
+}
+
+/// Lets every (sub)command's flags take a negative number (`--cache-ttl -1`),
+/// so that one out of range is refused as an invalid value of its flag, not
+/// as an unknown argument.
+fn negative_numbers(command: clap::Command) -> clap::Command {
+    command
+        .allow_negative_numbers(true)
+        .mut_subcommands(negative_numbers)
 }
 
 /// clap's message of a refused command line as one line: `quotad: ` and its

@@ -197,6 +197,18 @@ fn a_refused_command_line_is_one_line_with_its_tip_and_help() {
     assert!(line.contains("'frobnicate'"), "{line}");
     assert!(line.ends_with("; see 'quotad --help'"), "{line}");
 
+    // A negative number is a value, refused as one.
+    let line = refused(&["quotad", "serve", "--max-concurrency", "-3"]);
+    assert!(
+        line.starts_with("quotad: invalid value '-3' for '--max-concurrency"),
+        "{line}"
+    );
+    let line = refused(&["quotad", "serve", "--cache-ttl", "-1"]);
+    assert!(
+        line.starts_with("quotad: invalid value '-1' for '--cache-ttl"),
+        "{line}"
+    );
+
     // What is missing is named.
     assert_eq!(
         refused(&["quotad", "edge"]),

@@ -56,6 +56,32 @@ fn serve_fails_on_a_bad_listen_address() {
 }
 
 #[test]
+fn serve_refuses_one_port_for_grpc_and_rest_before_touching_the_database() {
+    let dir = TempDir::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for (grpc, http) in [
+        (format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}")),
+        (format!("0.0.0.0:{port}"), format!("127.0.0.1:{port}")),
+    ] {
+        let mut cmd = quotad();
+        cmd.args(["serve", "--database-url", &dir.sqlite_url("quota.db")])
+            .args(["--grpc-addr", &grpc, "--http-addr", &http])
+            .current_dir(dir.path());
+        let out = run(cmd, COMMAND_TIMEOUT);
+        let line = failed_with_one_line(&out);
+        assert!(
+            line.contains("cannot listen for REST") && line.contains("gRPC"),
+            "{line}"
+        );
+        assert!(!dir.path().join("quota.db").exists(), "{grpc} {http}");
+    }
+}
+
+#[test]
 fn edge_refuses_an_upstream_it_cannot_call() {
     for bad in ["127.0.0.1:50051", "ftp://127.0.0.1:50051", "http://"] {
         let mut cmd = quotad();
