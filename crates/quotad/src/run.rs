@@ -152,7 +152,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Migrate { db, lock, status } => {
             return if status {
-                migration_status(&db).await
+                Ok(match migration_status(&db).await {
+                    Ok(code) => code,
+                    Err(e) => {
+                        crate::telemetry::fatal(cli.log_format, &format!("quotad: {e:#}"));
+                        ExitCode::from(STATUS_UNREADABLE)
+                    }
+                })
             } else {
                 open_store(&db, &lock, MigrateMode::Auto).await?;
                 Ok(ExitCode::SUCCESS)
@@ -230,8 +236,12 @@ async fn open_store(db: &DatabaseArgs, lock: &LockWait, mode: MigrateMode) -> Re
     Ok(store)
 }
 
+/// `quotad migrate --status`'s exit when the database cannot be read, apart
+/// from 1 (some migration pending), as `quotad verify`'s.
+const STATUS_UNREADABLE: u8 = 2;
+
 /// `quotad migrate --status`: one line per migration on stdout; exit 1 when
-/// any is pending.
+/// any is pending (2 when the database cannot be read).
 async fn migration_status(db: &DatabaseArgs) -> Result<ExitCode> {
     // Opening a SQLite file that is not there would create it: a database
     // not made yet has every migration pending, and stays not made.

@@ -195,7 +195,7 @@ pub enum Command {
         db: DatabaseArgs,
         #[command(flatten)]
         lock: LockWait,
-        /// List applied and pending migrations, change nothing; exit 1 if any is pending.
+        /// List applied and pending migrations, change nothing; exit 1 if any is pending, 2 if the database cannot be read.
         #[arg(long)]
         status: bool,
     },

@@ -34,6 +34,22 @@ fn migrate_creates_the_sqlite_file_and_is_idempotent() {
 }
 
 #[test]
+fn status_of_a_database_that_cannot_be_read_exits_2_apart_from_pending() {
+    let dir = TempDir::new();
+    std::fs::write(dir.path().join("junk.db"), "not a database").unwrap();
+    let mut cmd = quotad();
+    cmd.args(["migrate", "--status", "--database-url"])
+        .arg(dir.sqlite_url("junk.db"))
+        .current_dir(dir.path());
+    let out = run(cmd, COMMAND_TIMEOUT);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let line = stderr_of(&out);
+    assert_eq!(line.lines().count(), 1, "{}", describe(&out));
+    assert!(line.contains("junk.db"), "{line}");
+    assert_eq!(stdout_of(&out), "");
+}
+
+#[test]
 fn status_of_a_sqlite_file_not_made_yet_lists_all_pending_and_creates_nothing() {
     let dir = TempDir::new();
     let url = dir.sqlite_url("fresh.db");
