@@ -193,7 +193,10 @@ impl IntoResponse for EdgeError {
                 StatusCode::NOT_FOUND,
                 INVALID_REQUEST,
                 "unknown_url",
-                format!("Unknown request URL: {method} {path}."),
+                format!(
+                    "Unknown request URL: {method} {}.",
+                    quota_telemetry::redact::keys(path)
+                ),
                 None,
             ),
             EdgeError::MethodNotAllowed => (

@@ -7,7 +7,9 @@
 //! - [`request_id`]: the `x-request-id` header, kept when a caller's is
 //!   well-formed, made otherwise, and returned on every response;
 //! - [`grpc`]: the layers of the gRPC server: request id, one span per call
-//!   carrying it, and one record (log line and metrics) per call.
+//!   carrying it, and one record (log line and metrics) per call;
+//! - [`redact`]: keys cut to their display prefix in text a caller sent
+//!   that is repeated in a log line or an answer.
 //!
 //! The crate knows nothing of the database or the REST routes; the edge and
 //! the service depend on it, never the reverse.
@@ -15,6 +17,7 @@
 pub mod exporter;
 pub mod grpc;
 pub mod metrics;
+pub mod redact;
 pub mod request_id;
 
 use std::time::Duration;

@@ -20,10 +20,14 @@ pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 pub const MAX_LEN: usize = 128;
 
 /// Whether `value` is an id worth keeping: 1 to [`MAX_LEN`] bytes, each a
-/// visible ASCII character (`!` to `~`).
+/// visible ASCII character (`!` to `~`), and no key in them (an id is
+/// logged and returned as it is; see [`crate::redact`]).
 pub fn is_valid(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
-    !bytes.is_empty() && bytes.len() <= MAX_LEN && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+    !bytes.is_empty()
+        && bytes.len() <= MAX_LEN
+        && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+        && value.to_str().is_ok_and(|id| !crate::redact::has_key(id))
 }
 
 /// Removes a caller's `x-request-id` that [`is_valid`] refuses (or that
@@ -149,6 +153,10 @@ mod tests {
         assert!(!is_valid(&value(&"a".repeat(129))));
         assert!(!is_valid(&value("has space")));
         assert!(!is_valid(&value("")));
+        assert!(!is_valid(&value(
+            "sk-AbCdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV"
+        )));
+        assert!(is_valid(&value("sk-short-id")));
         assert!(!is_valid(
             &HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap_or(value("x y"))
         ));

@@ -21,6 +21,17 @@ async fn unknown_path_is_404_unknown_url() {
         .await;
         assert!(message.contains(path), "{message}");
     }
+    // A key in the path is shown as its display prefix only.
+    let key = "sk-AbCdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV";
+    let response = send(&router, "GET", &format!("/v1/{key}"), &[]).await;
+    let message = assert_error(
+        response,
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "unknown_url",
+    )
+    .await;
+    assert_eq!(message, "Unknown request URL: GET /v1/sk-AbCd….");
 }
 
 #[tokio::test]

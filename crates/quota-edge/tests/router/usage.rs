@@ -164,6 +164,12 @@ async fn malformed_dates_are_400_invalid_date(db: TestDb) {
             "2026-03-01,2026-03-02",
         ),
         ("end_date=&end_date=2026-03-02", "end_date", ",2026-03-02"),
+        // A key where a date belongs is not repeated.
+        (
+            "start_date=sk-AbCdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV",
+            "start_date",
+            "sk-AbCd…",
+        ),
     ];
     for (query, field, value) in cases {
         let uri = format!("/v1/dashboard/billing/usage?{query}");
