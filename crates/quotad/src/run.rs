@@ -421,7 +421,7 @@ fn edge_config(
             max_failures: throttle.auth_failures_per_minute,
             window: Duration::from_secs(60),
             success_ttl: cache_ttl,
-            trusted_proxies: throttle.trusted_proxies.clone(),
+            trusted_proxies: throttle.trusted_proxies(),
         },
     }
 }

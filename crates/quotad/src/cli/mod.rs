@@ -442,16 +442,30 @@ pub struct ThrottleArgs {
     )]
     pub auth_failures_per_minute: u32,
     /// A proxy (CIDR or address) whose X-Forwarded-For names the client.
-    /// Repeatable; the variable takes a comma-separated list.
+    /// Repeatable, and each takes a comma-separated list (as the variable
+    /// does; empty, it names none).
     #[arg(
         long = "trusted-proxy",
         env = "QUOTA_TRUSTED_PROXIES",
         value_name = "CIDR",
-        value_delimiter = ',',
-        value_parser = parse_cidr
+        value_parser = parse_cidrs
     )]
-    pub trusted_proxies: Vec<IpNet>,
+    pub trusted_proxies: Vec<Cidrs>,
 }
+
+impl ThrottleArgs {
+    /// Every block `--trusted-proxy` names.
+    pub fn trusted_proxies(&self) -> Vec<IpNet> {
+        self.trusted_proxies
+            .iter()
+            .flat_map(|list| list.0.iter().copied())
+            .collect()
+    }
+}
+
+/// The blocks of one comma-separated list.
+#[derive(Clone, Debug)]
+pub struct Cidrs(Vec<IpNet>);
 
 /// How long reads may come from memory: the one TTL of every cache.
 #[derive(Debug, Args)]
@@ -484,6 +498,17 @@ pub struct CacheArgs {
         default_value_t = quota_service::cache::DEFAULT_CAPACITY
     )]
     pub cache_capacity: u64,
+}
+
+/// A comma-separated list of [`parse_cidr`]'s, whose empty items are none
+/// (`QUOTA_TRUSTED_PROXIES=` names no proxy).
+fn parse_cidrs(value: &str) -> Result<Cidrs, String> {
+    value
+        .split(',')
+        .filter(|item| !item.trim().is_empty())
+        .map(parse_cidr)
+        .collect::<Result<_, _>>()
+        .map(Cidrs)
 }
 
 /// A CIDR block, or one address (a /32 or /128).

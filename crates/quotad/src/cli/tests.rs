@@ -30,13 +30,31 @@ fn trusted_proxies_are_blocks_or_addresses() {
         "--trusted-proxy",
         "10.0.0.0/8",
         "--trusted-proxy",
-        "::1",
+        "::1, 192.0.2.0/24",
+        "--trusted-proxy",
+        "",
     ])
     .unwrap();
     let Command::Edge { throttle, .. } = cli.command else {
         panic!("not edge")
     };
-    assert_eq!(throttle.trusted_proxies.len(), 2);
+    let blocks: Vec<String> = throttle
+        .trusted_proxies()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(blocks, ["10.0.0.0/8", "::1/128", "192.0.2.0/24"]);
+    assert!(
+        Cli::try_parse_from([
+            "quotad",
+            "edge",
+            "--upstream",
+            "http://x:1",
+            "--trusted-proxy",
+            "10.0.0.0/8,proxy.local",
+        ])
+        .is_err()
+    );
 }
 
 #[test]
