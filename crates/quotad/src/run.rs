@@ -197,6 +197,13 @@ async fn connect(db: &DatabaseArgs) -> Result<Store> {
 /// it is (`off`).
 async fn open_store(db: &DatabaseArgs, lock: &LockWait, mode: MigrateMode) -> Result<Store> {
     let shown = redact_url(&db.database_url);
+    // Opening a SQLite file that is not there would create it, empty: with
+    // nothing to migrate it, it is refused as not there.
+    if mode == MigrateMode::Off && sqlite_file_missing(&db.database_url) {
+        bail!(
+            "database {shown} does not exist: run `quotad migrate` first (or start with --migrate=auto)"
+        );
+    }
     let store = connect(db).await?;
     let migrating = |e| anyhow!("cannot migrate database {shown}: {e}");
     let status = match mode {

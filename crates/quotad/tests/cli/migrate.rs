@@ -50,6 +50,25 @@ fn status_of_a_database_that_cannot_be_read_exits_2_apart_from_pending() {
 }
 
 #[test]
+fn off_refuses_a_sqlite_file_not_made_yet_and_creates_nothing() {
+    let dir = TempDir::new();
+    let mut cmd = quotad();
+    cmd.args(["grpc", "--migrate=off", "--grpc-addr", "127.0.0.1:0"])
+        .args(["--database-url", &dir.sqlite_url("fresh.db")])
+        .current_dir(dir.path());
+    let out = run(cmd, COMMAND_TIMEOUT);
+    let line = failed_with_one_line(&out);
+    assert!(
+        line.contains("does not exist") && line.contains("quotad migrate"),
+        "{line}"
+    );
+    assert!(
+        !dir.path().join("fresh.db").exists(),
+        "--migrate=off made the file"
+    );
+}
+
+#[test]
 fn status_of_a_sqlite_file_not_made_yet_lists_all_pending_and_creates_nothing() {
     let dir = TempDir::new();
     let url = dir.sqlite_url("fresh.db");
