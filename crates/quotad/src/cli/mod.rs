@@ -19,7 +19,9 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log lines on stderr: `text` for people, `json` (one object per line,
-    /// span fields included) for log shippers.
+    /// span fields included) for log shippers. Which lines: the variable
+    /// QUOTA_LOG, a tracing filter (`debug`, `info,quota_edge=warn`; default
+    /// `info`).
     #[arg(
         long,
         env = "QUOTA_LOG_FORMAT",
