@@ -88,6 +88,14 @@ pub(crate) struct Throttle {
     hasher: RandomState,
 }
 
+/// The address of an `X-Forwarded-For` hop: an address, or one with a
+/// port (`192.0.2.1:5555`, `[2001:db8::1]:5555`), as some proxies write it.
+fn hop_address(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+}
+
 impl Throttle {
     pub(crate) fn new(config: ThrottleConfig) -> Throttle {
         let failures = Cache::builder()
@@ -172,7 +180,7 @@ impl Throttle {
             'hops: for value in headers.get_all("x-forwarded-for").iter().rev() {
                 let Ok(value) = value.to_str() else { break };
                 for hop in value.rsplit(',') {
-                    let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                    let Some(ip) = hop_address(hop.trim()) else {
                         break 'hops;
                     };
                     client = ip.to_canonical();
@@ -388,6 +396,15 @@ mod tests {
         );
         assert_eq!(t.client(proxy, &HeaderMap::new()), proxy);
         assert_eq!(t.client(proxy, &forwarded(&["junk"])), proxy);
+        // With a port, as some proxies write a hop.
+        assert_eq!(
+            t.client(proxy, &forwarded(&["203.0.113.9:5555"])),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            hop_address("[2001:db8::1]:5555"),
+            "2001:db8::1".parse::<IpAddr>().ok()
+        );
     }
 
     #[test]
