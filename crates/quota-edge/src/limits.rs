@@ -28,6 +28,11 @@ use tower::{BoxError, Layer, Service};
 /// slow one holds back no other request, only its own connection, and for
 /// no longer than this.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection without TLS may stay silent before its first byte
+/// (a TLS handshake has as long). Past it the connection is closed: the
+/// server reads the first bytes to tell HTTP/1.1 from HTTP/2 with no time
+/// limit of its own, and hyper's on a request head starts at its first byte.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The one route served past the concurrency limit: `/healthz` answers while
 /// the process runs, so a liveness probe never takes a busy process for a
 /// dead one.

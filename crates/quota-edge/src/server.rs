@@ -1,7 +1,7 @@
 //! The REST listener: hyper's HTTP/1.1 and HTTP/2 server with bounded
 //! request heads, optionally behind TLS, each request told its peer address.
 
-use crate::limits::HTTP_BUFFER_BYTES;
+use crate::limits::{FIRST_BYTE_TIMEOUT, HTTP_BUFFER_BYTES};
 use crate::tls::ServerTls;
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -67,7 +67,11 @@ pub async fn serve_with(
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(&builder, watcher, stream, app, peer).await,
+                None => match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut [0])).await
+                {
+                    Ok(_) => serve_connection(&builder, watcher, stream, app, peer).await,
+                    Err(_) => tracing::debug!(%peer, "connection silent; closed"),
+                },
                 Some(tls) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.0.accept(stream)).await {
                         Ok(Ok(stream)) => {

@@ -3,7 +3,7 @@
 
 use crate::helpers::*;
 use quota_edge::EdgeConfig;
-use quota_edge::limits::BODY_READ_TIMEOUT;
+use quota_edge::limits::{BODY_READ_TIMEOUT, FIRST_BYTE_TIMEOUT};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -177,6 +177,23 @@ async fn a_slow_body_holds_no_permit_and_gets_408() {
         2,
         "a request whose body never came is not served"
     );
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let edge = spawn_edge(EdgeConfig::default()).await;
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(FIRST_BYTE_TIMEOUT * 3, silent.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "still open after {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() >= FIRST_BYTE_TIMEOUT);
+    still_serves(&edge).await;
 }
 
 #[tokio::test]
