@@ -12,7 +12,7 @@ use axum::body::{Body, HttpBody};
 use axum::extract::Request;
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower::{BoxError, Layer, Service};
+use tower::{Layer, Service};
 
 /// How long a request's body may take to arrive (408 beyond). A body is
 /// read before its request takes a permit of the concurrency limit, so a
@@ -57,13 +57,13 @@ pub const HTTP_BUFFER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
 
 /// Refuses a URI, headers or a declared body over their bounds, then sheds
-/// a request past the concurrency limit (503 at once, never queued). A body
-/// is read here, up to [`MAX_BODY_BYTES`] and within [`BODY_READ_TIMEOUT`],
-/// before the request takes its permit, so that a body no handler reads (a
-/// GET with a chunked body) is bounded too, and a slow one holds no permit;
-/// tower-http's `RequestBodyLimitLayer` bounds only what a handler reads and
-/// answers in plain text, so the same `http_body_util::Limited` it uses is
-/// applied here directly.
+/// a request past the concurrency limit (503 at once, never queued). No
+/// route takes a body: one sent anyway is read here and dropped as it
+/// arrives, up to [`MAX_BODY_BYTES`] and within [`BODY_READ_TIMEOUT`],
+/// before the request takes its permit. So a body no handler reads (a GET
+/// with a chunked body) is bounded too (tower-http's
+/// `RequestBodyLimitLayer` bounds only what a handler reads, and answers in
+/// plain text), and a slow one holds no permit and no memory.
 ///
 /// A request holds its permit until its answer is ready. The permit is
 /// taken here, not by tower's `ConcurrencyLimit` behind `LoadShed`: that
@@ -135,23 +135,16 @@ where
         Bounded::Reading {
             read: Box::pin(async move {
                 let (parts, body) = request.into_parts();
-                let read = Limited::new(body, MAX_BODY_BYTES).collect();
-                let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
-                    Ok(Ok(collected)) => Body::from(collected.to_bytes()),
-                    Ok(Err(e)) if is_length_limit(&e) => {
-                        return EdgeError::PayloadTooLarge.into_response();
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "request body could not be read");
-                        return EdgeError::UnreadableBody.into_response();
-                    }
+                match tokio::time::timeout(BODY_READ_TIMEOUT, drain(body)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(refusal)) => return refusal.into_response(),
                     Err(_) => return EdgeError::BodyTimeout.into_response(),
-                };
+                }
                 let permit = match permit(&in_flight, unbounded) {
                     Ok(permit) => permit,
                     Err(refusal) => return refusal.into_response(),
                 };
-                let answer = match inner.call(Request::from_parts(parts, body)).await {
+                let answer = match inner.call(Request::from_parts(parts, Body::empty())).await {
                     Ok(response) => response,
                     Err(never) => match never {},
                 };
@@ -231,10 +224,22 @@ where
     }
 }
 
-/// `Limited` reports its bound as a boxed [`LengthLimitError`]; any other
-/// error is the connection's.
-fn is_length_limit(error: &BoxError) -> bool {
-    error.is::<LengthLimitError>()
+/// Reads `body` to its end and drops it, as no route takes one: nothing is
+/// kept, so a body costs no memory while it arrives. Past
+/// [`MAX_BODY_BYTES`], 413.
+async fn drain(mut body: Body) -> Result<(), EdgeError> {
+    let mut read = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            tracing::debug!(error = %e, "request body could not be read");
+            EdgeError::UnreadableBody
+        })?;
+        read += frame.data_ref().map_or(0, |data| data.len());
+        if read > MAX_BODY_BYTES {
+            return Err(EdgeError::PayloadTooLarge);
+        }
+    }
+    Ok(())
 }
 
 fn uri_bytes(uri: &Uri) -> usize {

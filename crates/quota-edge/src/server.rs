@@ -67,9 +67,8 @@ pub async fn serve_with(
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut [0])).await
-                {
-                    Ok(_) => serve_connection(&builder, watcher, stream, app, peer).await,
+                None => match tokio::time::timeout(FIRST_BYTE_TIMEOUT, spoken(&stream)).await {
+                    Ok(()) => serve_connection(&builder, watcher, stream, app, peer).await,
                     Err(_) => tracing::debug!(%peer, "connection silent; closed"),
                 },
                 Some(tls) => {
@@ -87,6 +86,26 @@ pub async fn serve_with(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Waits until a connection has shown which HTTP it speaks, as hyper-util
+/// reads it with no time limit of its own: bytes that are not the start of
+/// HTTP/2's preface (HTTP/1.1, whose head has hyper's time limit), the whole
+/// preface, or its end. Nothing is consumed.
+async fn spoken(stream: &tokio::net::TcpStream) {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut seen = [0; PREFACE.len()];
+    loop {
+        match stream.peek(&mut seen).await {
+            Ok(n) if n > 0 && n < PREFACE.len() && seen[..n] == PREFACE[..n] => {
+                // Part of the preface: the rest is awaited. A peek returns
+                // at once while unread bytes wait, so it is asked again
+                // after a moment, not in a tight loop.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            _ => return,
+        }
+    }
 }
 
 async fn serve_connection<IO>(

@@ -141,8 +141,9 @@ async fn a_preflight_is_held_to_the_same_bounds() {
 
 #[tokio::test]
 async fn a_slow_body_holds_no_permit_and_gets_408() {
+    let in_flight = Arc::new(Semaphore::new(1));
     let config = EdgeConfig {
-        in_flight: Arc::new(Semaphore::new(1)),
+        in_flight: in_flight.clone(),
         ..EdgeConfig::default()
     };
     let edge = spawn_edge(config).await;
@@ -161,8 +162,11 @@ async fn a_slow_body_holds_no_permit_and_gets_408() {
             tokio::spawn(async move { send(addr, &slow).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Time for the server to read their heads (a permit is taken, when it
+    // is, as soon as a head is read).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // The only permit is free: bodies still arriving hold none.
+    assert_eq!(in_flight.available_permits(), 1);
     still_serves(&edge).await;
     still_serves(&edge).await;
     for slow in slow {
@@ -180,18 +184,27 @@ async fn a_slow_body_holds_no_permit_and_gets_408() {
 }
 
 #[tokio::test]
-async fn a_connection_that_sends_nothing_is_closed() {
-    use tokio::io::AsyncReadExt;
+async fn a_connection_that_begins_no_request_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let edge = spawn_edge(EdgeConfig::default()).await;
     let started = Instant::now();
-    let mut silent = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
-    let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(FIRST_BYTE_TIMEOUT * 3, silent.read(&mut buf)).await;
-    assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-        "still open after {:?}",
-        started.elapsed()
-    );
+    // Nothing at all; and the start of HTTP/2's preface, which leaves open
+    // which HTTP the connection speaks.
+    let mut silent = Vec::new();
+    for first in [&b""[..], b"PRI * HT"] {
+        let mut stream = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+        stream.write_all(first).await.unwrap();
+        silent.push(stream);
+    }
+    for mut stream in silent {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(FIRST_BYTE_TIMEOUT * 3, stream.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "still open after {:?}",
+            started.elapsed()
+        );
+    }
     assert!(started.elapsed() >= FIRST_BYTE_TIMEOUT);
     still_serves(&edge).await;
 }
