@@ -39,7 +39,7 @@ pub fn call_span<B>(request: &Request<B>) -> Span {
     // call.
     tracing::info_span!(
         "grpc",
-        method = %request.uri().path(),
+        method = %crate::redact::keys(request.uri().path()),
         request_id = %request_id::of(request),
     )
 }

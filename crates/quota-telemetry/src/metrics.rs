@@ -118,7 +118,9 @@ pub fn http_request(route: &str, method: &http::Method, status: http::StatusCode
 
 /// Records one finished gRPC call.
 pub fn grpc_request(method: &str, code: tonic::Code, took: Duration) {
-    let method = if code == tonic::Code::Unimplemented {
+    // A path no method has, or (on a call refused before it was routed) one
+    // with a key in it, is one label.
+    let method = if code == tonic::Code::Unimplemented || crate::redact::has_key(method) {
         UNKNOWN_METHOD
     } else {
         method

@@ -41,10 +41,7 @@ fn parse_day_start(date: &str, field: &'static str) -> Result<Option<i64>, Quota
         .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
         .ok_or_else(|| QuotaError::InvalidDate {
             field,
-            message: format!(
-                "{field} must be a date as YYYY-MM-DD, got {:?}",
-                quota_telemetry::redact::keys(date)
-            ),
+            message: format!("{field} must be a date as YYYY-MM-DD, got {date:?}"),
         })?;
     Ok(Some(
         day.and_time(chrono::NaiveTime::MIN).and_utc().timestamp(),

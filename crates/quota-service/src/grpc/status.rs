@@ -3,6 +3,7 @@
 //! span, and never sent.
 
 use crate::domain::QuotaError;
+use std::borrow::Cow;
 use std::future::Future;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Response, Status};
@@ -34,7 +35,8 @@ fn code(err: &QuotaError) -> Code {
 
 /// The status answering `method` with `err`. Internal detail (an unreachable
 /// or busy database, an internal failure) is logged here and only here; the
-/// caller gets the variant's message. A database away or busy is `warn` (the
+/// caller gets the variant's message, with any key in it cut to its display
+/// prefix. A database away or busy is `warn` (the
 /// service is not at fault, and comes back with it); an internal failure
 /// is `error`.
 pub(crate) fn to_status(err: QuotaError, method: &'static str) -> Status {
@@ -46,7 +48,13 @@ pub(crate) fn to_status(err: QuotaError, method: &'static str) -> Status {
         QuotaError::Internal(detail) => tracing::error!(method, %detail, "internal error"),
         _ => {}
     }
-    let mut status = Status::new(code(&err), err.to_string());
+    // A message may repeat what the caller sent (a date): never a key in it.
+    let message = err.to_string();
+    let message = match quota_telemetry::redact::keys(&message) {
+        Cow::Borrowed(_) => message,
+        Cow::Owned(redacted) => redacted,
+    };
+    let mut status = Status::new(code(&err), message);
     if let QuotaError::InvalidDate { field, .. } = err {
         status
             .metadata_mut()
