@@ -45,6 +45,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let http = bind(&http.http_addr, "REST")?;
             http.apart_from(&grpc)?;
             let metrics = telemetry::bind_metrics(&metrics).await?;
+            metrics_apart(metrics.as_ref(), &[&grpc, &http])?;
             let (api, store) = open_api(&db, &migrate, &service, &cache).await?;
             telemetry::serve_metrics(
                 metrics,
@@ -109,6 +110,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let stop = shutdown_signal()?;
             let grpc = bind(&grpc.grpc_addr, "gRPC")?;
             let metrics = telemetry::bind_metrics(&metrics).await?;
+            metrics_apart(metrics.as_ref(), &[&grpc])?;
             let (api, store) = open_api(&db, &migrate, &service, &cache).await?;
             telemetry::serve_metrics(
                 metrics,
@@ -138,6 +140,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let stop = shutdown_signal()?;
             let http = bind(&http.http_addr, "REST")?;
             let metrics = telemetry::bind_metrics(&metrics).await?;
+            metrics_apart(metrics.as_ref(), &[&http])?;
             telemetry::serve_metrics(metrics, || async {}, stopped(stop.clone()))?;
             let http = http.listen(tls.is_some())?;
             let app = quota_edge::app_with(
@@ -372,16 +375,14 @@ impl Bound {
     /// Refuses a port that `other` has bound too: both can be bound (neither
     /// listens yet), but only one could listen.
     fn apart_from(&self, other: &Bound) -> Result<()> {
-        let (a, b) = (self.local, other.local);
-        let overlap = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
-        if a.port() == b.port() && overlap {
-            return Err(anyhow!(
+        if clash(self.local, other.local) {
+            bail!(
                 "cannot listen for {} on {:?}: {} is to listen there ({:?})",
                 self.what,
                 self.addr,
                 other.what,
                 other.addr
-            ));
+            );
         }
         Ok(())
     }
@@ -404,6 +405,33 @@ impl Bound {
         }
         Ok(listener)
     }
+}
+
+/// Refuses a metrics listener on a port one of `bound` is to listen on: it
+/// listens at once, and the other would fail only after the database is
+/// open.
+fn metrics_apart(metrics: Option<&TcpListener>, bound: &[&Bound]) -> Result<()> {
+    let Some(metrics) = metrics else {
+        return Ok(());
+    };
+    let local = metrics.local_addr()?;
+    match bound.iter().find(|b| clash(local, b.local)) {
+        Some(b) => bail!(
+            "cannot listen for metrics on {local}: {} is to listen there ({:?})",
+            b.what,
+            b.addr
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Whether two sockets of one port could not both listen: the same address,
+/// or one of them every address of the other's family.
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    let same_family = a.is_ipv4() == b.is_ipv4();
+    a.port() == b.port()
+        && (a.ip() == b.ip()
+            || (same_family && (a.ip().is_unspecified() || b.ip().is_unspecified())))
 }
 
 /// The permits of `--max-concurrency`: one per request in flight in the process.
@@ -483,5 +511,21 @@ async fn drained<T>(stop: watch::Receiver<bool>, servers: impl Future<Output = T
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clash;
+
+    #[test]
+    fn sockets_of_one_port_clash_on_one_address_or_a_wildcard_of_its_family() {
+        let at = |s: &str| s.parse().unwrap();
+        assert!(clash(at("127.0.0.1:80"), at("127.0.0.1:80")));
+        assert!(clash(at("0.0.0.0:80"), at("127.0.0.1:80")));
+        assert!(clash(at("[::1]:80"), at("[::]:80")));
+        assert!(!clash(at("127.0.0.1:80"), at("127.0.0.1:81")));
+        assert!(!clash(at("127.0.0.1:80"), at("127.0.0.2:80")));
+        assert!(!clash(at("0.0.0.0:80"), at("[::1]:80")));
     }
 }

@@ -63,18 +63,28 @@ fn serve_refuses_one_port_for_grpc_and_rest_before_touching_the_database() {
         .local_addr()
         .unwrap()
         .port();
-    for (grpc, http) in [
-        (format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}")),
-        (format!("0.0.0.0:{port}"), format!("127.0.0.1:{port}")),
+    let at = |host: &str| format!("{host}:{port}");
+    for (grpc, http, metrics, refused) in [
+        (at("127.0.0.1"), at("127.0.0.1"), None, "REST"),
+        (at("0.0.0.0"), at("127.0.0.1"), None, "REST"),
+        (
+            at("127.0.0.1"),
+            "127.0.0.1:0".into(),
+            Some(at("127.0.0.1")),
+            "metrics",
+        ),
     ] {
         let mut cmd = quotad();
         cmd.args(["serve", "--database-url", &dir.sqlite_url("quota.db")])
             .args(["--grpc-addr", &grpc, "--http-addr", &http])
             .current_dir(dir.path());
+        if let Some(metrics) = &metrics {
+            cmd.args(["--metrics-addr", metrics]);
+        }
         let out = run(cmd, COMMAND_TIMEOUT);
         let line = failed_with_one_line(&out);
         assert!(
-            line.contains("cannot listen for REST") && line.contains("gRPC"),
+            line.contains(&format!("cannot listen for {refused}")) && line.contains("gRPC"),
             "{line}"
         );
         assert!(!dir.path().join("quota.db").exists(), "{grpc} {http}");
