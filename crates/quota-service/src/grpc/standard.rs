@@ -8,18 +8,14 @@
 
 use quota::standard::health::health_server::{self, HealthServer};
 use quota::standard::{reflection_v1, reflection_v1alpha};
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tokio::sync::oneshot;
-use tonic::body::Body;
-use tonic::codegen::http;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tonic_health::pb::health_server::Health as _;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService};
-use tower::util::BoxCloneSyncService;
 
 /// The health service of `reporter`, behind the request codec.
 pub fn health_server(reporter: &HealthReporter) -> HealthServer<Health> {
@@ -53,7 +49,7 @@ impl health_server::Health for Health {
 }
 
 /// A server as a tonic client calls it in process.
-type InProcess = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
+type InProcess = super::LocalService;
 
 /// Both reflection services, describing the services of `builder`, behind
 /// the request codec.
@@ -112,7 +108,7 @@ macro_rules! reflection {
                     .await?
                     .into_inner();
                 Ok(Response::new(ThenFault {
-                    answers,
+                    answers: Some(answers),
                     fault: Some(fault),
                 }))
             }
@@ -167,7 +163,8 @@ impl<T> Stream for UntilFault<T> {
 /// had one.
 #[derive(Debug)]
 pub struct ThenFault<S> {
-    answers: S,
+    /// `None` once they have ended.
+    answers: Option<S>,
     /// `None` once the fault has been given or there is none.
     fault: Option<oneshot::Receiver<Status>>,
 }
@@ -179,20 +176,21 @@ where
     type Item = Result<U, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.fault.is_some() {
-            match ready!(Pin::new(&mut self.answers).poll_next(cx)) {
+        if let Some(answers) = self.answers.as_mut() {
+            match ready!(Pin::new(answers).poll_next(cx)) {
                 // An error ends the answers, and the requests' fault is not
                 // waited for: the requests may never end.
                 Some(Err(status)) => {
+                    self.answers = None;
                     self.fault = None;
                     return Poll::Ready(Some(Err(status)));
                 }
                 Some(answer) => return Poll::Ready(Some(answer)),
-                None => {}
+                None => self.answers = None,
             }
         }
-        // The answers ended, so the service read the requests to their end:
-        // the fault has been sent or dropped.
+        // The answers ended, so the service read the requests to their end
+        // and dropped them: the fault has been sent, or its sender dropped.
         let Some(fault) = self.fault.as_mut() else {
             return Poll::Ready(None);
         };

@@ -250,6 +250,20 @@ async fn health_and_reflection_answer_a_message_that_does_not_decode_with_invali
             Err(status) => assert_eq!(status.code(), Code::InvalidArgument, "{method}: {status:?}"),
             Ok(answer) => panic!("{method} answered {answer:?}"),
         }
+        // A request that decodes is answered, and the one after it that
+        // does not ends the stream with INVALID_ARGUMENT.
+        let list_services: &'static [u8] = &[0x3a, 0x00];
+        grpc.ready().await.unwrap();
+        let requests = tokio_stream::iter([list_services, not_utf8]);
+        let path = PathAndQuery::from_static(method);
+        let mut answers = grpc
+            .streaming(Request::new(requests), path, RawCodec)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answers.message().await.unwrap(), Some(()), "{method}");
+        let status = answers.message().await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{method}: {status:?}");
     }
 
     // Still serving, reflection and health included.
