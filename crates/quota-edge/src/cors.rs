@@ -2,8 +2,8 @@
 //! no credentials: a key travels in `Authorization`, never in a cookie),
 //! with `GET`, `HEAD` and `OPTIONS` and the `Authorization` and
 //! `Content-Type` headers. A preflight (any `OPTIONS`) is answered at once,
-//! to be cached for a day, unless its URI or headers are over the bounds
-//! every request is held to ([`crate::limits`]).
+//! to be cached for a day, unless its URI, headers or declared body are over
+//! the bounds every request is held to ([`crate::limits`]): 414, 431, 413.
 //!
 //! This is tower-http's `CorsLayer` with `allow_origin(Any)`, the policy
 //! below and no `Vary`, and it answers exactly as that layer does (a test

@@ -33,10 +33,6 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// server reads the first bytes to tell HTTP/1.1 from HTTP/2 with no time
 /// limit of its own, and hyper's on a request head starts at its first byte.
 pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The one route served past the concurrency limit: `/healthz` answers while
-/// the process runs, so a liveness probe never takes a busy process for a
-/// dead one.
-const UNBOUNDED_PATH: &str = "/healthz";
 /// The most a URI may hold (414 beyond).
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// The most all request headers together may hold, counted as HTTP/1.1
@@ -117,7 +113,9 @@ where
         if let Some(refusal) = refusal(&request) {
             return Bounded::answered(refusal);
         }
-        let unbounded = request.uri().path() == UNBOUNDED_PATH;
+        // `/healthz` answers while the process runs, busy or not, so a
+        // liveness probe never takes a busy process for a dead one.
+        let unbounded = request.uri().path() == crate::ops::HEALTHZ;
         // A request without a body (every GET a client sends) goes on as it is.
         if HttpBody::is_end_stream(request.body()) {
             return match permit(&self.in_flight, unbounded) {

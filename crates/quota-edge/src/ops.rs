@@ -16,6 +16,10 @@ use utoipa::ToSchema;
 /// How long `/readyz` waits for the gRPC service's health answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The liveness route's path: answered while the process runs, busy or not
+/// (it takes no permit of the concurrency limit, [`crate::limits`]).
+pub(crate) const HEALTHZ: &str = "/healthz";
+
 /// The body of `/healthz` and of a ready `/readyz`.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"status": "ok"}))]

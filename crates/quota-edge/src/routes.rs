@@ -258,7 +258,7 @@ pub fn app_with(upstream: Upstream, config: EdgeConfig) -> Router {
         .route("/v1/dashboard/billing/usage", only_get(get(usage)))
         .route("/dashboard/billing/usage", only_get(get(usage)))
         .route_layer(ThrottleLayer(throttle))
-        .route("/healthz", only_get(get(crate::ops::healthz)))
+        .route(crate::ops::HEALTHZ, only_get(get(crate::ops::healthz)))
         .route("/readyz", only_get(get(crate::ops::readyz)))
         .route("/openapi.json", only_get(get(crate::openapi::openapi_json)))
         .fallback(unknown_url)
@@ -269,8 +269,9 @@ pub fn app_with(upstream: Upstream, config: EdgeConfig) -> Router {
 /// The layers around every route and the fallback, outermost first:
 /// 1. telemetry ([`crate::telemetry::layers`]): the request id, the span and
 ///    access log, the metrics, so that every answer below is counted;
-/// 2. CORS ([`crate::cors`]), so preflights are answered before anything
-///    else and every response, refusals included, carries the headers;
+/// 2. CORS ([`crate::cors`]), so preflights are answered before the rest
+///    (but for the size bounds, which they are held to too) and every
+///    response, refusals included, carries the headers;
 /// 3. bounds on the URI (414), the headers (431) and the body (413, or 408
 ///    when it is slow), then load shedding past `max_concurrency` requests
 ///    in flight (503 at once), `/healthz` excepted ([`limits::BoundsLayer`]).

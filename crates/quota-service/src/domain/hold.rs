@@ -79,10 +79,11 @@ impl HoldTtl {
     }
 
     /// This ttl for a hold made `subsec_nanos` into a second, counted from
-    /// the start of that second: a second more unless it is the very start.
-    /// A hold's expiry is a whole second, and a hold has expired once the
-    /// clock's whole seconds reach it; so a hold counts for at least its
-    /// ttl, and less than a second more, rather than up to a second less.
+    /// the start of that second: a second more unless it is the very start
+    /// (so up to [`HoldTtl::MAX_SECONDS`] + 1). A hold's expiry is a whole
+    /// second, and a hold has expired once the clock's whole seconds reach
+    /// it; so a hold counts for at least its ttl, and less than a second
+    /// more, rather than up to a second less.
     pub fn from_second_start(self, subsec_nanos: u32) -> HoldTtl {
         HoldTtl(self.0 + i64::from(subsec_nanos > 0))
     }
