@@ -219,12 +219,7 @@ async fn health_and_reflection_answer_a_message_that_does_not_decode_with_invali
     // Field 1 is a string in the requests of all three services.
     let not_utf8: &'static [u8] = &[0x0a, 0x01, 0xff];
 
-    let check = PathAndQuery::from_static("/grpc.health.v1.Health/Check");
-    grpc.ready().await.unwrap();
-    let status = grpc
-        .unary(Request::new(not_utf8), check, RawCodec)
-        .await
-        .unwrap_err();
+    let status = raw_call(&channel, "/grpc.health.v1.Health/Check", not_utf8, "").await;
     assert_eq!(status.code(), Code::InvalidArgument, "Check: {status:?}");
 
     let watch = PathAndQuery::from_static("/grpc.health.v1.Health/Watch");

@@ -135,6 +135,23 @@ async fn an_expired_hold_is_settled_from_the_balance(db: TestDb) {
     );
 }
 
+/// Sleeps until the real clock is `into` past the start of a second (the
+/// next such moment).
+async fn sleep_until_into_a_second(into: Duration) {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let now = u64::from(since_epoch.subsec_nanos());
+    let target = u64::try_from(into.as_nanos()).unwrap();
+    let to_wait = (1_000_000_000 + target - now) % 1_000_000_000;
+    tokio::time::sleep(Duration::from_nanos(if to_wait == 0 {
+        1_000_000_000
+    } else {
+        to_wait
+    }))
+    .await;
+}
+
 on_every_database!(
     a_hold_expires_on_the_real_clock,
     a_hold_expires_on_the_real_clock
@@ -144,13 +161,7 @@ async fn a_hold_expires_on_the_real_clock(db: TestDb) {
     let (id, key) = api.token(100).await;
     // Start at the top of a second, so that the checks below run well
     // before the hold's second ends.
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    tokio::time::sleep(Duration::from_nanos(
-        1_000_000_000 - u64::from(since_epoch.subsec_nanos()),
-    ))
-    .await;
+    sleep_until_into_a_second(Duration::ZERO).await;
     let held = api.reserve(&key, 100, "one-second", 1).await.unwrap();
     assert_eq!(api.subscription(&key).await.held_units, 100);
     assert_eq!(
@@ -177,12 +188,7 @@ async fn a_hold_counts_for_at_least_its_ttl(db: TestDb) {
     let api = Api::start(db).await;
     let (id, key) = api.token(100).await;
     // Reserve 0.8 s into a second.
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    let into_second = u64::from(since_epoch.subsec_nanos());
-    let to_wait = (1_800_000_000 - into_second) % 1_000_000_000;
-    tokio::time::sleep(Duration::from_nanos(to_wait)).await;
+    sleep_until_into_a_second(Duration::from_millis(800)).await;
     let made = std::time::Instant::now();
     let held = api.reserve(&key, 100, "late-in-a-second", 1).await.unwrap();
     // The next second on the service's clock, short of the ttl.
