@@ -14,12 +14,14 @@ async fn reserve_within_and_beyond_spendable_and_repeat(db: TestDb) {
     let api = Api::start(db).await;
     let (id, key) = api.token(100).await;
 
+    let before = quota_service::domain::unix_now();
     let held = api.reserve(&key, 60, "call-1", 0).await.unwrap();
+    let after = quota_service::domain::unix_now();
     assert_eq!((held.remaining, held.used, held.held), (100, 0, 60));
     assert!(!held.repeat && !held.unlimited);
-    let now = quota_service::domain::unix_now();
+    // The first whole second at least 600 s after the call.
     assert!(
-        (now + 599..=now + 600).contains(&held.expires_at),
+        (before + 600..=after + 601).contains(&held.expires_at),
         "ttl 0 means 600 s"
     );
 

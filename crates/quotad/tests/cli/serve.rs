@@ -55,7 +55,7 @@ fn serve_on_postgres_when_configured() {
 
 #[test]
 fn serve_counts_rest_and_grpc_together_against_max_concurrency() {
-    use std::io::{Read, Write};
+    use quota::pb::{ConsumeRequest, ConsumeResponse};
     use std::time::{Duration, Instant};
 
     let dir = TempDir::new();
@@ -68,60 +68,82 @@ fn serve_counts_rest_and_grpc_together_against_max_concurrency() {
     let (key, _) = create_key(&server, "5");
     assert!(consume(&server.grpc_url, &key, 1, "before").is_ok());
 
-    // A REST request whose body is still on its way holds the one permit
-    // (once the permit of the last gRPC call is back: until then it is
-    // answered 503 at once, and sent again).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut held = loop {
-        let mut held = std::net::TcpStream::connect(server.http.unwrap()).unwrap();
-        write!(
-            held,
-            "GET /v1/dashboard/billing/subscription HTTP/1.1\r\nHost: quota\r\n\
-             Authorization: Bearer {key}\r\nContent-Length: 4\r\n\r\nab"
-        )
+    // A gRPC call whose message has not come yet holds the one permit
+    // while the server waits for it.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
         .unwrap();
-        held.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let mut answer = [0u8; 12];
-        match held.read(&mut answer) {
-            Ok(n) if n > 0 && Instant::now() < deadline => {
-                assert!(answer.starts_with(b"HTTP/1.1 503"), "{answer:?}");
-            }
-            Ok(_) => panic!("the REST request was answered before its body came"),
-            Err(_) => break held,
-        }
+    let hold = || {
+        let grpc_url = server.grpc_url.clone();
+        runtime.spawn(async move {
+            let channel = tonic::transport::Endpoint::from_shared(grpc_url)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut grpc = tonic::client::Grpc::new(channel);
+            grpc.ready().await.unwrap();
+            let never = tonic::codegen::tokio_stream::pending::<ConsumeRequest>();
+            let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/quota.v1.QuotaService/Consume",
+            );
+            let codec = quota::codec::RequestCodec::<ConsumeRequest, ConsumeResponse>::default();
+            grpc.client_streaming(tonic::Request::new(never), path, codec)
+                .await
+        })
     };
+    let mut held = hold();
 
-    // gRPC is then refused at once: the process is at its bound.
-    let started = Instant::now();
-    let refused = consume(&server.grpc_url, &key, 1, "while-held").unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-    assert!(refused.message().contains("busy"), "{refused:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "refused after {:?}",
-        started.elapsed()
-    );
-
-    // The body arrives, the REST request is answered, and gRPC is served again.
-    held.write_all(b"cd").unwrap();
-    held.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut answer = [0u8; 12];
-    held.read_exact(&mut answer).unwrap();
-    assert_eq!(
-        &answer,
-        b"HTTP/1.1 200",
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
-    drop(held);
+    // REST is then refused at once: the process is at its bound. (The held
+    // call may take a moment to reach the server, and is itself refused as
+    // busy if it comes while a REST request has the permit: then it is
+    // made again.)
     let deadline = Instant::now() + Duration::from_secs(10);
-    while consume(&server.grpc_url, &key, 1, "after").is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "gRPC still refused after the REST request"
+    loop {
+        assert!(Instant::now() < deadline, "REST never refused");
+        if held.is_finished() {
+            let ended = runtime.block_on(held).unwrap();
+            let refused = ended.unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+            held = hold();
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        let started = Instant::now();
+        let answer = http_get(
+            server.http.unwrap(),
+            "/v1/dashboard/billing/subscription",
+            Some(&key),
         );
+        if answer.status == 503 {
+            assert!(answer.body.contains("service_unavailable"), "{answer:?}");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "refused after {:?}",
+                started.elapsed()
+            );
+            break;
+        }
+        assert_eq!(answer.status, 200, "{answer:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The held call goes away, and REST is served again.
+    held.abort();
+    drop(runtime);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = http_get(
+            server.http.unwrap(),
+            "/v1/dashboard/billing/subscription",
+            Some(&key),
+        );
+        if answer.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "REST still refused: {answer:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
