@@ -56,14 +56,18 @@ impl PageToken {
     }
 
     /// An empty token is the first page; anything but a token this server
-    /// gave (a decimal id) is refused.
+    /// gave (a positive id in plain decimal, as [`PageToken::encode`] writes
+    /// it) is refused.
     pub fn parse(token: &str) -> Result<PageToken, QuotaError> {
         if token.is_empty() {
             return Ok(PageToken::FIRST);
         }
-        token.parse().map(PageToken).map_err(|_| {
-            QuotaError::InvalidArgument("page_token is not one this server gave".into())
-        })
+        match token.parse::<i64>() {
+            Ok(id) if id > 0 && id.to_string() == token => Ok(PageToken(id)),
+            _ => Err(QuotaError::InvalidArgument(
+                "page_token is not one this server gave".into(),
+            )),
+        }
     }
 
     /// The id the page starts after.
@@ -71,9 +75,13 @@ impl PageToken {
         self.0
     }
 
-    /// The token as sent to a client.
+    /// The token as sent to a client: empty for the first page.
     pub fn encode(self) -> String {
-        self.0.to_string()
+        if self == PageToken::FIRST {
+            String::new()
+        } else {
+            self.0.to_string()
+        }
     }
 }
 
@@ -101,7 +109,17 @@ mod tests {
         assert_eq!(PageToken::parse("").unwrap(), PageToken::FIRST);
         assert_eq!(PageToken::parse("42").unwrap().after_id(), 42);
         assert_eq!(PageToken::after(42).encode(), "42");
-        for bad in ["x", "4 2", "1.5", "99999999999999999999"] {
+        assert_eq!(PageToken::FIRST.encode(), "");
+        for bad in [
+            "x",
+            "4 2",
+            "1.5",
+            "99999999999999999999",
+            "-1",
+            "0",
+            "+5",
+            "042",
+        ] {
             assert!(PageToken::parse(bad).is_err(), "{bad:?}");
         }
     }

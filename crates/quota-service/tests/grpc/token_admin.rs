@@ -157,7 +157,9 @@ async fn admin_lists_tokens_a_page_at_a_time(db: TestDb) {
     assert_eq!(all.tokens.iter().map(|t| t.id).collect::<Vec<_>>(), created);
     assert!(all.next_page_token.is_empty());
 
-    assert_eq!(code(api.list(2, "not-a-page").await), Code::InvalidArgument);
+    for bad in ["not-a-page", "-1", "0", "+2"] {
+        assert_eq!(code(api.list(2, bad).await), Code::InvalidArgument, "{bad}");
+    }
 }
 
 on_every_database!(
