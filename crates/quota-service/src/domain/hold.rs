@@ -262,11 +262,16 @@ pub fn overdraft(before: i64, after: i64) -> i64 {
 
 /// Release: frees `hold` without a debit. A live hold is freed; an expired
 /// or released one has nothing to free (OK); a settled one is refused.
+/// Either way a hold released is released for good: an expired hold becomes
+/// released too, so that a later Settle of it is refused as for any other
+/// released hold, whichever side of its expiry the Release came.
 pub fn release(token: &mut Token, hold: &mut Hold, now: i64) -> Result<HoldOutcome, QuotaError> {
     match hold.state_at(now) {
         HoldState::Settled => Err(QuotaError::HoldSettled),
-        HoldState::Released | HoldState::Expired => {
+        HoldState::Released => Ok(token.hold_outcome(hold, false, 0)),
+        HoldState::Expired => {
             token.held -= hold.sweep(now);
+            hold.state = HoldState::Released;
             Ok(token.hold_outcome(hold, false, 0))
         }
         HoldState::Live => {
@@ -459,6 +464,13 @@ mod tests {
         let mut expired = live(2, 5);
         t.held = 2;
         assert_eq!(release(&mut t, &mut expired, 5).unwrap().held, 0);
+        // Released for good: settling it later is refused, not a debit.
+        assert_eq!(expired.state, HoldState::Released);
+        assert!(matches!(
+            settle(&mut t, &mut expired, 1, 6),
+            Err(QuotaError::HoldReleased)
+        ));
+        assert_eq!(release(&mut t, &mut expired, 6).unwrap().held, 0);
         let mut settled = live(1, 60);
         t.held = 1;
         settle(&mut t, &mut settled, 1, 0).unwrap();

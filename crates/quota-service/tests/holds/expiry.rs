@@ -79,6 +79,12 @@ async fn a_hold_stops_counting_at_its_expiry_with_no_call_in_between(db: TestDb)
     let released = store.release(&digest, "h", T + 1).await.unwrap();
     assert_eq!((released.held, released.balance.remaining), (40, 40));
     assert_eq!(held_at(&store, id, T + 2).await, 0);
+    // Released, it stays released: a later Settle is refused and debits
+    // nothing; a Release again is OK.
+    let late = store.settle(&digest, "h", 10, T + 2).await;
+    assert!(matches!(late, Err(QuotaError::HoldReleased)), "{late:?}");
+    let again = store.release(&digest, "h", T + 2).await.unwrap();
+    assert_eq!((again.balance.remaining, again.balance.used), (40, 60));
     // Used + remaining is still what was granted.
     let token = store
         .token(&quota_service::domain::TokenLocator::Id(id))
@@ -210,7 +216,8 @@ on_every_database!(
 );
 /// The row "an expired hold" of the contract's table, through gRPC on the
 /// real clock: Reserve repeated is FAILED_PRECONDITION, Settle takes the cost
-/// from the balance, Release is OK with nothing to free; `Consume` with its
+/// from the balance, Release is OK with nothing to free (and the hold is
+/// released: a Settle after it is FAILED_PRECONDITION); `Consume` with its
 /// id is ALREADY_EXISTS. None of the refusals holds or debits anything.
 async fn an_expired_hold_answers_the_contracts_row_over_grpc(db: TestDb) {
     let api = Api::start(db).await;
@@ -240,6 +247,11 @@ async fn an_expired_hold_answers_the_contracts_row_over_grpc(db: TestDb) {
 
     let freed = api.release(&key, "to-release").await.unwrap();
     assert_eq!((freed.remaining, freed.used, freed.held), (100, 0, 0));
+    // The Release sticks: the call it freed is not settled after all.
+    assert_eq!(
+        code(api.settle(&key, "to-release", 10).await),
+        Code::FailedPrecondition
+    );
     let settled = api.settle(&key, "to-settle", 25).await.unwrap();
     assert_eq!(
         (

@@ -173,10 +173,9 @@ impl Model {
         match hold.state {
             State::Settled => Answer::FailedPrecondition,
             State::Released => self.ok(now, false, 0),
+            // Expired or not, a released hold is released for good.
             State::Live => {
-                if hold.expires_at > now {
-                    hold.state = State::Released;
-                }
+                hold.state = State::Released;
                 self.ok(now, false, 0)
             }
         }
