@@ -269,12 +269,16 @@ impl Store {
                 )
                 .value(token::Column::UpdatedAt, now)
                 .and_where(Expr::col(token::Column::Id).eq(row.id))
-                .and_where(Expr::col(token::Column::Remaining).lte(i64::MAX - units.get()))
-                .and_where(Expr::col(token::Column::Used).lte(i64::MAX - units.get()))
+                // The new limit, remaining + used + units, fits: written so
+                // that no side of it can overflow (used >= 0).
+                .and_where(
+                    Expr::col(token::Column::Remaining)
+                        .lte(Expr::val(i64::MAX - units.get()).sub(Expr::col(token::Column::Used))),
+                )
                 .to_owned();
             if txn.execute(&update).await?.rows_affected() != 1 {
                 return Err(QuotaError::InvalidArgument(
-                    "grant refused: the token's quota would exceed the largest number of units"
+                    "grant refused: the token's limit would exceed the largest number of units"
                         .into(),
                 ));
             }

@@ -156,6 +156,40 @@ async fn grant_accumulates_on_the_limit(db: TestDb) {
 }
 
 on_every_database!(
+    grant_never_takes_the_limit_past_the_largest_number,
+    grant_never_takes_the_limit_past_the_largest_number
+);
+/// The limit is remaining + used: a grant that would take it past
+/// `i64::MAX` is refused, though `remaining` alone would still fit, and the
+/// counters still agree with the ledger.
+async fn grant_never_takes_the_limit_past_the_largest_number(db: TestDb) {
+    let store = db.store().await;
+    let (tok, key) = new_token(&store, i64::MAX).await;
+    consume(&store, &key, 1, None).await.unwrap();
+    let at = TokenLocator::Id(tok.id);
+    let refused = store.grant(&at, units(1), NOW + 1).await;
+    assert!(
+        matches!(&refused, Err(QuotaError::InvalidArgument(m)) if m.contains("largest number")),
+        "{refused:?}"
+    );
+    assert_eq!(balance(&store, tok.id).await, limited(i64::MAX - 1, 1));
+
+    // Up to the largest limit exactly is fine.
+    let (tok, key) = new_token(&store, i64::MAX - 10).await;
+    consume(&store, &key, 4, None).await.unwrap();
+    let at = TokenLocator::Id(tok.id);
+    let granted = store.grant(&at, units(10), NOW + 1).await.unwrap();
+    assert_eq!(granted.balance, limited(i64::MAX - 4, 4));
+    assert_eq!(granted.balance.limit_units(), i64::MAX);
+    assert!(store.grant(&at, units(1), NOW + 2).await.is_err());
+
+    let verification = quota_service::store::verify::verify(store.connection())
+        .await
+        .unwrap();
+    assert!(verification.agrees(), "{:?}", verification.disagreeing);
+}
+
+on_every_database!(
     grant_to_unknown_token_is_not_found,
     grant_to_unknown_token_is_not_found
 );
