@@ -33,6 +33,7 @@ pub mod standard {
 }
 
 pub mod codec;
+pub mod liveness;
 
 /// Trailing metadata of an INVALID_ARGUMENT status that names the request
 /// field at fault (`start_date`, `end_date`), as OpenAI's error `param`.

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
+use quota::liveness;
 use quota::pb;
 use quota::pb::quota_service_client::QuotaServiceClient;
 use quota::pb::quota_service_server::QuotaService;
@@ -130,8 +131,17 @@ impl Upstream {
 
     /// [`Upstream::lazy`], trusting `tls` for an `https://` URL.
     pub fn lazy_with(url: &str, tls: &ClientTls) -> Result<Upstream, InvalidUrl> {
+        // An upstream gone without closing (its host down, a dropped route)
+        // is found by the same checks the servers make (quota::liveness),
+        // and the channel connects again.
         let channel = endpoint(url, tls)?
             .tcp_nodelay(true)
+            .tcp_keepalive(Some(liveness::TCP_KEEPALIVE_IDLE))
+            .tcp_keepalive_interval(Some(liveness::TCP_KEEPALIVE_INTERVAL))
+            .tcp_keepalive_retries(Some(liveness::TCP_KEEPALIVE_RETRIES))
+            .http2_keep_alive_interval(liveness::HTTP2_PING_INTERVAL)
+            .keep_alive_timeout(liveness::HTTP2_PING_TIMEOUT)
+            .keep_alive_while_idle(true)
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
         Ok(Upstream::from_channel(channel))

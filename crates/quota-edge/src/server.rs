@@ -1,5 +1,6 @@
 //! The REST listener: hyper's HTTP/1.1 and HTTP/2 server with bounded
-//! request heads, optionally behind TLS, each request told its peer address.
+//! request heads, optionally behind TLS, each request told its peer address;
+//! connections whose peer has gone are found and closed ([`quota::liveness`]).
 
 use crate::limits::{FIRST_BYTE_TIMEOUT, HTTP_BUFFER_BYTES};
 use crate::tls::ServerTls;
@@ -9,6 +10,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
+use quota::liveness;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -45,7 +47,13 @@ pub async fn serve_with(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(HTTP_BUFFER_BYTES as u32);
+        .max_header_list_size(HTTP_BUFFER_BYTES as u32)
+        .keep_alive_interval(Some(liveness::HTTP2_PING_INTERVAL))
+        .keep_alive_timeout(liveness::HTTP2_PING_TIMEOUT);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(liveness::TCP_KEEPALIVE_IDLE)
+        .with_interval(liveness::TCP_KEEPALIVE_INTERVAL)
+        .with_retries(liveness::TCP_KEEPALIVE_RETRIES);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -61,6 +69,7 @@ pub async fn serve_with(
             },
         };
         let _ = stream.set_nodelay(true);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();

@@ -14,6 +14,7 @@ use crate::domain::{KeyDigest, TokenKey};
 use crate::grpc::{QuotaApi, ServiceConfig, serve};
 use crate::store::Store;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -321,4 +322,51 @@ fn with_database(server: &str, name: &str) -> String {
         Some(q) => format!("{base}/{name}?{q}"),
         None => format!("{base}/{name}"),
     }
+}
+
+/// The time before the first TCP keepalive probe of the socket at `local`
+/// connected to `remote`, as the kernel has it armed (`/proc/net/tcp`,
+/// Linux), once its program has set it up (waited for, up to 5 s; a server
+/// first has to accept the connection): `None` if it has no keepalive timer
+/// running by then. For a server's side, `local` is the listener's address
+/// and `remote` the client's.
+pub async fn keepalive_armed(local: SocketAddr, remote: SocketAddr) -> Option<Duration> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(idle) = keepalive_timer(local, remote) {
+            return Some(idle);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// [`keepalive_armed`] read once.
+fn keepalive_timer(local: SocketAddr, remote: SocketAddr) -> Option<Duration> {
+    /// `/proc/net/tcp`'s timer code of a keepalive timer.
+    const KEEPALIVE_TIMER: &str = "02";
+    /// Its times are in clock ticks of the kernel's USER_HZ, 100 on Linux.
+    const TICKS_PER_SECOND: u64 = 100;
+    let hex = |addr: SocketAddr| match addr {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => String::new(),
+    };
+    let (local, remote) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when ...
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&local.as_str()) || fields.get(2) != Some(&remote.as_str()) {
+            return None;
+        }
+        let (timer, when) = fields.get(5)?.split_once(':')?;
+        let ticks = u64::from_str_radix(when, 16).ok()?;
+        (timer == KEEPALIVE_TIMER).then(|| Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND))
+    })
 }

@@ -209,6 +209,25 @@ async fn a_connection_that_begins_no_request_is_closed() {
     still_serves(&edge).await;
 }
 
+/// A client that vanishes without closing (a laptop's lid shut, a dropped
+/// NAT mapping) is found by TCP keepalive: the edge's side of every
+/// connection has its probe timer armed for `quota::liveness`'s idle time.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn every_connection_has_tcp_keepalive() {
+    let edge = spawn_edge(EdgeConfig::default()).await;
+    let stream = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let client = stream.local_addr().unwrap();
+    let idle = quota_service::testing::keepalive_armed(edge.addr, client)
+        .await
+        .expect("the edge's side of the connection has a keepalive timer");
+    let wanted = quota::liveness::TCP_KEEPALIVE_IDLE;
+    assert!(
+        idle <= wanted && idle + Duration::from_secs(5) >= wanted,
+        "first probe in {idle:?}, wanted {wanted:?}"
+    );
+}
+
 #[tokio::test]
 async fn past_max_concurrency_requests_get_503_at_once() {
     let gate = Arc::new(Semaphore::new(0));

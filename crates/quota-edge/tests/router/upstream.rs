@@ -53,6 +53,41 @@ async fn a_silent_upstream_is_504_after_the_deadline() {
     }
 }
 
+/// An upstream gone without closing is found by TCP keepalive (and HTTP/2
+/// pings) on the edge's connection to it, which then connects again: the
+/// edge's side has its probe timer armed for `quota::liveness`'s idle time.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_connection_to_the_upstream_has_tcp_keepalive() {
+    // A listener that accepts and never answers: the connection is all
+    // this test looks at.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = listener.local_addr().unwrap();
+    let upstream = Upstream::lazy(&format!("http://{upstream_addr}"))
+        .unwrap()
+        .timeout(std::time::Duration::from_secs(10));
+    let router = app(upstream);
+    let request = tokio::spawn(async move {
+        send(
+            &router,
+            "GET",
+            SUBSCRIPTION,
+            &[("authorization", "Bearer sk-x")],
+        )
+        .await
+    });
+    let (_held_open, edge_side) = listener.accept().await.unwrap();
+    let idle = quota_service::testing::keepalive_armed(edge_side, upstream_addr)
+        .await
+        .expect("the edge's side of its upstream connection has a keepalive timer");
+    let wanted = quota::liveness::TCP_KEEPALIVE_IDLE;
+    assert!(
+        idle <= wanted && idle + std::time::Duration::from_secs(5) >= wanted,
+        "first probe in {idle:?}, wanted {wanted:?}"
+    );
+    request.abort();
+}
+
 #[tokio::test]
 async fn unreachable_upstream_is_503() {
     let (router, _closed) = unreachable_upstream().await;

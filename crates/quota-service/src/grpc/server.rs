@@ -1,6 +1,7 @@
 //! The gRPC server: both services, reflection (v1 and v1alpha) and health.
 
 use super::QuotaApi;
+use quota::liveness;
 use quota::pb::quota_service_server::QuotaServiceServer;
 use quota::pb::token_admin_server::TokenAdminServer;
 use std::future::Future;
@@ -90,6 +91,9 @@ pub async fn serve_with(
     server
         // Callers usually send their own deadline (grpc-timeout); this bounds the rest.
         .timeout(std::time::Duration::from_secs(30))
+        // Connections of callers that have gone (quota::liveness) are closed.
+        .http2_keepalive_interval(Some(liveness::HTTP2_PING_INTERVAL))
+        .http2_keepalive_timeout(Some(liveness::HTTP2_PING_TIMEOUT))
         // Request id, a span per call, one log line and the metrics per call,
         // refusals for load included.
         .layer(quota_telemetry::grpc::server_layers())
@@ -113,7 +117,11 @@ pub async fn serve_with(
         .serve_with_incoming_shutdown(
             // Answers are small frames written one after another: without
             // TCP_NODELAY, Nagle holds each next one for the caller's delayed ACK.
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(liveness::TCP_KEEPALIVE_IDLE))
+                .with_keepalive_interval(Some(liveness::TCP_KEEPALIVE_INTERVAL))
+                .with_keepalive_retries(Some(liveness::TCP_KEEPALIVE_RETRIES)),
             shutdown,
         )
         .await?;

@@ -12,6 +12,7 @@ use quota_service::testing::{TEST_ADMIN_TOKEN, TestDb, test_config};
 use quota_service::{QuotaApi, ServerOptions, Store, serve_with};
 use sea_orm::TransactionTrait;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -61,6 +62,26 @@ async fn subscription(channel: &Channel, key: &str) -> Result<pb::Subscription, 
         .get_subscription(with_bearer(pb::GetSubscriptionRequest {}, key))
         .await
         .map(|r| r.into_inner())
+}
+
+/// A caller that vanishes without closing (a crashed replica, a dropped
+/// NAT mapping) is found by TCP keepalive: the server's side of every
+/// connection has its probe timer armed for `quota::liveness`'s idle time.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn every_connection_has_tcp_keepalive() {
+    let db = TestDb::sqlite_memory().await;
+    let (addr, _stop) = spawn(db.store().await, ServerOptions::default()).await;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let client = stream.local_addr().unwrap();
+    let idle = quota_service::testing::keepalive_armed(addr, client)
+        .await
+        .expect("the server's side of the connection has a keepalive timer");
+    let wanted = quota::liveness::TCP_KEEPALIVE_IDLE;
+    assert!(
+        idle <= wanted && idle + Duration::from_secs(5) >= wanted,
+        "first probe in {idle:?}, wanted {wanted:?}"
+    );
 }
 
 #[tokio::test]
