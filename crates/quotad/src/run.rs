@@ -36,6 +36,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             cache,
         } => {
             let tls = crate::tls::server(&server)?;
+            let config = service_config(&service, &cache)?;
             // Ports are bound first, so a bad or busy address is one line before
             // any database is touched, but they listen only once the database is
             // open and migrated: until then a connection is refused, never
@@ -46,7 +47,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             http.apart_from(&grpc)?;
             let metrics = telemetry::bind_metrics(&metrics).await?;
             metrics_apart(metrics.as_ref(), &[&grpc, &http])?;
-            let (api, store) = open_api(&db, &migrate, &service, &cache).await?;
+            let (api, store) = open_api(&db, &migrate, config).await?;
             telemetry::serve_metrics(
                 metrics,
                 move || store.clone().record_metrics(),
@@ -107,11 +108,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             cache,
         } => {
             let tls = crate::tls::server(&server)?;
+            let config = service_config(&service, &cache)?;
             let stop = shutdown_signal()?;
             let grpc = bind(&grpc.grpc_addr, "gRPC")?;
             let metrics = telemetry::bind_metrics(&metrics).await?;
             metrics_apart(metrics.as_ref(), &[&grpc])?;
-            let (api, store) = open_api(&db, &migrate, &service, &cache).await?;
+            let (api, store) = open_api(&db, &migrate, config).await?;
             telemetry::serve_metrics(
                 metrics,
                 move || store.clone().record_metrics(),
@@ -290,26 +292,30 @@ async fn migration_status(db: &DatabaseArgs) -> Result<ExitCode> {
     })
 }
 
-async fn open_api(
-    db: &DatabaseArgs,
-    migrate: &MigrateArgs,
-    service: &ServiceArgs,
-    cache: &CacheArgs,
-) -> Result<(QuotaApi, Store)> {
+/// The service's settings, checked before any port or database is touched:
+/// a bad one is one line and no side effect.
+fn service_config(service: &ServiceArgs, cache: &CacheArgs) -> Result<ServiceConfig> {
     let per_usd = QuotaPerUsd::new(service.quota_per_usd).map_err(|e| anyhow!("{e}"))?;
     let secret = service.admin.secret()?;
-    let store = open_store(db, &migrate.lock, migrate.migrate).await?;
     if secret.is_none() {
         tracing::warn!("QUOTA_ADMIN_TOKEN is not set: admin methods and Consume refuse every call");
     }
-    let config = ServiceConfig {
+    Ok(ServiceConfig {
         per_usd,
         admin: AdminCredential::new(secret.as_deref()),
         cache: CacheConfig {
             ttl: cache.ttl.cache_ttl,
             capacity: cache.cache_capacity,
         },
-    };
+    })
+}
+
+async fn open_api(
+    db: &DatabaseArgs,
+    migrate: &MigrateArgs,
+    config: ServiceConfig,
+) -> Result<(QuotaApi, Store)> {
+    let store = open_store(db, &migrate.lock, migrate.migrate).await?;
     Ok((QuotaApi::new(store.clone(), config), store))
 }
 

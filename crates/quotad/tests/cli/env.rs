@@ -156,13 +156,17 @@ fn the_admin_token_can_come_from_a_file_but_not_from_both() {
     ));
 
     // Both variables set: one clear line and a non-zero exit, for the CLI
-    // and for a server, which then never starts.
+    // and for a server, which then never starts: the settings are checked
+    // before any port is bound (here the REST port is one in use, which
+    // would be the line otherwise).
     const BOTH: &str = "quotad: QUOTA_ADMIN_TOKEN and QUOTA_ADMIN_TOKEN_FILE (--admin-token, --admin-token-file) are both set: give one";
     let mut cmd = quotad();
     cmd.env("QUOTA_ADMIN_TOKEN_FILE", &file)
         .args(["token", "list", "--server", &server.grpc_url]);
     let out = run(cmd, COMMAND_TIMEOUT);
     assert_eq!(failed_with_one_line(&out), BOTH, "{}", describe(&out));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
     let mut cmd = quotad();
     cmd.env("QUOTA_ADMIN_TOKEN_FILE", &file)
         .current_dir(dir.path())
@@ -172,6 +176,8 @@ fn the_admin_token_can_come_from_a_file_but_not_from_both() {
             &database,
             "--grpc-addr",
             "127.0.0.1:0",
+            "--http-addr",
+            &taken,
         ]);
     let out = run(cmd, COMMAND_TIMEOUT);
     assert_eq!(failed_with_one_line(&out), BOTH, "{}", describe(&out));
