@@ -205,7 +205,12 @@ impl Admin {
                 };
                 self.call(request, |mut c, r| async move { c.delete_token(r).await })
                     .await?;
-                eprintln!("deleted");
+                match self.output {
+                    Output::Json => {
+                        println!("{}", json_line(&serde_json::json!({"deleted": true})))
+                    }
+                    Output::Text => eprintln!("deleted"),
+                }
             }
         }
         Ok(())

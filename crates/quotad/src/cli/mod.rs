@@ -21,7 +21,7 @@ pub struct Cli {
     /// Log lines on stderr: `text` for people, `json` (one object per line,
     /// span fields included) for log shippers. Which lines: the variable
     /// QUOTA_LOG, a tracing filter (`debug`, `info,quota_edge=warn`; default
-    /// `info`).
+    /// `info,sea_orm_migration=warn,sqlx::postgres::notice=warn`).
     #[arg(
         long,
         env = "QUOTA_LOG_FORMAT",

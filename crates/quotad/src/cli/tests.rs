@@ -299,3 +299,13 @@ fn defaults_are_the_contracts() {
     };
     assert_eq!(admin.server, "http://127.0.0.1:50051");
 }
+
+#[test]
+fn the_help_names_the_default_log_filter() {
+    let help = Cli::command().render_long_help().to_string();
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains(&format!("default `{}`", crate::telemetry::DEFAULT_LOG)),
+        "{help}"
+    );
+}

@@ -154,6 +154,9 @@ fn token_commands_print_json_for_programs() {
     assert_eq!(json(&["show", &key])["held"], 0);
     let disabled = json(&["disable", &key]);
     assert_eq!(disabled["status"], "disabled");
+    let deleted = json(&["delete", &unlimited["token"]["id"].to_string()]);
+    assert_eq!(deleted, serde_json::json!({"deleted": true}));
+    assert_eq!(json(&["list"]).as_array().unwrap().len(), 1);
     // The default stays text: the key alone.
     let (plain, _) = create_key(&server, "1");
     assert!(plain.starts_with("sk-"));
