@@ -376,7 +376,8 @@ async fn find_locked(
 /// A pool of `connections` on `url`; SQLite connections in WAL mode with a
 /// busy timeout, and kept open (an in-memory database dies with its
 /// connection); server connections checked on release after a call gave up
-/// on them ([`wait::check_released`]).
+/// on them ([`wait::check_released`]); every connection released inside a
+/// transaction (a failed COMMIT) rolled back or closed.
 async fn open(
     url: &str,
     connections: u32,
@@ -400,7 +401,8 @@ async fn open(
         .acquire_timeout(acquire);
     if url.starts_with("sqlite:") {
         use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-        opts.min_connections(1)
+        opts.map_sqlx_sqlite_pool_opts(wait::roll_back_released)
+            .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
             .map_sqlx_sqlite_opts(|o| {

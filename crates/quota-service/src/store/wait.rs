@@ -88,10 +88,11 @@ impl Store {
             Err(_) => {
                 // Noted before `work`, and the connection it may hold, is dropped.
                 self.gave_up.now();
-                Err(
-                    QuotaError::Unavailable(format!("the database did not answer within {wait:?}"))
-                        .into(),
-                )
+                Err(QuotaError::Unavailable(format!(
+                    "the database did not answer within {wait:?} (unreachable, or the \
+                         statement waits on a lock another session holds)"
+                ))
+                .into())
             }
         }
     }
@@ -105,10 +106,16 @@ impl Store {
 pub(super) fn check_released<DB: Database>(
     options: PoolOptions<DB>,
     gave_up: std::sync::Arc<GaveUp>,
-) -> PoolOptions<DB> {
+) -> PoolOptions<DB>
+where
+    for<'c> &'c mut DB::Connection: sea_orm::sqlx::Executor<'c, Database = DB>,
+{
     options.after_release(move |conn, _| {
         let suspect = gave_up.within(DATABASE_WAIT);
         Box::pin(async move {
+            if !out_of_transaction::<DB>(conn).await {
+                return Ok(false);
+            }
             if !suspect {
                 return Ok(true);
             }
@@ -122,6 +129,59 @@ pub(super) fn check_released<DB: Database>(
             }
         })
     })
+}
+
+/// `options` with every connection released inside a transaction rolled
+/// back before it serves again, or closed if that fails ([`out_of_transaction`]).
+pub(super) fn roll_back_released<DB: Database>(options: PoolOptions<DB>) -> PoolOptions<DB>
+where
+    for<'c> &'c mut DB::Connection: sea_orm::sqlx::Executor<'c, Database = DB>,
+{
+    options
+        .after_release(|conn, _| Box::pin(async move { Ok(out_of_transaction::<DB>(conn).await) }))
+}
+
+/// True once `conn` is in no transaction, rolled back if it was: false if
+/// that failed, and the connection must be closed rather than pooled again.
+///
+/// A connection should never come back to the pool inside a transaction,
+/// but one does when a COMMIT fails: the driver still counts the
+/// transaction as open, and the transaction is consumed, so nothing ends
+/// it. After a full disk, SQLite has already rolled it back, and the
+/// driver's own ROLLBACK then fails too. Pooled as it was, every later
+/// transaction on it was a savepoint of one that never commits: debits
+/// answered as committed, never made durable, lost when the process stopped.
+/// Where the database has no transaction left to roll back, one is opened
+/// for the driver to end (closing the connection instead would lose an
+/// in-memory SQLite database).
+async fn out_of_transaction<DB: Database>(conn: &mut DB::Connection) -> bool
+where
+    for<'c> &'c mut DB::Connection: sea_orm::sqlx::Executor<'c, Database = DB>,
+{
+    use sea_orm::sqlx::Executor;
+    use sqlx_core::transaction::TransactionManager;
+    // One rollback per level of savepoint; a bound, not a loop on trust.
+    for _ in 0..8 {
+        if !conn.is_in_transaction() {
+            return true;
+        }
+        if DB::TransactionManager::rollback(conn).await.is_ok() {
+            tracing::warn!("a connection released inside a transaction was rolled back");
+            continue;
+        }
+        let resynced = match conn.execute("BEGIN").await {
+            Ok(_) => DB::TransactionManager::rollback(conn).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = resynced {
+            tracing::warn!(%error, "a connection released inside a transaction could not be rolled back: closed");
+            return false;
+        }
+        tracing::warn!(
+            "a connection released inside a transaction the database had ended was reset"
+        );
+    }
+    !conn.is_in_transaction()
 }
 
 #[cfg(test)]

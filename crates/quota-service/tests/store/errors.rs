@@ -156,3 +156,126 @@ async fn a_debit_deadlocked_past_its_retries_is_busy_on_mysql() {
         a_debit_deadlocked_past_its_retries_is_busy_and_writes_nothing(db).await;
     }
 }
+
+on_every_database!(
+    a_connection_released_in_a_transaction_is_rolled_back,
+    a_connection_released_in_a_transaction_is_rolled_back
+);
+/// A connection must not go back to the pool inside a transaction, but one
+/// did after a COMMIT failed on a full disk: the driver still counted the
+/// transaction as open and nothing ended it. Every later transaction on
+/// that connection became a savepoint of one that never commits: debits
+/// answered as committed, never made durable, lost when the process
+/// stopped. Here a connection is released with a transaction begun; the pool
+/// rolls it back, so the debits after it are durable (another store sees
+/// them) and the first transaction's write is not.
+async fn a_connection_released_in_a_transaction_is_rolled_back(db: TestDb) {
+    use sea_orm::DatabaseBackend;
+    use sea_orm::sqlx::{Database, Executor, MySql, Postgres, Sqlite};
+    use sqlx_core::transaction::TransactionManager;
+    let store = db.store().await;
+    let (tok, key) = new_token(&store, 100).await;
+    let conn = store.connection();
+    let abandoned = format!("UPDATE quota_tokens SET used = 1000 WHERE id = {}", tok.id);
+    let abandoned = || sea_orm::sqlx::AssertSqlSafe(abandoned.clone());
+    match conn.get_database_backend() {
+        DatabaseBackend::Sqlite => {
+            let mut c = conn.get_sqlite_connection_pool().acquire().await.unwrap();
+            <Sqlite as Database>::TransactionManager::begin(&mut c, None)
+                .await
+                .unwrap();
+            c.execute(abandoned()).await.unwrap();
+        }
+        DatabaseBackend::Postgres => {
+            let mut c = conn.get_postgres_connection_pool().acquire().await.unwrap();
+            <Postgres as Database>::TransactionManager::begin(&mut c, None)
+                .await
+                .unwrap();
+            c.execute(abandoned()).await.unwrap();
+        }
+        DatabaseBackend::MySql => {
+            let mut c = conn.get_mysql_connection_pool().acquire().await.unwrap();
+            <MySql as Database>::TransactionManager::begin(&mut c, None)
+                .await
+                .unwrap();
+            c.execute(abandoned()).await.unwrap();
+        }
+        other => panic!("no pool for {other:?}"),
+    }
+
+    for n in 1..=3 {
+        consume(&store, &key, 7, Some(&format!("after-{n}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(balance(&store, tok.id).await, limited(79, 21));
+    if db.url != "sqlite::memory:" {
+        let other = Store::connect(&db.url).await.unwrap();
+        assert_eq!(balance(&other, tok.id).await, limited(79, 21));
+    }
+}
+
+/// The other shape of that state: the database's transaction already ended
+/// (SQLite rolls back by itself after a full disk) while the driver still
+/// counts it, so its ROLLBACK fails as well. The connection is reset, not
+/// closed: closed, an in-memory database would be lost with it.
+async fn a_transaction_the_database_ended_is_reset(db: TestDb) {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let store = db.store().await;
+    let (tok, key) = new_token(&store, 100).await;
+    let txn = store.connection().begin().await.unwrap();
+    txn.execute_unprepared("COMMIT").await.unwrap();
+    assert!(txn.commit().await.is_err(), "the driver's COMMIT fails");
+    for n in 1..=3 {
+        consume(&store, &key, 7, Some(&format!("after-{n}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(balance(&store, tok.id).await, limited(79, 21));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_the_database_ended_is_reset_on_a_sqlite_file() {
+    a_transaction_the_database_ended_is_reset(TestDb::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_the_database_ended_is_reset_on_sqlite_in_memory() {
+    a_transaction_the_database_ended_is_reset(TestDb::sqlite_memory().await).await;
+}
+
+/// A full disk is UNAVAILABLE (503: retry later, and the readiness probes
+/// tell), not INTERNAL: the database cannot write until an operator acts.
+/// SQLite's page limit stands in for the disk here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_unavailable() {
+    use sea_orm::ConnectionTrait;
+    let db = TestDb::sqlite().await;
+    let store = db.store().await;
+    let (_, key) = new_token(&store, 1_000_000).await;
+    let pages = store
+        .connection()
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Sqlite,
+            "PRAGMA page_count",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<i64>(0)
+        .unwrap();
+    store
+        .connection()
+        .execute_unprepared(&format!("PRAGMA max_page_count = {pages}"))
+        .await
+        .unwrap();
+    let mut refused = None;
+    for n in 0..10_000 {
+        if let Err(e) = consume(&store, &key, 1, Some(&format!("fill-{n:0>200}"))).await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let refused = refused.expect("the page limit is reached");
+    assert!(matches!(refused, QuotaError::Unavailable(_)), "{refused:?}");
+}
