@@ -20,7 +20,7 @@ pub use debit::pgbench_debit_script;
 pub use migrate::{
     DEFAULT_LOCK_WAIT, MigrateError, MigrationLock, MigrationStatus, migration_names,
 };
-pub use wait::DATABASE_WAIT;
+pub use wait::{DATABASE_WAIT, LOCK_WAIT};
 
 use crate::domain::{Balance, KeyDigest, QuotaError, QuotaUnits, Token, TokenKey, TokenLocator};
 use entity::{KIND_GRANT, STATUS_DISABLED, STATUS_ENABLED, ledger, token, usage_day};
@@ -419,11 +419,19 @@ async fn open(
             wait::check_released(o, Arc::clone(&pg)).after_connect(|conn, _| {
                 Box::pin(async move {
                     plan_with_values(conn).await;
+                    wait::bound_lock_waits_postgres(conn).await;
                     Ok(())
                 })
             })
         })
-        .map_sqlx_mysql_pool_opts(move |o| wait::check_released(o, Arc::clone(&mysql)));
+        .map_sqlx_mysql_pool_opts(move |o| {
+            wait::check_released(o, Arc::clone(&mysql)).after_connect(|conn, _| {
+                Box::pin(async move {
+                    wait::bound_lock_waits_mysql(conn).await;
+                    Ok(())
+                })
+            })
+        });
     }
     // The driver's messages may quote the URL, password and all.
     Database::connect(opts)

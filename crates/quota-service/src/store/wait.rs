@@ -113,8 +113,18 @@ where
     options.after_release(move |conn, _| {
         let suspect = gave_up.within(DATABASE_WAIT);
         Box::pin(async move {
-            if !out_of_transaction::<DB>(conn).await {
-                return Ok(false);
+            // Bounded: the connection may be one whose call gave up while
+            // its statement still runs (the driver answers a ROLLBACK only
+            // after that statement).
+            match tokio::time::timeout(RELEASE_CHECK, out_of_transaction::<DB>(conn)).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(false),
+                Err(_) => {
+                    return Err(sea_orm::sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no answer to a ROLLBACK of a connection released inside a transaction",
+                    )));
+                }
             }
             if !suspect {
                 return Ok(true);
@@ -129,6 +139,52 @@ where
             }
         })
     })
+}
+
+/// The longest a statement of the service waits for a lock another session
+/// holds, on PostgreSQL (`lock_timeout`) and MySQL
+/// (`innodb_lock_wait_timeout`), before the database ends it. Its caller
+/// gave up at [`DATABASE_WAIT`]; without this bound the statement would wait
+/// on in the database, its session and the pooled connection with it, for
+/// as long as the other session keeps the lock (a row locked by hand in
+/// `psql`, say), and calls retried meanwhile pile up more such sessions
+/// until the pool is spent. A migration waiting this long for a table lock
+/// fails too, rather than stalling every query queued behind it; it is
+/// retried at the next start.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// How long PostgreSQL lets a session of the service sit inside a
+/// transaction with nothing running (`idle_in_transaction_session_timeout`):
+/// a process stopped or cut off mid-transaction does not keep its locks.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(60);
+
+/// Sets [`LOCK_WAIT`] and [`IDLE_IN_TRANSACTION`] on a new PostgreSQL
+/// connection. A server that refuses (a pooler, say) keeps its defaults.
+pub(super) async fn bound_lock_waits_postgres(conn: &mut sea_orm::sqlx::PgConnection) {
+    use sea_orm::sqlx::{AssertSqlSafe, Executor};
+    for setting in [
+        format!("SET lock_timeout = {}", LOCK_WAIT.as_millis()),
+        format!(
+            "SET idle_in_transaction_session_timeout = {}",
+            IDLE_IN_TRANSACTION.as_millis()
+        ),
+    ] {
+        if let Err(e) = conn.execute(AssertSqlSafe(setting)).await {
+            tracing::debug!(error = %e, "PostgreSQL keeps its default lock and idle bounds");
+        }
+    }
+}
+
+/// Sets [`LOCK_WAIT`] on a new MySQL connection (whole seconds).
+pub(super) async fn bound_lock_waits_mysql(conn: &mut sea_orm::sqlx::MySqlConnection) {
+    use sea_orm::sqlx::{AssertSqlSafe, Executor};
+    let setting = format!(
+        "SET SESSION innodb_lock_wait_timeout = {}",
+        LOCK_WAIT.as_secs()
+    );
+    if let Err(e) = conn.execute(AssertSqlSafe(setting)).await {
+        tracing::debug!(error = %e, "MySQL keeps its default lock wait timeout");
+    }
 }
 
 /// `options` with every connection released inside a transaction rolled

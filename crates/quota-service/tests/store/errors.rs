@@ -279,3 +279,89 @@ async fn a_full_disk_is_unavailable() {
     let refused = refused.expect("the page limit is reached");
     assert!(matches!(refused, QuotaError::Unavailable(_)), "{refused:?}");
 }
+
+/// A row another session keeps locked (by hand, in `psql`) bounds how long
+/// the service's statements wait for it, in the database itself: the calls
+/// give up at 2.5 s, and their statements end within the lock wait bound
+/// instead of waiting on (and holding a session, and a pooled connection,
+/// each) for as long as the lock is kept. Meanwhile and after, other keys
+/// are served.
+async fn a_held_row_lock_strands_no_session(db: TestDb) {
+    use quota_service::store::LOCK_WAIT;
+    use sea_orm::{ConnectionTrait, DatabaseBackend, TransactionTrait};
+    let store = db.store().await;
+    let (locked, locked_key) = new_token(&store, 100).await;
+    let (_, free_key) = new_token(&store, 100).await;
+    let outside = Store::connect(&db.url).await.unwrap();
+    let holder = outside.connection().begin().await.unwrap();
+    holder
+        .execute_unprepared(&format!(
+            "SELECT id FROM quota_tokens WHERE id = {} FOR UPDATE",
+            locked.id
+        ))
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let calls: Vec<_> = (0..20)
+        .map(|n| {
+            let (store, key) = (store.clone(), locked_key.clone());
+            tokio::spawn(async move { consume(&store, &key, 1, Some(&format!("stuck-{n}"))).await })
+        })
+        .collect();
+    for call in calls {
+        let refused = call.await.unwrap();
+        assert!(
+            matches!(refused, Err(QuotaError::Unavailable(_))),
+            "{refused:?}"
+        );
+    }
+    consume(&store, &free_key, 1, Some("meanwhile"))
+        .await
+        .unwrap();
+
+    tokio::time::sleep(
+        (LOCK_WAIT + std::time::Duration::from_secs(2)).saturating_sub(started.elapsed()),
+    )
+    .await;
+    let waiting = match db.store().await.connection().get_database_backend() {
+        DatabaseBackend::Postgres => {
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        }
+        _ => "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'",
+    };
+    let waiting: i64 = holder
+        .query_one_raw(sea_orm::Statement::from_string(
+            holder.get_database_backend(),
+            waiting,
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index(0)
+        .unwrap();
+    assert_eq!(
+        waiting, 0,
+        "sessions still waiting on the lock after {LOCK_WAIT:?}"
+    );
+    consume(&store, &free_key, 1, Some("after")).await.unwrap();
+    holder.rollback().await.unwrap();
+    consume(&store, &locked_key, 1, Some("released"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_row_lock_strands_no_session_on_postgres() {
+    if let Some(db) = TestDb::postgres().await {
+        a_held_row_lock_strands_no_session(db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_row_lock_strands_no_session_on_mysql() {
+    if let Some(db) = TestDb::mysql().await {
+        a_held_row_lock_strands_no_session(db).await;
+    }
+}
