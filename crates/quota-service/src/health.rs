@@ -30,6 +30,19 @@ const SERVICES: [&str; 3] = [
     <TokenAdminServer<QuotaApi> as NamedService>::NAME,
 ];
 
+/// A health service already watching its store, for a second server of
+/// the same process to serve too (`quotad serve`: the edge's `/readyz` and
+/// the gRPC listener), so that one task pings the database and logs each
+/// change once.
+#[derive(Clone)]
+pub struct SharedHealth(pub(crate) HealthServer<Health>);
+
+impl std::fmt::Debug for SharedHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedHealth")
+    }
+}
+
 /// The task that keeps the health service up to date; it stops when dropped.
 #[derive(Debug)]
 pub struct DatabaseWatch {

@@ -11,6 +11,7 @@ use quota_service::ServerOptions;
 use quota_service::auth::AdminCredential;
 use quota_service::domain::QuotaPerUsd;
 use quota_service::grpc::{LocalServices, local_services};
+use quota_service::health::SharedHealth;
 use quota_service::store::{MigrationStatus, migration_names, redact_url, sqlite_file_missing};
 use quota_service::{CacheConfig, QuotaApi, ServiceConfig, Store};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -63,6 +64,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 quota,
                 health,
                 watch: _watch,
+                shared_health,
             } = local_services(api.clone()).await;
             let upstream = Upstream::in_process(quota, health);
             let (rest_tls, grpc_tls) = tls.map(|t| (t.rest, t.grpc)).unzip();
@@ -90,7 +92,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let grpc = tokio::spawn(quota_service::serve_with(
                 grpc,
                 api,
-                grpc_options(in_flight, grpc_tls),
+                grpc_options(in_flight, grpc_tls, Some(shared_health)),
                 stopped(edge_drained),
             ));
             if let Some((grpc, edge)) = drained(stop, async { tokio::join!(grpc, edge) }).await {
@@ -120,7 +122,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 stopped(stop.clone()),
             )?;
             let grpc = grpc.listen(tls.is_some())?;
-            let options = grpc_options(in_flight(&server), tls.map(|t| t.grpc));
+            let options = grpc_options(in_flight(&server), tls.map(|t| t.grpc), None);
             let served = quota_service::serve_with(grpc, api, options, stopped(stop.clone()));
             if let Some(served) = drained(stop, served).await {
                 served.map_err(|e| anyhow!("gRPC server failed: {e}"))?;
@@ -446,8 +448,16 @@ fn in_flight(server: &ServerArgs) -> Arc<Semaphore> {
 }
 
 /// The gRPC server's bounds and TLS.
-fn grpc_options(in_flight: Arc<Semaphore>, tls: Option<Identity>) -> ServerOptions {
-    ServerOptions { in_flight, tls }
+fn grpc_options(
+    in_flight: Arc<Semaphore>,
+    tls: Option<Identity>,
+    health: Option<SharedHealth>,
+) -> ServerOptions {
+    ServerOptions {
+        in_flight,
+        tls,
+        health,
+    }
 }
 
 /// The edge's bounds and throttle; `cache_ttl` is the one `--cache-ttl`.

@@ -10,7 +10,7 @@
 //! bounds requests and waits for each answer with its deadline.
 
 use super::{MAX_MESSAGE_BYTES, QuotaApi};
-use crate::health::{DatabaseWatch, watch_database};
+use crate::health::{DatabaseWatch, SharedHealth, watch_database};
 use std::convert::Infallible;
 use std::sync::Arc;
 use tonic::body::Body;
@@ -31,6 +31,9 @@ pub struct LocalServices {
     pub health: LocalService,
     /// Keeps the health service up to date; keep it as long as `health`.
     pub watch: DatabaseWatch,
+    /// The same health service, for the process's gRPC listener
+    /// ([`crate::ServerOptions::health`]).
+    pub shared_health: SharedHealth,
 }
 
 /// `api`, and its health behind the server's telemetry layers as a service
@@ -39,6 +42,7 @@ pub async fn local_services(api: QuotaApi) -> LocalServices {
     let (health, watch) = watch_database(api.store.clone()).await;
     LocalServices {
         quota: Arc::new(api),
+        shared_health: SharedHealth(health.clone()),
         health: local(health.max_decoding_message_size(MAX_MESSAGE_BYTES)),
         watch,
     }

@@ -32,6 +32,10 @@ pub struct ServerOptions {
     pub in_flight: Arc<Semaphore>,
     /// Serve over TLS with this certificate and key (`--tls-cert`, `--tls-key`).
     pub tls: Option<Identity>,
+    /// The health service to serve, already watching the store
+    /// ([`crate::grpc::local_services`]); without it the server watches the
+    /// store itself.
+    pub health: Option<crate::health::SharedHealth>,
 }
 
 impl Default for ServerOptions {
@@ -39,6 +43,7 @@ impl Default for ServerOptions {
         ServerOptions {
             in_flight: Arc::new(Semaphore::new(DEFAULT_MAX_CONCURRENCY)),
             tls: None,
+            health: None,
         }
     }
 }
@@ -72,8 +77,15 @@ pub async fn serve_with(
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    // Kept until the server stops: it keeps the health service true to the database.
-    let (health_service, _watch) = crate::health::watch_database(api.store.clone()).await;
+    // Kept until the server stops: it keeps the health service true to the
+    // database (unless the health service given is watched already).
+    let (health_service, _watch) = match options.health {
+        Some(shared) => (shared.0, None),
+        None => {
+            let (service, watch) = crate::health::watch_database(api.store.clone()).await;
+            (service, Some(watch))
+        }
+    };
     // Both reflection versions describe every served service, each other included.
     let (reflection_v1, reflection_v1alpha) = super::standard::reflection_servers(|| {
         tonic_reflection::server::Builder::configure()

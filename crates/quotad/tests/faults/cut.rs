@@ -83,6 +83,12 @@ async fn the_database_is_cut_and_restored(db: TestDb) {
     for line in unreachable {
         assert!(line.contains(" WARN "), "{line}");
     }
+    // One watcher of the database for the whole process (the edge's
+    // `/readyz` and the gRPC listener share it): each change is said once.
+    for change in ["health is NOT_SERVING", "health is SERVING"] {
+        let said = log.lines().filter(|l| l.contains(change)).count();
+        assert_eq!(said, 1, "{change:?} logged {said} times:\n{log}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
