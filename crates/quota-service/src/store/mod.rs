@@ -434,9 +434,39 @@ async fn open(
         });
     }
     // The driver's messages may quote the URL, password and all.
-    Database::connect(opts)
+    let redacted =
+        |message: String| QuotaError::Unavailable(message.replace(url, &redact_url(url)));
+    match Database::connect(opts).await {
+        Ok(db) => Ok(db),
+        // The pool's timeout hides why no connection opened (refused, a
+        // wrong password, no such database): one connection, tried alone,
+        // tells.
+        Err(e) if e.to_string().contains("pool timed out") => {
+            Err(redacted(match why_no_connection(url, acquire).await {
+                Some(cause) => cause,
+                None => e.to_string(),
+            }))
+        }
+        Err(e) => Err(redacted(e.to_string())),
+    }
+}
+
+/// Why a server database at `url` refuses a connection, if it does so
+/// within `wait`.
+async fn why_no_connection(url: &str, wait: Duration) -> Option<String> {
+    use sea_orm::sqlx::{Connection, MySqlConnection, PgConnection};
+    let tried = async {
+        if url.starts_with("mysql:") {
+            MySqlConnection::connect(url).await.err()
+        } else {
+            PgConnection::connect(url).await.err()
+        }
+    };
+    tokio::time::timeout(wait, tried)
         .await
-        .map_err(|e| QuotaError::Unavailable(e.to_string().replace(url, &redact_url(url))))
+        .ok()
+        .flatten()
+        .map(|e| format!("cannot connect: {e}"))
 }
 
 /// Has PostgreSQL plan every execution of a prepared statement with its

@@ -17,6 +17,8 @@ fn serve_fails_in_one_line_when_the_database_is_unreachable() {
     let line = failed_with_one_line(&out);
     assert_eq!(stderr_of(&out).lines().count(), 1, "{}", describe(&out));
     assert!(line.contains("cannot open database"), "{line}");
+    // Why, not the pool's "timed out" that hides it.
+    assert!(line.contains("Connection refused"), "{line}");
     assert!(!line.contains("hunter2"), "the password is shown: {line}");
     assert!(line.contains("nobody:***@"), "{line}");
 }
