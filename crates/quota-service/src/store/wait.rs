@@ -102,7 +102,8 @@ impl Store {
 /// [`DATABASE_WAIT`] of a call giving up: it must answer a ping within
 /// [`RELEASE_CHECK`], or it is closed (without a word to the server, which
 /// may not be listening) instead of going back to the pool. At other times
-/// the check costs nothing.
+/// the check costs nothing. Any connection released inside a transaction is
+/// first rolled back ([`out_of_transaction`]), within the same bound.
 pub(super) fn check_released<DB: Database>(
     options: PoolOptions<DB>,
     gave_up: std::sync::Arc<GaveUp>,
@@ -116,14 +117,16 @@ where
             // Bounded: the connection may be one whose call gave up while
             // its statement still runs (the driver answers a ROLLBACK only
             // after that statement).
-            match tokio::time::timeout(RELEASE_CHECK, out_of_transaction::<DB>(conn)).await {
-                Ok(true) => {}
-                Ok(false) => return Ok(false),
-                Err(_) => {
-                    return Err(sea_orm::sqlx::Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "no answer to a ROLLBACK of a connection released inside a transaction",
-                    )));
+            if conn.is_in_transaction() {
+                match tokio::time::timeout(RELEASE_CHECK, out_of_transaction::<DB>(conn)).await {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(false),
+                    Err(_) => {
+                        return Err(sea_orm::sqlx::Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no answer to a ROLLBACK of a connection released inside a transaction",
+                        )));
+                    }
                 }
             }
             if !suspect {
