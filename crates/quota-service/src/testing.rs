@@ -343,6 +343,20 @@ pub async fn keepalive_armed(local: SocketAddr, remote: SocketAddr) -> Option<Du
     }
 }
 
+/// Asserts that the socket at `local` connected to `remote` has its TCP
+/// keepalive timer armed for about [`quota::liveness::TCP_KEEPALIVE_IDLE`]
+/// ([`keepalive_armed`]).
+pub async fn assert_keepalive_armed(local: SocketAddr, remote: SocketAddr) {
+    let idle = keepalive_armed(local, remote)
+        .await
+        .unwrap_or_else(|| panic!("the socket at {local} (to {remote}) has no keepalive timer"));
+    let wanted = quota::liveness::TCP_KEEPALIVE_IDLE;
+    assert!(
+        idle <= wanted && idle + Duration::from_secs(5) >= wanted,
+        "first probe in {idle:?}, wanted {wanted:?}"
+    );
+}
+
 /// [`keepalive_armed`] read once.
 fn keepalive_timer(local: SocketAddr, remote: SocketAddr) -> Option<Duration> {
     /// `/proc/net/tcp`'s timer code of a keepalive timer.

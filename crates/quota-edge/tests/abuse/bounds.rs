@@ -218,14 +218,7 @@ async fn every_connection_has_tcp_keepalive() {
     let edge = spawn_edge(EdgeConfig::default()).await;
     let stream = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
     let client = stream.local_addr().unwrap();
-    let idle = quota_service::testing::keepalive_armed(edge.addr, client)
-        .await
-        .expect("the edge's side of the connection has a keepalive timer");
-    let wanted = quota::liveness::TCP_KEEPALIVE_IDLE;
-    assert!(
-        idle <= wanted && idle + Duration::from_secs(5) >= wanted,
-        "first probe in {idle:?}, wanted {wanted:?}"
-    );
+    quota_service::testing::assert_keepalive_armed(edge.addr, client).await;
 }
 
 #[tokio::test]

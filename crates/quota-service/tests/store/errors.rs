@@ -171,34 +171,19 @@ on_every_database!(
 /// them) and the first transaction's write is not.
 async fn a_connection_released_in_a_transaction_is_rolled_back(db: TestDb) {
     use sea_orm::DatabaseBackend;
-    use sea_orm::sqlx::{Database, Executor, MySql, Postgres, Sqlite};
-    use sqlx_core::transaction::TransactionManager;
     let store = db.store().await;
     let (tok, key) = new_token(&store, 100).await;
     let conn = store.connection();
     let abandoned = format!("UPDATE quota_tokens SET used = 1000 WHERE id = {}", tok.id);
-    let abandoned = || sea_orm::sqlx::AssertSqlSafe(abandoned.clone());
     match conn.get_database_backend() {
         DatabaseBackend::Sqlite => {
-            let mut c = conn.get_sqlite_connection_pool().acquire().await.unwrap();
-            <Sqlite as Database>::TransactionManager::begin(&mut c, None)
-                .await
-                .unwrap();
-            c.execute(abandoned()).await.unwrap();
+            begin_and_leave(conn.get_sqlite_connection_pool(), abandoned).await
         }
         DatabaseBackend::Postgres => {
-            let mut c = conn.get_postgres_connection_pool().acquire().await.unwrap();
-            <Postgres as Database>::TransactionManager::begin(&mut c, None)
-                .await
-                .unwrap();
-            c.execute(abandoned()).await.unwrap();
+            begin_and_leave(conn.get_postgres_connection_pool(), abandoned).await
         }
         DatabaseBackend::MySql => {
-            let mut c = conn.get_mysql_connection_pool().acquire().await.unwrap();
-            <MySql as Database>::TransactionManager::begin(&mut c, None)
-                .await
-                .unwrap();
-            c.execute(abandoned()).await.unwrap();
+            begin_and_leave(conn.get_mysql_connection_pool(), abandoned).await
         }
         other => panic!("no pool for {other:?}"),
     }
@@ -213,6 +198,23 @@ async fn a_connection_released_in_a_transaction_is_rolled_back(db: TestDb) {
         let other = Store::connect(&db.url).await.unwrap();
         assert_eq!(balance(&other, tok.id).await, limited(79, 21));
     }
+}
+
+/// Takes a connection of `pool`, begins a transaction on it, runs `write`
+/// and gives the connection back with the transaction still open.
+async fn begin_and_leave<DB: sea_orm::sqlx::Database>(pool: &sea_orm::sqlx::Pool<DB>, write: String)
+where
+    for<'c> &'c mut DB::Connection: sea_orm::sqlx::Executor<'c, Database = DB>,
+{
+    use sea_orm::sqlx::Executor;
+    use sqlx_core::transaction::TransactionManager;
+    let mut conn = pool.acquire().await.unwrap();
+    DB::TransactionManager::begin(&mut conn, None)
+        .await
+        .unwrap();
+    conn.execute(sea_orm::sqlx::AssertSqlSafe(write))
+        .await
+        .unwrap();
 }
 
 /// The other shape of that state: the database's transaction already ended
