@@ -290,19 +290,12 @@ async fn a_full_disk_is_unavailable() {
 /// are served.
 async fn a_held_row_lock_strands_no_session(db: TestDb) {
     use quota_service::store::LOCK_WAIT;
-    use sea_orm::{ConnectionTrait, DatabaseBackend, TransactionTrait};
+    use sea_orm::{ConnectionTrait, DatabaseBackend};
     let store = db.store().await;
     let (locked, locked_key) = new_token(&store, 100).await;
     let (_, free_key) = new_token(&store, 100).await;
     let outside = Store::connect(&db.url).await.unwrap();
-    let holder = outside.connection().begin().await.unwrap();
-    holder
-        .execute_unprepared(&format!(
-            "SELECT id FROM quota_tokens WHERE id = {} FOR UPDATE",
-            locked.id
-        ))
-        .await
-        .unwrap();
+    let holder = lock_token_row(&outside, locked.id).await;
 
     let started = std::time::Instant::now();
     let calls: Vec<_> = (0..20)

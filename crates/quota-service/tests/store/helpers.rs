@@ -158,3 +158,16 @@ pub fn assert_exhausted<T: std::fmt::Debug>(
         other => panic!("expected QuotaExhausted {{ {remaining}, {requested} }}, got {other:?}"),
     }
 }
+
+/// A transaction of `store` holding the row lock of token `id`, as another
+/// session (a replica, `psql`) would, until it ends.
+pub async fn lock_token_row(store: &Store, id: i64) -> sea_orm::DatabaseTransaction {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let txn = store.connection().begin().await.unwrap();
+    txn.execute_unprepared(&format!(
+        "SELECT id FROM quota_tokens WHERE id = {id} FOR UPDATE"
+    ))
+    .await
+    .unwrap();
+    txn
+}

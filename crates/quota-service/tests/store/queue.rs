@@ -248,14 +248,7 @@ async fn a_transaction_past_the_bound_is_unavailable_with_the_calls_behind_it(db
     let store = db.store().await;
     let (tok, key) = new_token(&store, 1_000).await;
     let other = db.store().await;
-    let blocker = other.connection().begin().await.unwrap();
-    blocker
-        .execute_unprepared(&format!(
-            "SELECT id FROM quota_tokens WHERE id = {} FOR UPDATE",
-            tok.id
-        ))
-        .await
-        .unwrap();
+    let blocker = lock_token_row(&other, tok.id).await;
 
     let started = std::time::Instant::now();
     let first = tokio::spawn(call(&store, &key, 5, "first"));
