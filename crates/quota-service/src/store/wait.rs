@@ -210,9 +210,9 @@ where
 /// driver's own ROLLBACK then fails too. Pooled as it was, every later
 /// transaction on it was a savepoint of one that never commits: debits
 /// answered as committed, never made durable, lost when the process stopped.
-/// Where the database has no transaction left to roll back, one is opened
-/// for the driver to end (closing the connection instead would lose an
-/// in-memory SQLite database).
+/// Where SQLite has no transaction left to roll back, one is opened for the
+/// driver to end (closing the connection instead would lose an in-memory
+/// database); a server database's connection is closed.
 async fn out_of_transaction<DB: Database>(conn: &mut DB::Connection) -> bool
 where
     for<'c> &'c mut DB::Connection: sea_orm::sqlx::Executor<'c, Database = DB>,
@@ -224,13 +224,22 @@ where
         if !conn.is_in_transaction() {
             return true;
         }
-        if DB::TransactionManager::rollback(conn).await.is_ok() {
-            tracing::warn!("a connection released inside a transaction was rolled back");
-            continue;
-        }
-        let resynced = match conn.execute("BEGIN").await {
-            Ok(_) => DB::TransactionManager::rollback(conn).await,
-            Err(error) => Err(error),
+        let error = match DB::TransactionManager::rollback(conn).await {
+            Ok(()) => {
+                tracing::warn!("a connection released inside a transaction was rolled back");
+                continue;
+            }
+            Err(error) => error,
+        };
+        // Only SQLite's BEGIN is refused inside a transaction: MySQL's
+        // would commit one still open. Elsewhere the connection is closed.
+        let resynced = if DB::NAME != "SQLite" {
+            Err(error)
+        } else {
+            match conn.execute("BEGIN").await {
+                Ok(_) => DB::TransactionManager::rollback(conn).await,
+                Err(error) => Err(error),
+            }
         };
         if let Err(error) = resynced {
             tracing::warn!(%error, "a connection released inside a transaction could not be rolled back: closed");
