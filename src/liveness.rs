@@ -5,7 +5,9 @@
 //! runs.
 //!
 //! - TCP keepalive on every accepted connection: after
-//!   [`TCP_KEEPALIVE_IDLE`] without traffic the kernel probes the peer every
+//!   [`TCP_KEEPALIVE_IDLE`] without traffic (nothing sent and unanswered:
+//!   data the peer has not acknowledged is left to the kernel's
+//!   retransmission limit instead) the kernel probes the peer every
 //!   [`TCP_KEEPALIVE_INTERVAL`] and drops the connection after
 //!   [`TCP_KEEPALIVE_RETRIES`] unanswered probes (about 90 s in all).
 //! - HTTP/2 PING: after [`HTTP2_PING_INTERVAL`] without a frame the server

@@ -64,20 +64,18 @@ fn is_unreachable(err: &DbErr) -> bool {
                 | Sqlx::WorkerCrashed
                 | Sqlx::Tls(_) => true,
                 // PostgreSQL shutting down or starting up, a connection
-                // exception, or out of a resource (disk, memory,
-                // connections: class 53); SQLite's disk full (13); MySQL's
-                // table or disk full (1114, 1021). A full disk is the
-                // database unable to write until an operator acts, not a
-                // bug: the caller may retry, and the readiness probes tell.
+                // exception, or its disk full (53100); SQLite's disk full
+                // (13); MySQL's table or disk full (1114, 1021). A full disk
+                // is the database unable to write until an operator acts,
+                // not a bug: the caller may retry later.
                 Sqlx::Database(db) => {
                     let mysql_full = db
                         .try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
                         .is_some_and(|e| matches!(e.number(), 1114 | 1021));
                     mysql_full
                         || db.code().is_some_and(|c| {
-                            matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "13")
+                            matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53100" | "13")
                                 || c.starts_with("08")
-                                || (c.len() == 5 && c.starts_with("53"))
                         })
                 }
                 _ => false,

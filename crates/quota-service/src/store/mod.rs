@@ -452,14 +452,17 @@ async fn open(
 }
 
 /// Why a server database at `url` refuses a connection, if it does so
-/// within `wait`.
+/// within `wait` (None for SQLite, whose pool times out only behind
+/// another process's lock).
 async fn why_no_connection(url: &str, wait: Duration) -> Option<String> {
     use sea_orm::sqlx::{Connection, MySqlConnection, PgConnection};
     let tried = async {
         if url.starts_with("mysql:") {
             MySqlConnection::connect(url).await.err()
-        } else {
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             PgConnection::connect(url).await.err()
+        } else {
+            None
         }
     };
     tokio::time::timeout(wait, tried)

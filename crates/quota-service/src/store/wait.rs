@@ -162,7 +162,8 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(5);
 const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(60);
 
 /// Sets [`LOCK_WAIT`] and [`IDLE_IN_TRANSACTION`] on a new PostgreSQL
-/// connection. A server that refuses (a pooler, say) keeps its defaults.
+/// connection (session settings: behind PgBouncer in transaction mode they
+/// reach whichever server connection ran them, as `plan_cache_mode` does).
 pub(super) async fn bound_lock_waits_postgres(conn: &mut sea_orm::sqlx::PgConnection) {
     use sea_orm::sqlx::{AssertSqlSafe, Executor};
     for setting in [
@@ -178,15 +179,16 @@ pub(super) async fn bound_lock_waits_postgres(conn: &mut sea_orm::sqlx::PgConnec
     }
 }
 
-/// Sets [`LOCK_WAIT`] on a new MySQL connection (whole seconds).
+/// Sets [`LOCK_WAIT`] on a new MySQL connection (whole seconds), for row
+/// locks (`innodb_lock_wait_timeout`) and table locks (`lock_wait_timeout`:
+/// `LOCK TABLES`, a migration's DDL).
 pub(super) async fn bound_lock_waits_mysql(conn: &mut sea_orm::sqlx::MySqlConnection) {
     use sea_orm::sqlx::{AssertSqlSafe, Executor};
-    let setting = format!(
-        "SET SESSION innodb_lock_wait_timeout = {}",
-        LOCK_WAIT.as_secs()
-    );
+    let seconds = LOCK_WAIT.as_secs();
+    let setting =
+        format!("SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}");
     if let Err(e) = conn.execute(AssertSqlSafe(setting)).await {
-        tracing::debug!(error = %e, "MySQL keeps its default lock wait timeout");
+        tracing::debug!(error = %e, "MySQL keeps its default lock wait timeouts");
     }
 }
 
@@ -219,6 +221,13 @@ where
 {
     use sea_orm::sqlx::Executor;
     use sqlx_core::transaction::TransactionManager;
+    if conn.is_in_transaction() {
+        // A transaction dropped without a commit only queues its ROLLBACK
+        // (SQLite's worker runs it later): let what is queued run first.
+        if conn.ping().await.is_err() {
+            return false;
+        }
+    }
     // One rollback per level of savepoint; a bound, not a loop on trust.
     for _ in 0..8 {
         if !conn.is_in_transaction() {
