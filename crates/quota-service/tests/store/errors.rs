@@ -206,15 +206,87 @@ async fn begin_and_leave<DB: sea_orm::sqlx::Database>(pool: &sea_orm::sqlx::Pool
 where
     for<'c> &'c mut DB::Connection: sea_orm::sqlx::Executor<'c, Database = DB>,
 {
+    leave_open(pool, 1, write, None).await;
+}
+
+/// Takes a connection of `pool`, begins `depth` levels of transaction
+/// (savepoints past the first), runs `write`, then `then` behind the
+/// driver's back, and gives the connection back with all of it open as the
+/// driver counts it.
+async fn leave_open<DB: sea_orm::sqlx::Database>(
+    pool: &sea_orm::sqlx::Pool<DB>,
+    depth: usize,
+    write: String,
+    then: Option<&'static str>,
+) where
+    for<'c> &'c mut DB::Connection: sea_orm::sqlx::Executor<'c, Database = DB>,
+{
     use sea_orm::sqlx::Executor;
     use sqlx_core::transaction::TransactionManager;
     let mut conn = pool.acquire().await.unwrap();
-    DB::TransactionManager::begin(&mut conn, None)
-        .await
-        .unwrap();
+    for _ in 0..depth {
+        DB::TransactionManager::begin(&mut conn, None)
+            .await
+            .unwrap();
+    }
     conn.execute(sea_orm::sqlx::AssertSqlSafe(write))
         .await
         .unwrap();
+    if let Some(then) = then {
+        conn.execute(then).await.unwrap();
+    }
+}
+
+/// A connection whose transaction the pool cannot roll back (its savepoint
+/// is gone, so the driver's `ROLLBACK TO` fails) is closed, which ends the
+/// transaction without its write. It is never "reset" by a `BEGIN`, which
+/// on MySQL would commit the open transaction, write and all.
+async fn a_transaction_that_cannot_be_rolled_back_is_closed_uncommitted(db: TestDb) {
+    use sea_orm::DatabaseBackend;
+    let store = db.store().await;
+    let (tok, key) = new_token(&store, 100).await;
+    let conn = store.connection();
+    let write = format!("UPDATE quota_tokens SET used = 1000 WHERE id = {}", tok.id);
+    let gone = Some("RELEASE SAVEPOINT _sqlx_savepoint_1");
+    match conn.get_database_backend() {
+        DatabaseBackend::Sqlite => {
+            leave_open(conn.get_sqlite_connection_pool(), 2, write, gone).await
+        }
+        DatabaseBackend::Postgres => {
+            leave_open(conn.get_postgres_connection_pool(), 2, write, gone).await
+        }
+        DatabaseBackend::MySql => {
+            leave_open(conn.get_mysql_connection_pool(), 2, write, gone).await
+        }
+        other => panic!("no pool for {other:?}"),
+    }
+    for n in 1..=3 {
+        consume(&store, &key, 7, Some(&format!("after-{n}")))
+            .await
+            .unwrap();
+    }
+    let other = Store::connect(&db.url).await.unwrap();
+    assert_eq!(balance(&other, tok.id).await, limited(79, 21));
+    assert_eq!(balance(&store, tok.id).await, limited(79, 21));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_that_cannot_be_rolled_back_is_closed_uncommitted_on_a_sqlite_file() {
+    a_transaction_that_cannot_be_rolled_back_is_closed_uncommitted(TestDb::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_that_cannot_be_rolled_back_is_closed_uncommitted_on_postgres() {
+    if let Some(db) = TestDb::postgres().await {
+        a_transaction_that_cannot_be_rolled_back_is_closed_uncommitted(db).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_that_cannot_be_rolled_back_is_closed_uncommitted_on_mysql() {
+    if let Some(db) = TestDb::mysql().await {
+        a_transaction_that_cannot_be_rolled_back_is_closed_uncommitted(db).await;
+    }
 }
 
 /// The other shape of that state: the database's transaction already ended
