@@ -32,6 +32,9 @@ const EXPOSE_HEADERS: HeaderValue =
 /// A day, in seconds.
 const MAX_AGE: HeaderValue = HeaderValue::from_static("86400");
 const ANY_ORIGIN: HeaderValue = HeaderValue::from_static("*");
+/// The methods every route answers, as `Allow` names them: on a preflight
+/// and on a 405 alike.
+pub(crate) const ALLOW: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
 
 /// Adds the CORS headers to every answer and answers preflights.
 #[derive(Clone, Copy, Debug, Default)]
@@ -81,7 +84,8 @@ where
     }
 }
 
-/// The answer to a preflight: 200, empty, the policy in its headers.
+/// The answer to a preflight: 200, empty, the policy in its headers, and
+/// the route's methods in `Allow` (as a 405 names them).
 fn preflight() -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::OK;
@@ -90,6 +94,7 @@ fn preflight() -> Response {
     headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOW_HEADERS);
     headers.insert(header::ACCESS_CONTROL_MAX_AGE, MAX_AGE);
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, ANY_ORIGIN);
+    headers.insert(header::ALLOW, ALLOW);
     response
 }
 
@@ -214,9 +219,15 @@ mod tests {
                 }
                 request.body(Body::empty()).unwrap_or_default()
             };
-            let ours = answer(CorsLayer.layer(tower::service_fn(route)), request()).await;
+            let (status, mut ours, body) =
+                answer(CorsLayer.layer(tower::service_fn(route)), request()).await;
             let expected = answer(theirs.layer(tower::service_fn(route)), request()).await;
-            assert_eq!(ours, expected, "{method} {headers:?}");
+            // `Allow` is ours alone: a preflight names the methods, as a 405 does.
+            let allow = ours.iter().position(|(name, _)| name == "allow");
+            let allow = allow.map(|at| ours.remove(at).1);
+            let wanted = (method == "OPTIONS").then(|| "GET, HEAD, OPTIONS".to_owned());
+            assert_eq!(allow, wanted, "{method} {headers:?}");
+            assert_eq!((status, ours, body), expected, "{method} {headers:?}");
         }
     }
 }

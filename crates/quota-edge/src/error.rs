@@ -308,10 +308,7 @@ impl IntoResponse for EdgeError {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if status == StatusCode::METHOD_NOT_ALLOWED {
-            headers.insert(
-                header::ALLOW,
-                HeaderValue::from_static("GET, HEAD, OPTIONS"),
-            );
+            headers.insert(header::ALLOW, crate::cors::ALLOW);
         }
         match &self {
             EdgeError::Overloaded => {

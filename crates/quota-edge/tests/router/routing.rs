@@ -84,6 +84,8 @@ async fn preflight_answers_before_auth_on_every_route() {
         );
         let headers = response.headers();
         assert_eq!(headers["access-control-allow-origin"], "*");
+        // The methods, as a 405 names them.
+        assert_eq!(headers["allow"], "GET, HEAD, OPTIONS", "{path}");
         let allowed = headers["access-control-allow-headers"]
             .to_str()
             .unwrap()

@@ -145,8 +145,9 @@ where
 }
 
 /// The longest a statement of the service waits for a lock another session
-/// holds, on PostgreSQL (`lock_timeout`) and MySQL
-/// (`innodb_lock_wait_timeout`), before the database ends it. Its caller
+/// holds, on PostgreSQL (`lock_timeout`) and MySQL (row locks:
+/// `innodb_lock_wait_timeout`; table locks: `lock_wait_timeout`), before
+/// the database ends it. Its caller
 /// gave up at [`DATABASE_WAIT`]; without this bound the statement would wait
 /// on in the database, its session and the pooled connection with it, for
 /// as long as the other session keeps the lock (a row locked by hand in
