@@ -27,8 +27,9 @@ use entity::{KIND_GRANT, STATUS_DISABLED, STATUS_ENABLED, ledger, token, usage_d
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database,
-    DatabaseBackend, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, RuntimeErr, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -447,7 +448,22 @@ async fn open(
                 None => e.to_string(),
             }))
         }
+        Err(DbErr::Conn(RuntimeErr::SqlxError(e))) => {
+            Err(redacted(format!("cannot connect: {}", refusal_text(&e))))
+        }
         Err(e) => Err(redacted(e.to_string())),
+    }
+}
+
+/// What a database said when it refused a connection: a server's own
+/// message (`database "x" does not exist`, `password authentication failed
+/// for user "y"`) without the line of the server's source that PostgreSQL
+/// sends with it, which sqlx's text appends (`… at line 948`) and which
+/// reads as a line of the operator's own settings.
+fn refusal_text(e: &sea_orm::sqlx::Error) -> String {
+    match e {
+        sea_orm::sqlx::Error::Database(db) => db.message().to_owned(),
+        other => other.to_string(),
     }
 }
 
@@ -469,7 +485,7 @@ async fn why_no_connection(url: &str, wait: Duration) -> Option<String> {
         .await
         .ok()
         .flatten()
-        .map(|e| format!("cannot connect: {e}"))
+        .map(|e| format!("cannot connect: {}", refusal_text(&e)))
 }
 
 /// Has PostgreSQL plan every execution of a prepared statement with its

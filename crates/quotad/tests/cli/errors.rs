@@ -23,6 +23,44 @@ fn serve_fails_in_one_line_when_the_database_is_unreachable() {
     assert!(line.contains("nobody:***@"), "{line}");
 }
 
+/// A server that answers but refuses: its own words, and nothing else
+/// (PostgreSQL sends the line of its own source with them, which sqlx's
+/// text appends, "… at line 948", and which reads as a line of the
+/// operator's settings).
+#[test]
+fn serve_says_in_the_servers_words_why_it_refused() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (postgres, mysql) = rt.block_on(async {
+        use quota_service::testing::TestDb;
+        (TestDb::postgres().await, TestDb::mysql().await)
+    });
+    for db in [postgres, mysql].into_iter().flatten() {
+        // The test's own database, named with a suffix no database has.
+        let (base, query) = db.url.split_once('?').unwrap_or((&db.url, ""));
+        let missing_db = format!("{base}_missing?{query}");
+        let name = base.rsplit('/').next().unwrap();
+        let dir = TempDir::new();
+        let mut cmd = quotad();
+        cmd.args(["serve", "--database-url", missing_db.trim_end_matches('?')])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .current_dir(dir.path());
+        let out = run(cmd, COMMAND_TIMEOUT);
+        let line = failed_with_one_line(&out);
+        assert!(line.contains("cannot open database"), "{line}");
+        assert!(line.contains(&format!("{name}_missing")), "{line}");
+        let said = line.to_ascii_lowercase();
+        assert!(
+            said.contains("does not exist") || said.contains("unknown database"),
+            "{line}"
+        );
+        assert!(!said.contains(" at line "), "{line}");
+        drop(db);
+    }
+}
+
 #[test]
 fn serve_fails_in_one_line_on_an_unsupported_database_url() {
     let dir = TempDir::new();
