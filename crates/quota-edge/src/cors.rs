@@ -1,14 +1,18 @@
 //! CORS: one policy for every route. Any origin may read the answers (`*`,
 //! no credentials: a key travels in `Authorization`, never in a cookie),
-//! with `GET`, `HEAD` and `OPTIONS` and the `Authorization` and
-//! `Content-Type` headers. A preflight (any `OPTIONS`) is answered at once,
-//! to be cached for a day, unless its URI, headers or declared body are over
-//! the bounds every request is held to ([`crate::limits`]): 414, 431, 413.
+//! with `GET`, `HEAD` and `OPTIONS` and the `Authorization`, `Content-Type`
+//! and `X-Request-Id` headers, and any other header a preflight asks for
+//! (NextChat sends `X-Requested-With`, SDKs their own): the answer is the
+//! same whichever it carries, so refusing one would only break a client. A
+//! preflight (any `OPTIONS`) is answered at once, to be cached for a day,
+//! unless its URI, headers or declared body are over the bounds every
+//! request is held to ([`crate::limits`]): 414, 431, 413.
 //!
-//! This is tower-http's `CorsLayer` with `allow_origin(Any)`, the policy
-//! below and no `Vary`, and it answers exactly as that layer does (a test
-//! compares the two). It is written out because that layer builds a header
-//! map of its settings, copied from them, for every request.
+//! For a preflight that asks for no header beyond those three, this is
+//! tower-http's `CorsLayer` with `allow_origin(Any)`, the policy below and
+//! no `Vary`, and it answers exactly as that layer does (a test compares the
+//! two), with `Allow` added. It is written out because that layer builds a
+//! header map of its settings, copied from them, for every request.
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -25,13 +29,15 @@ use tower::{Layer, Service};
 // writes them; the test builds tower-http's layer from the same lists).
 const ALLOW_METHODS: HeaderValue = HeaderValue::from_static("GET,HEAD,OPTIONS");
 // `x-request-id` too: a browser may send its own id, which the edge keeps.
-const ALLOW_HEADERS: HeaderValue =
-    HeaderValue::from_static("authorization,content-type,x-request-id");
+const ALLOW_HEADER_NAMES: &str = "authorization,content-type,x-request-id";
+const ALLOW_HEADERS: HeaderValue = HeaderValue::from_static(ALLOW_HEADER_NAMES);
 const EXPOSE_HEADERS: HeaderValue =
     HeaderValue::from_static("www-authenticate,retry-after,x-request-id");
 /// A day, in seconds.
 const MAX_AGE: HeaderValue = HeaderValue::from_static("86400");
 const ANY_ORIGIN: HeaderValue = HeaderValue::from_static("*");
+const ACCESS_CONTROL_REQUEST_HEADERS: HeaderValue =
+    HeaderValue::from_static("access-control-request-headers");
 /// The methods every route answers, as `Allow` names them: on a preflight
 /// and on a 405 alike.
 pub(crate) const ALLOW: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
@@ -72,7 +78,11 @@ where
             // request's size, which every request is held to.
             let response = match crate::limits::refusal(&request) {
                 Some(refusal) => with_headers(refusal.into_response()),
-                None => preflight(),
+                None => preflight(
+                    request
+                        .headers()
+                        .get(header::ACCESS_CONTROL_REQUEST_HEADERS),
+                ),
             };
             return CorsFuture::Preflight {
                 response: Some(response),
@@ -85,17 +95,57 @@ where
 }
 
 /// The answer to a preflight: 200, empty, the policy in its headers, and
-/// the route's methods in `Allow` (as a 405 names them).
-fn preflight() -> Response {
+/// the route's methods in `Allow` (as a 405 names them). `requested` is its
+/// `Access-Control-Request-Headers`: names beyond the policy's are allowed
+/// too, and then the answer varies with that header.
+fn preflight(requested: Option<&HeaderValue>) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, ALLOW_METHODS);
-    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOW_HEADERS);
+    match requested.and_then(allowed_beyond_policy) {
+        Some(allowed) => {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allowed);
+            headers.insert(header::VARY, ACCESS_CONTROL_REQUEST_HEADERS);
+        }
+        None => {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOW_HEADERS);
+        }
+    }
     headers.insert(header::ACCESS_CONTROL_MAX_AGE, MAX_AGE);
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, ANY_ORIGIN);
     headers.insert(header::ALLOW, ALLOW);
     response
+}
+
+/// The policy's headers and then every other header name `requested`
+/// lists, or `None` when it names none beyond the policy's (or is not a
+/// list of header names, which a browser never sends).
+fn allowed_beyond_policy(requested: &HeaderValue) -> Option<HeaderValue> {
+    let requested = requested.to_str().ok()?;
+    let policy = ALLOW_HEADER_NAMES;
+    let mut allowed = String::new();
+    for name in requested
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
+        if header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return None;
+        }
+        let known = policy
+            .split(',')
+            .chain(allowed.split(','))
+            .any(|n| n.eq_ignore_ascii_case(name));
+        if !known {
+            allowed.push(',');
+            allowed.push_str(&name.to_ascii_lowercase());
+        }
+    }
+    if allowed.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&format!("{policy}{allowed}")).ok()
 }
 
 /// `response` with the headers of an answer that is not a preflight's.
@@ -126,7 +176,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             CorsFutureProj::Preflight { response } => {
-                Poll::Ready(Ok(response.take().unwrap_or_else(preflight)))
+                Poll::Ready(Ok(response.take().unwrap_or_else(|| preflight(None))))
             }
             CorsFutureProj::Call { inner } => inner.poll(cx).map(|answer| answer.map(with_headers)),
         }
@@ -228,6 +278,74 @@ mod tests {
             let wanted = (method == "OPTIONS").then(|| "GET, HEAD, OPTIONS".to_owned());
             assert_eq!(allow, wanted, "{method} {headers:?}");
             assert_eq!((status, ours, body), expected, "{method} {headers:?}");
+        }
+    }
+
+    /// A preflight of NextChat (`x-requested-with`) or of an SDK (its own
+    /// headers) is allowed every header it asks for, in the policy's names
+    /// and then its own, and the answer varies with what it asked.
+    #[tokio::test]
+    async fn a_preflight_is_allowed_the_headers_it_asks_for() {
+        let preflight = |requested: &str| {
+            Request::builder()
+                .method("OPTIONS")
+                .uri("/v1/dashboard/billing/subscription")
+                .header("origin", "https://chat.example")
+                .header("access-control-request-method", "GET")
+                .header("access-control-request-headers", requested)
+                .body(Body::empty())
+                .unwrap_or_default()
+        };
+        for (requested, allowed, varies) in [
+            (
+                "authorization,content-type,x-requested-with",
+                "authorization,content-type,x-request-id,x-requested-with",
+                true,
+            ),
+            (
+                "Authorization, X-Stainless-OS, x-stainless-os,openai-organization",
+                "authorization,content-type,x-request-id,x-stainless-os,openai-organization",
+                true,
+            ),
+            // Nothing beyond the policy: its answer, as tower-http gives it.
+            (
+                "authorization",
+                "authorization,content-type,x-request-id",
+                false,
+            ),
+            (
+                "Content-Type, X-Request-Id",
+                "authorization,content-type,x-request-id",
+                false,
+            ),
+            // Not a list of header names: the policy alone.
+            ("x-a b", "authorization,content-type,x-request-id", false),
+            ("x-a,(b)", "authorization,content-type,x-request-id", false),
+        ] {
+            let (status, headers, _) = answer(
+                CorsLayer.layer(tower::service_fn(route)),
+                preflight(requested),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{requested}");
+            let value = |name: &str| {
+                headers
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            assert_eq!(
+                value("access-control-allow-headers"),
+                Some(allowed),
+                "{requested}"
+            );
+            let vary = varies.then_some("access-control-request-headers");
+            assert_eq!(value("vary"), vary, "{requested}");
+            assert_eq!(
+                value("access-control-allow-origin"),
+                Some("*"),
+                "{requested}"
+            );
         }
     }
 }

@@ -17,6 +17,9 @@ pub enum EdgeError {
     InvalidDate(Status),
     /// The `Authorization` header holds bytes that cannot travel as metadata.
     MalformedAuthorization,
+    /// More than one `Authorization` header: which one is the caller's is
+    /// not for the edge to guess (a proxy in front may read the other).
+    RepeatedAuthorization,
     /// No such route.
     UnknownUrl {
         /// The method asked for.
@@ -187,6 +190,13 @@ impl IntoResponse for EdgeError {
                 INVALID_REQUEST,
                 "invalid_api_key",
                 "malformed Authorization header: expected `Bearer <key>`".to_owned(),
+                None,
+            ),
+            EdgeError::RepeatedAuthorization => (
+                StatusCode::UNAUTHORIZED,
+                INVALID_REQUEST,
+                "invalid_api_key",
+                "more than one Authorization header: send one, `Bearer <key>`".to_owned(),
                 None,
             ),
             EdgeError::UnknownUrl { method, path } => (

@@ -562,10 +562,14 @@ pub(crate) fn forward_request_id<T>(request: &mut tonic::Request<T>, headers: &H
 }
 
 /// The gRPC request carrying the caller's `Authorization` header as
-/// metadata.
+/// metadata; more than one is refused.
 fn with_caller<T>(message: T, headers: &HeaderMap) -> Result<tonic::Request<T>, EdgeError> {
     let mut request = tonic::Request::new(message);
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
+    let mut authorizations = headers.get_all(header::AUTHORIZATION).iter();
+    if let Some(value) = authorizations.next() {
+        if authorizations.next().is_some() {
+            return Err(EdgeError::RepeatedAuthorization);
+        }
         if value.len() > MAX_AUTHORIZATION_BYTES {
             return Err(EdgeError::MalformedAuthorization);
         }

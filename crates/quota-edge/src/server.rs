@@ -2,10 +2,11 @@
 //! request heads, optionally behind TLS, each request told its peer address;
 //! connections whose peer has gone are found and closed ([`quota::liveness`]).
 
-use crate::limits::{FIRST_BYTE_TIMEOUT, HTTP_BUFFER_BYTES};
+use crate::limits::{FIRST_BYTE_TIMEOUT, HTTP_BUFFER_BYTES, MAX_URI_BYTES};
 use crate::tls::ServerTls;
 use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::http::Uri;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -128,12 +129,44 @@ async fn serve_connection<IO>(
 {
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
+        if let Some(uri) = canonical(request.uri()) {
+            *request.uri_mut() = uri;
+        }
         app.clone().oneshot(request)
     });
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
+}
+
+/// `uri` with its path's runs of slashes made one and a trailing slash
+/// dropped, or `None` when it has neither (a byte scan, no allocation) or
+/// is over the URI bound (refused as it came). A client whose base URL ends
+/// in a slash (`http://host/v1/`) asks for `/v1//dashboard/billing/…`, and
+/// one that copies a route may keep its slash: both mean the route.
+fn canonical(uri: &Uri) -> Option<Uri> {
+    let path = uri.path();
+    let untidy = path.as_bytes().windows(2).any(|pair| pair == b"//")
+        || (path.len() > 1 && path.ends_with('/'));
+    if !untidy || path.len() + uri.query().map_or(0, str::len) > MAX_URI_BYTES {
+        return None;
+    }
+    let mut tidy = String::with_capacity(path.len() + uri.query().map_or(0, |q| q.len() + 1));
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        tidy.push('/');
+        tidy.push_str(segment);
+    }
+    if tidy.is_empty() {
+        tidy.push('/');
+    }
+    if let Some(query) = uri.query() {
+        tidy.push('?');
+        tidy.push_str(query);
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(tidy.parse().ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 /// Errors of `accept` that concern one connection are skipped; others (out
@@ -149,4 +182,43 @@ async fn accept_failed(e: io::Error) {
     }
     tracing::error!(error = %e, "cannot accept a connection");
     tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_is_made_canonical_only_when_untidy() {
+        for (given, wanted) in [
+            ("/v1/dashboard/billing/subscription", None),
+            ("/", None),
+            (
+                "/v1//dashboard/billing/subscription",
+                Some("/v1/dashboard/billing/subscription"),
+            ),
+            (
+                "//v1/dashboard/billing/usage?start_date=2026-01-01",
+                Some("/v1/dashboard/billing/usage?start_date=2026-01-01"),
+            ),
+            (
+                "/dashboard/billing/subscription/",
+                Some("/dashboard/billing/subscription"),
+            ),
+            (
+                "/v1///dashboard//billing/usage//?a=b//c",
+                Some("/v1/dashboard/billing/usage?a=b//c"),
+            ),
+            ("//", Some("/")),
+            ("http://host:8080/v1//x/", Some("http://host:8080/v1/x")),
+        ] {
+            let uri: Uri = given.parse().unwrap();
+            let got = canonical(&uri).map(|u| u.to_string());
+            assert_eq!(got.as_deref(), wanted, "{given}");
+        }
+        let long: Uri = format!("/v1//{}", "a".repeat(MAX_URI_BYTES))
+            .parse()
+            .unwrap();
+        assert_eq!(canonical(&long), None);
+    }
 }

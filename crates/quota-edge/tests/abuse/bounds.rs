@@ -27,6 +27,64 @@ async fn a_uri_over_8_kib_gets_414() {
     still_serves(&edge).await;
 }
 
+/// A client whose base URL ends in a slash (`http://host/v1/`) asks for
+/// `/v1//dashboard/…`; one that copied a route may keep a trailing slash.
+/// Both reach the route; a path that names none is still 404, and a URI
+/// over the bound still 414.
+#[tokio::test]
+async fn doubled_and_trailing_slashes_reach_the_route() {
+    let edge = spawn_edge(EdgeConfig::default()).await;
+    let auth = format!("Bearer {VALID_KEY}");
+    for path in [
+        "/v1//dashboard/billing/subscription",
+        "//dashboard/billing/subscription",
+        "/v1/dashboard/billing/subscription/",
+        "/v1/dashboard//billing/usage/?start_date=2026-01-01",
+    ] {
+        let reply = send(edge.addr, &get(path, &[("Authorization", &auth)])).await;
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+    }
+    assert_eq!(edge.calls(), 4);
+    let reply = send(
+        edge.addr,
+        &get("/v1//dashboard/nothing/", &[("Authorization", &auth)]),
+    )
+    .await;
+    assert_eq!(reply.status, 404, "{reply:?}");
+    assert_eq!(reply.code(), "unknown_url");
+    let long = format!(
+        "/v1//dashboard/billing/subscription?pad={}",
+        "a".repeat(9 * 1024)
+    );
+    let reply = send(edge.addr, &get(&long, &[("Authorization", &auth)])).await;
+    assert_eq!(reply.status, 414, "{reply:?}");
+    assert_eq!(edge.calls(), 4);
+}
+
+/// Two `Authorization` headers: which is the caller's is not the edge's to
+/// guess, whatever the first holds.
+#[tokio::test]
+async fn two_authorization_headers_get_401_without_an_upstream_call() {
+    let edge = spawn_edge(EdgeConfig::default()).await;
+    let good = format!("Bearer {VALID_KEY}");
+    for other in [
+        "Bearer sk-someoneelsesomeoneelsesomeoneelsesomeoneelse1",
+        good.as_str(),
+    ] {
+        let headers = [("Authorization", good.as_str()), ("Authorization", other)];
+        let reply = send(edge.addr, &get(SUBSCRIPTION, &headers)).await;
+        assert_eq!(reply.status, 401, "{reply:?}");
+        assert_eq!(reply.code(), "invalid_api_key");
+        assert!(
+            reply.body.contains("more than one Authorization header"),
+            "{reply:?}"
+        );
+        assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+    }
+    assert_eq!(edge.calls(), 0);
+    still_serves(&edge).await;
+}
+
 #[tokio::test]
 async fn headers_over_16_kib_get_431_without_an_upstream_call() {
     let edge = spawn_edge(EdgeConfig::default()).await;
