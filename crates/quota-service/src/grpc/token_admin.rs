@@ -25,6 +25,13 @@ fn checked_name(name: String) -> Result<String, QuotaError> {
         )));
     }
     no_nul("name", &name)?;
+    // A name is printed as it is (`quotad token list`): a newline would
+    // break its table, an escape sequence would reach the operator's terminal.
+    if name.chars().any(char::is_control) {
+        return Err(QuotaError::InvalidArgument(
+            "name contains a control character (a newline, a tab, an escape)".into(),
+        ));
+    }
     Ok(name)
 }
 

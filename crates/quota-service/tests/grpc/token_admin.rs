@@ -259,8 +259,19 @@ async fn admin_refuses_malformed_requests(db: TestDb) {
     }
 
     // A name longer than the store keeps, or with a NUL in it (PostgreSQL
-    // cannot store one), is the caller's mistake, not a 500.
-    for bad in ["n".repeat(256), "a\0b".to_owned()] {
+    // cannot store one), is the caller's mistake, not a 500; a control
+    // character would break `token list`'s table or reach a terminal.
+    let controls = [
+        "a\nb",
+        "tab\there",
+        "\u{1b}[31mred",
+        "del\u{7f}",
+        "c1\u{9b}",
+    ];
+    let bad_names = ["n".repeat(256), "a\0b".to_owned()]
+        .into_iter()
+        .chain(controls.map(str::to_owned));
+    for bad in bad_names {
         let created = api
             .admin()
             .create_token(as_admin(pb::CreateTokenRequest {

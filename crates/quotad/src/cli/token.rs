@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 pub enum TokenCommand {
     /// Mint a key. The key alone is printed on stdout, once; details go to stderr.
     Create {
-        /// A name to recognise the key by.
+        /// A name to recognise the key by: at most 255 bytes, no control characters.
         #[arg(long, default_value = "")]
         name: String,
         #[command(flatten)]
