@@ -121,8 +121,8 @@ impl ClientTls {
     }
 }
 
-/// A URL that is not one of a gRPC service: `http://HOST:PORT` or
-/// `https://HOST:PORT` is expected.
+/// A URL that is not one of a gRPC service: `http://HOST:PORT`,
+/// `https://HOST:PORT` or `HOST:PORT` (plain) is expected.
 #[derive(Debug)]
 pub struct InvalidUrl(pub(crate) String);
 
@@ -130,7 +130,7 @@ impl std::fmt::Display for InvalidUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:?} is not a gRPC service URL: expected http://HOST:PORT or https://HOST:PORT",
+            "{:?} is not a gRPC service URL: expected http://HOST:PORT, https://HOST:PORT or HOST:PORT",
             self.0
         )
     }
@@ -138,11 +138,17 @@ impl std::fmt::Display for InvalidUrl {
 
 impl std::error::Error for InvalidUrl {}
 
-/// The endpoint of the gRPC service at `url`: plain for `http://`, TLS
-/// trusting `tls` for `https://`.
+/// The endpoint of the gRPC service at `url`: plain for `http://` or a
+/// bare `HOST:PORT` (as `--grpc-addr` names it), TLS trusting `tls` for
+/// `https://`.
 pub fn endpoint(url: &str, tls: &ClientTls) -> Result<Endpoint, InvalidUrl> {
     let invalid = || InvalidUrl(url.to_owned());
-    let uri: http::Uri = url.parse().map_err(|_| invalid())?;
+    let uri: http::Uri = if url.contains("://") {
+        url.parse()
+    } else {
+        format!("http://{url}").parse()
+    }
+    .map_err(|_| invalid())?;
     if uri.host().is_none_or(str::is_empty) {
         return Err(invalid());
     }

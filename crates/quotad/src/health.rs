@@ -34,12 +34,7 @@ pub async fn run(
 
 /// `grpc.health.v1.Health/Check` of the server as a whole (service "").
 async fn grpc_ready(url: &str, tls: &ClientTls) -> Result<()> {
-    let url = if url.contains("://") {
-        url.to_owned()
-    } else {
-        format!("http://{url}")
-    };
-    let channel = endpoint(&url, tls)
+    let channel = endpoint(url, tls)
         .map_err(|e| anyhow!("--grpc {e}"))?
         .connect()
         .await
@@ -49,7 +44,12 @@ async fn grpc_ready(url: &str, tls: &ClientTls) -> Result<()> {
             service: String::new(),
         })
         .await
-        .map_err(|s| anyhow!("not ready: {url} answered {}: {}", s.code(), s.message()))?
+        .map_err(|s| match crate::token::not_grpc(&s) {
+            Some(content_type) => anyhow!(
+                "not ready: {url} answered, but not as a gRPC service ({content_type}): --grpc names the gRPC listener"
+            ),
+            None => anyhow!("not ready: {url} answered {}: {}", s.code(), s.message()),
+        })?
         .into_inner();
     match ServingStatus::try_from(answer.status) {
         Ok(ServingStatus::Serving) => Ok(()),

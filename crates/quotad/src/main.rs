@@ -43,6 +43,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run::run(cli)) {
         Ok(code) => code,
+        // What was printed was all the reader wanted.
+        Err(e) if output::stopped_reading(&e) => ExitCode::SUCCESS,
         Err(e) => {
             telemetry::fatal(log_format, &format!("quotad: {e:#}"));
             ExitCode::FAILURE

@@ -4,6 +4,33 @@
 use quota::pb;
 use quota_service::domain::Balance;
 use serde::Serialize;
+use std::fmt::Display;
+use std::io::{self, Write};
+
+/// Writes `line` and a newline on stdout. Its error is returned, not a
+/// panic as `println!` makes of it: a reader that stopped early
+/// (`quotad token list | head -1`) closes the pipe, and the command then
+/// ends quietly ([`stopped_reading`]).
+pub fn print_line(line: impl Display) -> io::Result<()> {
+    writeln!(io::stdout().lock(), "{line}")
+}
+
+/// `println!` through [`print_line`], its error returned with `?`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::print_line(format_args!($($arg)*))?
+    };
+}
+pub(crate) use outln;
+
+/// True when `e` is stdout's reader gone: nothing to report, to no one.
+pub fn stopped_reading(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
 
 /// One token as `--output json` prints it.
 #[derive(Debug, Serialize)]

@@ -273,20 +273,19 @@ async fn migration_status(db: &DatabaseArgs) -> Result<ExitCode> {
             )
         })?
     };
-    for name in &status.applied {
-        println!("applied  {name}");
-    }
-    for name in &status.pending {
-        println!("pending  {name}");
-    }
-    for name in &status.unknown {
-        println!("newer    {name} (applied by a newer version)");
-    }
-    println!(
-        "{} applied, {} pending",
-        status.applied.len(),
-        status.pending.len()
-    );
+    let mut lines = (status.applied.iter().map(|name| format!("applied  {name}")))
+        .chain(status.pending.iter().map(|name| format!("pending  {name}")))
+        .chain(
+            (status.unknown.iter())
+                .map(|name| format!("newer    {name} (applied by a newer version)")),
+        )
+        .chain([format!(
+            "{} applied, {} pending",
+            status.applied.len(),
+            status.pending.len()
+        )]);
+    // A reader that stops early (`| head`) changes nothing of the answer.
+    let _ = lines.try_for_each(crate::output::print_line);
     Ok(if status.pending.is_empty() {
         ExitCode::SUCCESS
     } else {

@@ -1,7 +1,7 @@
 //! `quotad token ...`: the admin API from the command line.
 
 use crate::cli::{AdminArgs, Output, TokenCommand};
-use crate::output::{CreatedJson, TokenJson, json_line};
+use crate::output::{CreatedJson, TokenJson, json_line, outln};
 use anyhow::{Result, anyhow, bail};
 use quota::pb;
 use quota::pb::token_admin_client::TokenAdminClient;
@@ -43,6 +43,13 @@ pub async fn run(admin: AdminArgs, command: TokenCommand) -> Result<()> {
     client.run(command).await
 }
 
+/// The content type of an answer that was not gRPC's (the REST edge's
+/// JSON 404, say), as `status` carries the answer's headers.
+pub(crate) fn not_grpc(status: &Status) -> Option<String> {
+    let content_type = status.metadata().get("content-type")?.to_str().ok()?;
+    (!content_type.starts_with("application/grpc")).then(|| format!("content-type {content_type}"))
+}
+
 struct Admin {
     client: TokenAdminClient<Channel>,
     /// `Bearer <secret>`, sent with every call.
@@ -75,7 +82,12 @@ impl Admin {
                 // an answer of the service: a TLS port answers plain HTTP/2
                 // with bytes that break the connection (a protocol error or
                 // a cancelled call, as the timing falls).
-                if self.server.starts_with("http://")
+                if let Some(content_type) = not_grpc(&status) {
+                    anyhow!(
+                        "{} answered, but not as a gRPC service ({content_type}): --server names the gRPC listener (--grpc-addr), not the REST one",
+                        self.server
+                    )
+                } else if !self.server.starts_with("https://")
                     && std::error::Error::source(&status).is_some()
                 {
                     anyhow!(
@@ -117,10 +129,10 @@ impl Admin {
                         key: &created.key,
                         token: created.token.as_ref().map(TokenJson::from),
                     };
-                    println!("{}", json_line(&json));
+                    outln!("{}", json_line(&json));
                     return Ok(());
                 }
-                println!("{}", created.key);
+                outln!("{}", created.key);
                 if let Some(token) = created.token {
                     eprintln!(
                         "created token {} ({}): {}",
@@ -139,7 +151,7 @@ impl Admin {
                 let token = self
                     .call(request, |mut c, r| async move { c.grant_quota(r).await })
                     .await?;
-                self.print(&token);
+                self.print(&token)?;
             }
             TokenCommand::List => {
                 let mut all = Vec::new();
@@ -161,15 +173,21 @@ impl Admin {
                 match self.output {
                     Output::Json => {
                         let tokens: Vec<TokenJson> = all.iter().map(TokenJson::from).collect();
-                        println!("{}", json_line(&tokens));
+                        outln!("{}", json_line(&tokens));
                     }
                     Output::Text => {
-                        println!(
+                        outln!(
                             "{:>6}  {:<10}  {:<8}  {:>9}  {:>15}  {:>15}  {:>10}  NAME",
-                            "ID", "PREFIX", "STATUS", "UNLIMITED", "REMAINING", "USED", "EXPIRES"
+                            "ID",
+                            "PREFIX",
+                            "STATUS",
+                            "UNLIMITED",
+                            "REMAINING",
+                            "USED",
+                            "EXPIRES"
                         );
                         for t in &all {
-                            println!(
+                            outln!(
                                 "{:>6}  {:<10}  {:<8}  {:>9}  {:>15}  {:>15}  {:>10}  {}",
                                 t.id,
                                 t.display_prefix,
@@ -195,7 +213,7 @@ impl Admin {
                 let token = self
                     .call(request, |mut c, r| async move { c.get_token(r).await })
                     .await?;
-                self.print(&token);
+                self.print(&token)?;
             }
             TokenCommand::Disable { token } => self.set_enabled(&token, false).await?,
             TokenCommand::Enable { token } => self.set_enabled(&token, true).await?,
@@ -207,7 +225,7 @@ impl Admin {
                     .await?;
                 match self.output {
                     Output::Json => {
-                        println!("{}", json_line(&serde_json::json!({"deleted": true})))
+                        outln!("{}", json_line(&serde_json::json!({"deleted": true})))
                     }
                     Output::Text => eprintln!("deleted"),
                 }
@@ -225,16 +243,17 @@ impl Admin {
         let token = self
             .call(request, |mut c, r| async move { c.update_token(r).await })
             .await?;
-        self.print(&token);
+        self.print(&token)?;
         Ok(())
     }
 
     /// One token on stdout, as `--output` says.
-    fn print(&self, token: &pb::Token) {
+    fn print(&self, token: &pb::Token) -> Result<()> {
         match self.output {
-            Output::Text => println!("{}", show(token)),
-            Output::Json => println!("{}", json_line(&TokenJson::from(token))),
+            Output::Text => outln!("{}", show(token)),
+            Output::Json => outln!("{}", json_line(&TokenJson::from(token))),
         }
+        Ok(())
     }
 }
 

@@ -23,17 +23,19 @@ pub async fn run(db: &DatabaseArgs, log_format: LogFormat) -> ExitCode {
             return ExitCode::from(UNREADABLE);
         }
     };
-    for check in &found.disagreeing {
-        for line in check.disagreements() {
-            println!("{line}");
-        }
-    }
     let bad = found.disagreeing.len();
-    println!(
+    let summary = format!(
         "{} tokens checked: {} agree with their ledger, {bad} disagree",
         found.tokens,
         found.tokens - bad as u64
     );
+    // A reader that stops early (`| head`) changes nothing of the verdict.
+    let _ = found
+        .disagreeing
+        .iter()
+        .flat_map(|check| check.disagreements())
+        .chain([summary])
+        .try_for_each(crate::output::print_line);
     if found.agrees() {
         ExitCode::SUCCESS
     } else {

@@ -174,7 +174,8 @@ pub enum Command {
     },
     /// Run the REST edge alone, in front of a gRPC service.
     Edge {
-        /// The gRPC service to call, e.g. http://127.0.0.1:50051 (https:// for TLS).
+        /// The gRPC service to call: http://HOST:PORT, https://HOST:PORT for TLS, or
+        /// HOST:PORT (plain), e.g. http://127.0.0.1:50051.
         #[arg(long, env = "QUOTA_UPSTREAM", value_name = "URL")]
         upstream: String,
         #[command(flatten)]
@@ -355,7 +356,8 @@ pub struct HttpAddr {
 /// How `token` commands reach the admin API.
 #[derive(Debug, Args)]
 pub struct AdminArgs {
-    /// The running service's gRPC URL.
+    /// The running service's gRPC URL: http://HOST:PORT, https://HOST:PORT for TLS, or
+    /// HOST:PORT (plain).
     #[arg(
         long,
         env = "QUOTA_SERVER",

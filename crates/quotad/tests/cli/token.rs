@@ -96,6 +96,79 @@ fn token_commands_say_when_the_service_cannot_be_reached() {
     assert!(out.stdout.is_empty(), "{}", describe(&out));
 }
 
+/// `--server` takes the gRPC listener as `--grpc-addr` names it, with no
+/// scheme; pointed at the REST listener, a command (and `health`) says so
+/// instead of quoting a gRPC decoding error.
+#[test]
+fn token_commands_take_host_and_port_and_name_the_rest_port_a_mistake() {
+    let dir = TempDir::new();
+    let server = Server::start(&dir.sqlite_url("quota.db"), dir.path());
+    let (key, id) = create_key(&server, "5");
+    let bare = server.grpc_url.trim_start_matches("http://");
+    let mut cmd = quotad();
+    cmd.args(["token", "show", &id.to_string(), "--server", bare]);
+    let out = run(cmd, COMMAND_TIMEOUT);
+    succeeded(&out);
+    assert!(stdout_of(&out).contains(&key[..7]), "{}", describe(&out));
+
+    let rest = format!("http://{}", server.http.unwrap());
+    let mut cmd = quotad();
+    cmd.args(["token", "list", "--server", &rest]);
+    let line = failed_with_one_line(&run(cmd, COMMAND_TIMEOUT));
+    assert!(line.contains("not as a gRPC service"), "{line}");
+    assert!(line.contains("REST"), "{line}");
+    let mut cmd = quotad();
+    cmd.args(["health", "--grpc", &rest]);
+    let line = failed_with_one_line(&run(cmd, COMMAND_TIMEOUT));
+    assert!(line.contains("not as a gRPC service"), "{line}");
+    let mut cmd = quotad();
+    cmd.args(["health", "--grpc", bare]);
+    succeeded(&run(cmd, COMMAND_TIMEOUT));
+}
+
+/// A reader that stops early (`quotad token list | head -1`) closes the
+/// pipe: the command ends quietly, with no panic and exit 0.
+#[test]
+fn commands_end_quietly_when_their_reader_has_gone() {
+    let dir = TempDir::new();
+    let server = Server::start(&dir.sqlite_url("quota.db"), dir.path());
+    create_key(&server, "5");
+    let closed_pipe = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        writer
+    };
+    let mut commands = Vec::new();
+    for args in [&["list"][..], &["show", "1"], &["list", "--output", "json"]] {
+        let mut cmd = quotad();
+        cmd.arg("token")
+            .args(args)
+            .args(["--server", &server.grpc_url]);
+        commands.push((format!("token {args:?}"), cmd));
+    }
+    let mut cmd = quotad();
+    cmd.args([
+        "migrate",
+        "--status",
+        "--database-url",
+        &dir.sqlite_url("quota.db"),
+    ]);
+    commands.push(("migrate --status".into(), cmd));
+    let mut cmd = quotad();
+    cmd.args(["verify", "--database-url", &dir.sqlite_url("quota.db")]);
+    commands.push(("verify".into(), cmd));
+    for (what, mut cmd) in commands {
+        let out = cmd
+            .stdout(closed_pipe())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{what}: {:?}\n{stderr}", out.status);
+        assert!(stderr.is_empty(), "{what}: {stderr}");
+    }
+}
+
 #[test]
 fn token_commands_print_json_for_programs() {
     let dir = TempDir::new();
