@@ -15,7 +15,7 @@ use tonic::transport::{Identity, ServerTlsConfig};
 use tower::BoxError;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
-use tower::util::MapResultLayer;
+use tower::util::{MapResponseLayer, MapResultLayer};
 
 /// The largest message the services decode: tonic refuses a larger one
 /// before decoding it (OUT_OF_RANGE), never INTERNAL.
@@ -109,6 +109,8 @@ pub async fn serve_with(
         // Request id, a span per call, one log line and the metrics per call,
         // refusals for load included.
         .layer(quota_telemetry::grpc::server_layers())
+        // A body that is not one whole gRPC message is the caller's mistake.
+        .layer(MapResponseLayer::new(malformed_is_invalid))
         // At most one call per permit of `in_flight` over every connection
         // together; past it a call is refused at once, never queued.
         .layer(
@@ -138,6 +140,34 @@ pub async fn serve_with(
         )
         .await?;
     Ok(())
+}
+
+/// tonic's own refusals of a request body that is not one whole gRPC
+/// message (none at all, one cut short, a compressed flag with no
+/// `grpc-encoding`, a flag that is neither 0 nor 1) are INTERNAL; they are
+/// the caller's mistake, so INVALID_ARGUMENT, as a message that does not
+/// decode is (`quota::codec`). They come before any handler, as a
+/// trailers-only answer: its headers carry the status. An answer of the
+/// handlers is never INTERNAL with these words.
+fn malformed_is_invalid(
+    mut response: tonic::codegen::http::Response<tonic::body::Body>,
+) -> tonic::codegen::http::Response<tonic::body::Body> {
+    const MALFORMED: [&str; 3] = [
+        "Missing request message.",
+        "Unexpected EOF decoding stream.",
+        "protocol error: received message with ",
+    ];
+    let headers = response.headers_mut();
+    if headers.get("grpc-status").is_some_and(|code| code == "13")
+        && Status::from_header_map(headers)
+            .is_some_and(|status| MALFORMED.iter().any(|m| status.message().starts_with(m)))
+    {
+        headers.insert(
+            "grpc-status",
+            tonic::codegen::http::HeaderValue::from_static("3"),
+        );
+    }
+    response
 }
 
 /// The answer to a call shed past `--max-concurrency`: UNAVAILABLE (busy,

@@ -222,6 +222,53 @@ async fn a_message_that_does_not_decode_is_invalid_argument_not_internal() {
     );
 }
 
+/// A body that is not one whole gRPC message: none, a frame cut short, a
+/// compressed flag with no `grpc-encoding`, a flag that is neither 0 nor 1.
+/// tonic refuses each before any handler, as INTERNAL; the caller's mistake
+/// is INVALID_ARGUMENT, on every service, and counted so.
+#[tokio::test]
+async fn a_body_that_is_not_a_grpc_message_is_invalid_argument_not_internal() {
+    use tonic::codegen::http;
+    use tower::ServiceExt;
+    let db = TestDb::sqlite_memory().await;
+    let store = db.store().await;
+    let key = one_unit_key(&store).await;
+    let (addr, _stop) = spawn(store, ServerOptions::default()).await;
+    let channel = channel(addr).await;
+    let bodies: [&str; 4] = ["", "\0\0\0\0\x10ab", "\x01\0\0\0\0", "\x02\0\0\0\0"];
+    let calls = [
+        ("/quota.v1.QuotaService/GetSubscription", key.as_str()),
+        ("/quota.v1.QuotaService/Consume", TEST_ADMIN_TOKEN),
+        ("/quota.v1.TokenAdmin/ListTokens", TEST_ADMIN_TOKEN),
+        ("/grpc.health.v1.Health/Check", ""),
+    ];
+    for (method, credential) in calls {
+        for body in bodies {
+            let request = http::Request::builder()
+                .method("POST")
+                .uri(format!("http://{addr}{method}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("authorization", format!("Bearer {credential}"))
+                .body(tonic::body::Body::new(body.to_owned()))
+                .unwrap();
+            let response = channel.clone().oneshot(request).await.unwrap();
+            let status = tonic::Status::from_header_map(response.headers())
+                .unwrap_or_else(|| panic!("{method} {body:?}: no status in {response:?}"));
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{method} {body:?}: {status:?}"
+            );
+        }
+    }
+    // Still serving, on the same connection.
+    assert_eq!(
+        subscription(&channel, &key).await.unwrap().hard_limit_usd,
+        0
+    );
+}
+
 #[tokio::test]
 async fn health_and_reflection_answer_a_message_that_does_not_decode_with_invalid_argument() {
     use tonic::codegen::http::uri::PathAndQuery;
