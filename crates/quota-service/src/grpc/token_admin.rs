@@ -111,15 +111,19 @@ impl QuotaApi {
             n => n.min(MAX_PAGE_SIZE),
         };
         let after = PageToken::parse(&req.page_token)?;
+        // One more than the page: whether another page follows, so the last
+        // page says it is the last even when it is full.
         let mut tokens = self
             .store
-            .list_tokens(after.after_id(), u64::from(size))
+            .list_tokens(after.after_id(), u64::from(size) + 1)
             .await?;
+        let more = tokens.len() > size as usize;
+        tokens.truncate(size as usize);
         for token in &mut tokens {
             token.held = self.held_now(token).await?;
         }
         let next_page_token = match tokens.last() {
-            Some(last) if tokens.len() == size as usize => PageToken::after(last.id).encode(),
+            Some(last) if more => PageToken::after(last.id).encode(),
             _ => String::new(),
         };
         Ok(pb::ListTokensResponse {

@@ -152,6 +152,16 @@ async fn admin_lists_tokens_a_page_at_a_time(db: TestDb) {
     assert_eq!(pages, [(2, false), (2, false), (1, true)]);
     assert_eq!(listed, created);
 
+    // A last page that is full says it is the last: no call for an empty one.
+    let first = api.list(4, "").await.unwrap();
+    assert_eq!(first.tokens.len(), 4);
+    let last = api.list(4, &first.next_page_token).await.unwrap();
+    assert_eq!(last.tokens.len(), 1);
+    assert!(last.next_page_token.is_empty());
+    let whole = api.list(5, "").await.unwrap();
+    assert_eq!(whole.tokens.len(), 5);
+    assert!(whole.next_page_token.is_empty(), "{whole:?}");
+
     // The default page holds them all.
     let all = api.list(0, "").await.unwrap();
     assert_eq!(all.tokens.iter().map(|t| t.id).collect::<Vec<_>>(), created);
