@@ -41,11 +41,29 @@ fn parse_day_start(date: &str, field: &'static str) -> Result<Option<i64>, Quota
         .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
         .ok_or_else(|| QuotaError::InvalidDate {
             field,
-            message: format!("{field} must be a date as YYYY-MM-DD, got {date:?}"),
+            message: format!(
+                "{field} must be a date as YYYY-MM-DD, got {}",
+                quoted_start(date)
+            ),
         })?;
     Ok(Some(
         day.and_time(chrono::NaiveTime::MIN).and_utc().timestamp(),
     ))
+}
+
+/// The most of a refused date an answer repeats, in characters.
+const QUOTED_CHARS: usize = 32;
+
+/// `text` quoted, cut after [`QUOTED_CHARS`] characters (marked `…`): an
+/// answer need not carry back all that a caller sent. Any key in it is cut
+/// to its display prefix first, as a key cut short by the quote might no
+/// longer look like one to what redacts the answer.
+fn quoted_start(text: &str) -> String {
+    let text = quota_telemetry::redact::keys(text);
+    match text.char_indices().nth(QUOTED_CHARS) {
+        Some((cut, _)) => format!("{:?}…", &text[..cut]),
+        None => format!("{text:?}"),
+    }
 }
 
 /// Exactly `YYYY-MM-DD` in ASCII digits.
@@ -70,6 +88,31 @@ pub struct DaySpend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_date_is_repeated_up_to_32_characters() {
+        let message = |date: &str| match UsageWindow::parse(date, "") {
+            Err(QuotaError::InvalidDate { message, .. }) => message,
+            other => panic!("{date:?}: {other:?}"),
+        };
+        assert_eq!(
+            message("2026-13-01"),
+            "start_date must be a date as YYYY-MM-DD, got \"2026-13-01\""
+        );
+        let key = format!("sk-{}", "k".repeat(48));
+        assert_eq!(
+            message(&format!("0123456789abcdef {key}")),
+            "start_date must be a date as YYYY-MM-DD, got \"0123456789abcdef sk-kkkk…\""
+        );
+        let long = "é".repeat(5_000);
+        assert_eq!(
+            message(&long),
+            format!(
+                "start_date must be a date as YYYY-MM-DD, got {:?}…",
+                "é".repeat(32)
+            )
+        );
+    }
 
     #[test]
     fn usage_window_parses_utc_days() {
