@@ -566,7 +566,8 @@ pub struct AdminToken {
 impl AdminToken {
     /// The secret, from --admin-token or the file, or `None` when unset or
     /// empty. Both given is an error: neither silently wins. So is a file
-    /// that holds nothing (a secret not mounted, say): a file was asked for.
+    /// that holds nothing (a secret not mounted, say): a file was asked for;
+    /// and a secret with white space in it (`"   "`, a second line).
     pub fn secret(&self) -> anyhow::Result<Option<String>> {
         let secret = match (&self.admin_token, &self.admin_token_file) {
             (Some(_), Some(_)) => anyhow::bail!(
@@ -588,6 +589,13 @@ impl AdminToken {
             }
             (None, None) => return Ok(None),
         };
+        // No caller could send it after `Bearer `: the admin methods would
+        // be closed to everyone with no word said.
+        if secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            anyhow::bail!(
+                "the admin secret (QUOTA_ADMIN_TOKEN, --admin-token or its file) holds white space or a control character, which a Bearer credential cannot carry: use visible characters only"
+            );
+        }
         Ok(Some(secret).filter(|s| !s.is_empty()))
     }
 }

@@ -213,6 +213,29 @@ fn the_admin_token_can_come_from_a_file_but_not_from_both() {
     );
     assert_eq!(failed_with_one_line(&out), expected, "{}", describe(&out));
 
+    // A secret no caller could send after `Bearer ` (white space in it, a
+    // second line in the file) is refused the same way, not taken for one
+    // that closes the admin methods to everyone.
+    let two_lines = dir.path().join("two-lines");
+    std::fs::write(&two_lines, "first\nsecond\n").unwrap();
+    let cases = [
+        ("QUOTA_ADMIN_TOKEN", "   ".to_owned()),
+        ("QUOTA_ADMIN_TOKEN", "with space".to_owned()),
+        ("QUOTA_ADMIN_TOKEN_FILE", two_lines.display().to_string()),
+    ];
+    for (variable, value) in cases {
+        let mut cmd = quotad();
+        cmd.env_remove("QUOTA_ADMIN_TOKEN")
+            .env(variable, &value)
+            .current_dir(dir.path())
+            .args(["serve", "--database-url", &database])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+        let out = run(cmd, COMMAND_TIMEOUT);
+        let line = failed_with_one_line(&out);
+        assert!(line.contains("white space"), "{variable}={value:?}: {line}");
+        assert!(!line.contains(&value), "the secret is shown: {line}");
+    }
+
     let (status, log) = server.stop_with("TERM");
     assert!(status.success(), "{status}\n{log}");
 }
