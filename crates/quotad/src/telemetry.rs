@@ -24,12 +24,30 @@ use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 pub const DEFAULT_LOG: &str = "info,sea_orm_migration=warn,sqlx::postgres::notice=warn";
 
 /// Sends log lines to stderr as `format` says, filtered by `QUOTA_LOG`
-/// (default [`DEFAULT_LOG`]). JSON lines carry the current span's fields
-/// (`span`) and every enclosing span (`spans`): a request's id and route or
-/// method.
+/// (default [`DEFAULT_LOG`], also when it is empty). JSON lines carry the
+/// current span's fields (`span`) and every enclosing span (`spans`): a
+/// request's id and route or method. A `QUOTA_LOG` that is not a filter
+/// (a typo) gets the default and a warning saying so, as its first line.
 pub fn init_logging(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_env("QUOTA_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
+    let asked = std::env::var("QUOTA_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let (filter, refused) = match asked.as_deref().map(EnvFilter::try_new) {
+        Some(Ok(filter)) => (filter, None),
+        Some(Err(e)) => (EnvFilter::new(DEFAULT_LOG), Some(e)),
+        None => (EnvFilter::new(DEFAULT_LOG), None),
+    };
+    init_subscriber(format, filter);
+    if let Some(e) = refused {
+        tracing::warn!(
+            QUOTA_LOG = asked.as_deref().unwrap_or_default(),
+            error = %e,
+            "QUOTA_LOG is not a log filter; logging with the default, {DEFAULT_LOG}"
+        );
+    }
+}
+
+fn init_subscriber(format: LogFormat, filter: EnvFilter) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

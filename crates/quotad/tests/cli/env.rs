@@ -239,3 +239,26 @@ fn the_admin_token_can_come_from_a_file_but_not_from_both() {
     let (status, log) = server.stop_with("TERM");
     assert!(status.success(), "{status}\n{log}");
 }
+
+/// A `QUOTA_LOG` that is not a filter (a typo) is not silently dropped:
+/// the server logs with the default and says so in its first line.
+#[test]
+fn a_log_filter_that_does_not_parse_is_named_in_a_warning() {
+    let dir = TempDir::new();
+    for asked in ["garbage[[", "info,quota=loud"] {
+        let mut cmd = quotad();
+        cmd.env("QUOTA_LOG", asked);
+        let server = Server::serve(cmd, &dir.sqlite_url("quota.db"), &[], dir.path());
+        let (status, log) = server.stop_with("TERM");
+        assert!(status.success(), "{status}\n{log}");
+        let first = log.lines().next().unwrap_or_default();
+        assert!(first.contains("WARN"), "{asked}: {log}");
+        assert!(
+            first.contains("QUOTA_LOG is not a log filter"),
+            "{asked}: {log}"
+        );
+        assert!(first.contains(asked), "{asked}: {log}");
+        // The default's lines follow.
+        assert!(log.contains("INFO"), "{asked}: {log}");
+    }
+}
