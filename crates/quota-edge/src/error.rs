@@ -139,7 +139,8 @@ pub(crate) struct ErrorBody<'a> {
 pub(crate) struct ErrorDetail<'a> {
     /// For a person: what went wrong and, where it helps, what to do.
     message: &'a str,
-    /// `invalid_request_error`, `insufficient_quota` or `server_error`.
+    /// `invalid_request_error`, `insufficient_quota`, `requests` (429
+    /// `rate_limit_exceeded`, as OpenAI names it) or `server_error`.
     #[serde(rename = "type")]
     kind: &'a str,
     /// The request field at fault (`start_date`, `end_date`), or null.

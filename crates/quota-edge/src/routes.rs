@@ -333,11 +333,14 @@ reports 100000000. Once the quota is modified, the limit accumulates on top of t
     responses(
         (status = 200, description = "The key's limit", body = inline(Subscription),
             example = json!({"object": "billing_subscription", "has_payment_method": true, "soft_limit_usd": 5, "hard_limit_usd": 5, "system_hard_limit_usd": 5, "access_until": 0})),
-        (status = 401, description = "`invalid_api_key`: no, malformed, unknown, disabled or expired key", body = crate::error::ErrorBody),
+        (status = 401, description = "`invalid_api_key`: no, malformed, unknown, disabled or expired key, or more than one `Authorization` header", body = crate::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 405, description = "`method_not_allowed`", body = crate::error::ErrorBody),
-        (status = 429, description = "`rate_limit_exceeded`: too many failed keys from this address", body = crate::error::ErrorBody),
+        (status = 429, description = "`rate_limit_exceeded`: too many failed keys from this address", body = crate::error::ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds until this address may try again"))),
         (status = 500, description = "`internal_error`", body = crate::error::ErrorBody),
-        (status = 503, description = "`service_unavailable`: the gRPC service or its database does not answer", body = crate::error::ErrorBody),
+        (status = 503, description = "`service_unavailable`: the gRPC service or its database does not answer, or the process has `--max-concurrency` requests in flight (then with `Retry-After: 1`)", body = crate::error::ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait, when the process is busy"))),
         (status = 504, description = "`timeout`: the gRPC service did not answer in time", body = crate::error::ErrorBody),
     ),
     security(("bearer" = [])),
@@ -418,10 +421,10 @@ impl Subscription {
 #[into_params(parameter_in = Query)]
 pub(crate) struct UsageQuery {
     /// First UTC day counted (`YYYY-MM-DD`, inclusive); all time without it.
-    #[param(example = "2026-11-01")]
+    #[param(example = "2026-11-01", format = Date)]
     start_date: Option<String>,
     /// First UTC day not counted (`YYYY-MM-DD`, exclusive); no end without it.
-    #[param(example = "2026-12-01")]
+    #[param(example = "2026-12-01", format = Date)]
     end_date: Option<String>,
 }
 
@@ -495,11 +498,14 @@ pub(crate) struct LineItem {
         (status = 200, description = "The key's spend in the window", body = Usage,
             example = json!({"object": "list", "total_usage": 100.0, "daily_costs": [{"timestamp": 1796083200, "line_items": [{"name": "usage", "cost": 100.0}]}]})),
         (status = 400, description = "`invalid_date`: a date that is not `YYYY-MM-DD`", body = crate::error::ErrorBody),
-        (status = 401, description = "`invalid_api_key`: no, malformed, unknown, disabled or expired key", body = crate::error::ErrorBody),
+        (status = 401, description = "`invalid_api_key`: no, malformed, unknown, disabled or expired key, or more than one `Authorization` header", body = crate::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 405, description = "`method_not_allowed`", body = crate::error::ErrorBody),
-        (status = 429, description = "`rate_limit_exceeded`: too many failed keys from this address", body = crate::error::ErrorBody),
+        (status = 429, description = "`rate_limit_exceeded`: too many failed keys from this address", body = crate::error::ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds until this address may try again"))),
         (status = 500, description = "`internal_error`", body = crate::error::ErrorBody),
-        (status = 503, description = "`service_unavailable`: the gRPC service or its database does not answer", body = crate::error::ErrorBody),
+        (status = 503, description = "`service_unavailable`: the gRPC service or its database does not answer, or the process has `--max-concurrency` requests in flight (then with `Retry-After: 1`)", body = crate::error::ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait, when the process is busy"))),
         (status = 504, description = "`timeout`: the gRPC service did not answer in time", body = crate::error::ErrorBody),
     ),
     security(("bearer" = [])),

@@ -135,6 +135,15 @@ async fn every_route_is_documented_with_its_errors() {
                 "{path} {status}"
             );
         }
+        // The headers the edge sends with them.
+        for (status, header) in [
+            ("401", "WWW-Authenticate"),
+            ("429", "Retry-After"),
+            ("503", "Retry-After"),
+        ] {
+            let headers = &op["responses"][status]["headers"];
+            assert!(headers.get(header).is_some(), "{path} {status}: {headers}");
+        }
     }
     let usage = &doc["paths"]["/v1/dashboard/billing/usage"]["get"];
     assert_eq!(
@@ -148,6 +157,7 @@ async fn every_route_is_documented_with_its_errors() {
         .map(|p| {
             assert_eq!(p["in"], "query");
             assert_eq!(p["required"], false);
+            assert_eq!(p["schema"]["format"], "date");
             p["name"].as_str().unwrap()
         })
         .collect();
