@@ -177,29 +177,33 @@ impl Admin {
                     }
                     Output::Text => {
                         outln!(
-                            "{:>6}  {:<10}  {:<8}  {:>9}  {:>15}  {:>15}  {:>10}  NAME",
+                            "{:>6}  {:<10}  {:<8}  {:>9}  {:>15}  {:>15}  {:>15}  {:<20}  NAME",
                             "ID",
                             "PREFIX",
                             "STATUS",
                             "UNLIMITED",
                             "REMAINING",
                             "USED",
+                            "HELD",
                             "EXPIRES"
                         );
+                        let now = unix_now();
                         for t in &all {
+                            let expires = match t.expires_at {
+                                0 => "never".to_owned(),
+                                past if past <= now => "expired".to_owned(),
+                                at => rfc3339(at),
+                            };
                             outln!(
-                                "{:>6}  {:<10}  {:<8}  {:>9}  {:>15}  {:>15}  {:>10}  {}",
+                                "{:>6}  {:<10}  {:<8}  {:>9}  {:>15}  {:>15}  {:>15}  {:<20}  {}",
                                 t.id,
                                 t.display_prefix,
                                 if t.enabled { "enabled" } else { "disabled" },
                                 if t.unlimited { "yes" } else { "no" },
                                 t.remaining,
                                 t.used,
-                                if t.expires_at == 0 {
-                                    "never".to_owned()
-                                } else {
-                                    t.expires_at.to_string()
-                                },
+                                t.held,
+                                expires,
                                 t.name
                             );
                         }
@@ -269,13 +273,31 @@ fn token_ref(arg: &str) -> Result<pb::TokenRef> {
 }
 
 /// Unix seconds, or an RFC 3339 time.
+/// The last second an expiry may name: 9999-12-31T23:59:59Z, as far as an
+/// RFC 3339 time reaches.
+const LAST_EXPIRY: i64 = 253_402_300_799;
+
 fn parse_expiry(value: &str) -> Result<i64> {
-    if let Ok(unix) = value.parse::<i64>() {
-        return Ok(unix);
+    let unix = match value.parse::<i64>() {
+        Ok(unix) => unix,
+        Err(_) => chrono::DateTime::parse_from_rfc3339(value)
+            .map(|t| t.timestamp())
+            .map_err(|_| anyhow!("--expires-at {value:?} is neither unix seconds nor an RFC 3339 time (2027-01-01T00:00:00Z)"))?,
+    };
+    if !(0..=LAST_EXPIRY).contains(&unix) {
+        bail!(
+            "--expires-at {value:?} is out of range: from 1970 to the end of 9999 (0 to {LAST_EXPIRY} in unix seconds)"
+        );
     }
-    chrono::DateTime::parse_from_rfc3339(value)
-        .map(|t| t.timestamp())
-        .map_err(|_| anyhow!("--expires-at {value:?} is neither unix seconds nor an RFC 3339 time (2027-01-01T00:00:00Z)"))
+    Ok(unix)
+}
+
+/// Unix seconds as an RFC 3339 time in UTC (`2027-01-01T00:00:00Z`).
+fn rfc3339(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0).map_or_else(
+        || unix.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
 }
 
 fn describe(t: &pb::Token) -> String {
@@ -295,17 +317,32 @@ fn describe(t: &pb::Token) -> String {
         // Not refused (a key may be made to be refused), but said plainly.
         format!(
             "expired at {} (already past: the key is refused everywhere)",
-            t.expires_at
+            rfc3339(t.expires_at)
         )
     } else {
-        format!("expires at {}", t.expires_at)
+        format!("expires at {}", rfc3339(t.expires_at))
     };
     format!("{quota}, {expiry}")
 }
 
 fn show(t: &pb::Token) -> String {
+    let balance = Balance {
+        remaining: t.remaining,
+        used: t.used,
+        unlimited: t.unlimited,
+    };
+    // Unix seconds, as JSON has them, then the time for people; 0 is no
+    // expiry (JSON's null).
+    let expires_at = match t.expires_at {
+        0 => "never".to_owned(),
+        past if past <= unix_now() => format!(
+            "{past} ({}, past: the key is refused everywhere)",
+            rfc3339(past)
+        ),
+        at => format!("{at} ({})", rfc3339(at)),
+    };
     format!(
-        "id: {}\nprefix: {}\nname: {}\nstatus: {}\nunlimited: {}\nremaining: {}\nused: {}\nheld: {}\nexpires_at: {}\ncreated_at: {}\nupdated_at: {}",
+        "id: {}\nprefix: {}\nname: {}\nstatus: {}\nunlimited: {}\nremaining: {}\nused: {}\nheld: {}\nlimit: {}\nexpires_at: {expires_at}\ncreated_at: {} ({})\nupdated_at: {} ({})",
         t.id,
         t.display_prefix,
         t.name,
@@ -314,14 +351,11 @@ fn show(t: &pb::Token) -> String {
         t.remaining,
         t.used,
         t.held,
-        // As `token list` says it (and JSON's null): 0 is no expiry.
-        if t.expires_at == 0 {
-            "never".to_owned()
-        } else {
-            t.expires_at.to_string()
-        },
+        balance.limit_units(),
         t.created_at,
-        t.updated_at
+        rfc3339(t.created_at),
+        t.updated_at,
+        rfc3339(t.updated_at)
     )
 }
 

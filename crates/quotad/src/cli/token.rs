@@ -12,7 +12,7 @@ pub enum TokenCommand {
         name: String,
         #[command(flatten)]
         quota: CreateQuota,
-        /// Expiry: unix seconds or RFC 3339 (2027-01-01T00:00:00Z).
+        /// Expiry: unix seconds or RFC 3339 (2027-01-01T00:00:00Z), up to the end of 9999.
         #[arg(long, value_name = "UNIX|RFC3339")]
         expires_at: Option<String>,
     },

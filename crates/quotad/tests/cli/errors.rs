@@ -133,7 +133,8 @@ fn serve_refuses_one_port_for_grpc_and_rest_before_touching_the_database() {
 
 #[test]
 fn edge_refuses_an_upstream_it_cannot_call() {
-    for bad in ["127.0.0.1:50051", "ftp://127.0.0.1:50051", "http://"] {
+    // (A bare HOST:PORT is a plain one, as --grpc-addr names it.)
+    for bad in ["no such host:50051", "ftp://127.0.0.1:50051", "http://"] {
         let mut cmd = quotad();
         cmd.args(["edge", "--upstream", bad, "--http-addr", "127.0.0.1:0"]);
         let out = run(cmd, COMMAND_TIMEOUT);

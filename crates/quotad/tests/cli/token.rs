@@ -35,7 +35,7 @@ fn serve_on_sqlite_and_manage_a_key_from_the_command_line() {
         .lines()
         .find(|l| l.split_whitespace().next() == Some(id.to_string().as_str()))
         .unwrap_or_else(|| panic!("no row with id {id}: {listed}"));
-    // ID PREFIX STATUS UNLIMITED REMAINING USED EXPIRES NAME
+    // ID PREFIX STATUS UNLIMITED REMAINING USED HELD EXPIRES NAME
     let columns: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(columns.get(2), Some(&"enabled"), "{row}");
     assert_eq!(columns.get(4), Some(&"3500000"), "{row}");
@@ -55,6 +55,15 @@ fn serve_on_sqlite_and_manage_a_key_from_the_command_line() {
     let shown = server.token_ok(&["show", &id.to_string()]);
     assert!(has_line(&shown, "held: 1000"), "{shown}");
     assert!(has_line(&shown, "remaining: 3500000"), "{shown}");
+    assert!(has_line(&shown, "limit: 3500000"), "{shown}");
+    let listed = server.token_ok(&["list"]);
+    let row = listed
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id.to_string().as_str()))
+        .unwrap_or_else(|| panic!("no row with id {id}: {listed}"));
+    // ID PREFIX STATUS UNLIMITED REMAINING USED HELD EXPIRES NAME
+    assert_eq!(row.split_whitespace().nth(6), Some("1000"), "{row}");
+    assert_eq!(row.split_whitespace().nth(7), Some("never"), "{row}");
     hold(&server, &key, None);
     assert!(has_line(&server.token_ok(&["show", &key]), "held: 0"));
 
@@ -270,7 +279,7 @@ fn create_by_units_unlimited_and_expiring_and_grant_by_units() {
     created_key(&out);
     assert!(
         stderr_of(&out).contains(
-            "): 1 units, expired at 1577836800 (already past: the key is refused everywhere)"
+            "): 1 units, expired at 2020-01-01T00:00:00Z (already past: the key is refused everywhere)"
         ),
         "{}",
         describe(&out)
@@ -326,7 +335,22 @@ fn create_by_units_unlimited_and_expiring_and_grant_by_units() {
     ] {
         let (expiring, expiring_id) =
             created_key(&server.token(&["create", "--quota-usd", "1", "--expires-at", at]));
-        assert_shows(&server, expiring_id, &[&format!("expires_at: {unix}")]);
+        let when = if unix == 4_070_908_800 {
+            "2099-01-01T00:00:00Z"
+        } else {
+            "2100-01-01T00:00:00Z"
+        };
+        assert_shows(
+            &server,
+            expiring_id,
+            &[&format!("expires_at: {unix} ({when})")],
+        );
+        let listed = server.token_ok(&["list"]);
+        let row = listed
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(expiring_id.to_string().as_str()))
+            .unwrap_or_else(|| panic!("no row with id {expiring_id}: {listed}"));
+        assert_eq!(row.split_whitespace().nth(7), Some(when), "{row}");
         for path in [
             "/v1/dashboard/billing/subscription",
             "/dashboard/billing/subscription",
@@ -337,21 +361,52 @@ fn create_by_units_unlimited_and_expiring_and_grant_by_units() {
         }
     }
 
-    // An expiry in the past: the key is refused as expired.
-    let (expired, _) =
+    // An expiry in the past: the key is refused as expired, and `show` and
+    // `list` say so.
+    let (expired, expired_id) =
         created_key(&server.token(&["create", "--quota-usd", "1", "--expires-at", "1000"]));
     assert_refused(&server, &expired);
+    assert_shows(
+        &server,
+        expired_id,
+        &["expires_at: 1000 (1970-01-01T00:16:40Z, past: the key is refused everywhere)"],
+    );
+    let listed = server.token_ok(&["list"]);
+    let row = listed
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(expired_id.to_string().as_str()))
+        .unwrap_or_else(|| panic!("no row with id {expired_id}: {listed}"));
+    assert_eq!(row.split_whitespace().nth(7), Some("expired"), "{row}");
     let response = server.get("/v1/dashboard/billing/subscription", &expired);
     assert!(
         response.body.contains("API key has expired"),
         "{response:?}"
     );
 
-    // An expiry that is neither: one line, nothing created.
+    // An expiry that is neither, or past what a time can say: one line,
+    // nothing created.
     let out = server.token(&["create", "--quota", "1", "--expires-at", "next year"]);
     let line = failed_with_one_line(&out);
     assert!(line.contains("--expires-at \"next year\""), "{line}");
     assert!(out.stdout.is_empty(), "{}", describe(&out));
+    for far in ["99999999999999", "253402300800", "-1"] {
+        let out = server.token(&["create", "--quota", "1", "--expires-at", far]);
+        let line = failed_with_one_line(&out);
+        assert!(line.contains("out of range"), "{far}: {line}");
+        assert!(out.stdout.is_empty(), "{}", describe(&out));
+    }
+    let (_, last_id) = created_key(&server.token(&[
+        "create",
+        "--quota",
+        "1",
+        "--expires-at",
+        "9999-12-31T23:59:59Z",
+    ]));
+    assert_shows(
+        &server,
+        last_id,
+        &["expires_at: 253402300799 (9999-12-31T23:59:59Z)"],
+    );
 
     let (status, log) = server.stop_with("TERM");
     assert!(status.success(), "{status}\n{log}");
