@@ -13,11 +13,13 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
 /// The credential of `authorization: Bearer <credential>`; the scheme is
-/// case-insensitive, as HTTP has it.
+/// case-insensitive, as HTTP has it. More than one value is refused.
 pub fn bearer(metadata: &MetadataMap) -> Result<&str, QuotaError> {
-    let value = metadata
-        .get("authorization")
-        .ok_or(QuotaError::MissingCredential)?;
+    let mut values = metadata.get_all("authorization").iter();
+    let value = values.next().ok_or(QuotaError::MissingCredential)?;
+    if values.next().is_some() {
+        return Err(QuotaError::RepeatedAuthorization);
+    }
     let value = value
         .to_str()
         .map_err(|_| QuotaError::MalformedAuthorization)?;

@@ -25,6 +25,10 @@ pub enum QuotaError {
     /// `authorization` present but not `Bearer <credential>`.
     #[error("malformed Authorization header: expected `Bearer <key>`")]
     MalformedAuthorization,
+    /// More than one `authorization` value: which is the caller's is not
+    /// for the service to guess.
+    #[error("more than one authorization value: send one, `Bearer <key>`")]
+    RepeatedAuthorization,
     /// The key is not `sk-` and 48 base62 characters.
     #[error("malformed API key: expected `sk-` followed by 48 letters and digits")]
     MalformedKey,

@@ -15,6 +15,7 @@ fn code(err: &QuotaError) -> Code {
         MissingCredential
         | MissingAdminCredential
         | MalformedAuthorization
+        | RepeatedAuthorization
         | MalformedKey
         | CallerKeyUnknown
         | CallerKeyDisabled

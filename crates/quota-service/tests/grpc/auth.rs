@@ -59,6 +59,28 @@ async fn user_methods_refuse_bad_credentials(db: TestDb) {
             assert!(!status.message().contains(&disabled_key[7..]), "{status:?}");
         }
     }
+
+    // Two `authorization` values, even a good key twice: which one is the
+    // caller's is not the service's to guess.
+    let (_, good_key) = api.create_units(1_000).await;
+    let good = format!("Bearer {good_key}");
+    for other in [format!("Bearer {unknown}"), good.clone()] {
+        let mut request = with_authorization(pb::GetSubscriptionRequest {}, Some(&good));
+        request
+            .metadata_mut()
+            .append("authorization", other.parse().unwrap());
+        let status = api.quota().get_subscription(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains("more than one"), "{status:?}");
+        let mut request = as_admin(pb::ListTokensRequest::default());
+        request
+            .metadata_mut()
+            .append("authorization", other.parse().unwrap());
+        let status = api.admin().list_tokens(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    let one = with_authorization(pb::GetSubscriptionRequest {}, Some(&good));
+    api.quota().get_subscription(one).await.unwrap();
 }
 
 /// The code of a call: `Ok` when it succeeded.
