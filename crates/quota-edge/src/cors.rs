@@ -8,11 +8,12 @@
 //! unless its URI, headers or declared body are over the bounds every
 //! request is held to ([`crate::limits`]): 414, 431, 413.
 //!
-//! For a preflight that asks for no header beyond those three, this is
-//! tower-http's `CorsLayer` with `allow_origin(Any)`, the policy below and
-//! no `Vary`, and it answers exactly as that layer does (a test compares the
-//! two), with `Allow` added. It is written out because that layer builds a
-//! header map of its settings, copied from them, for every request.
+//! For any request but a preflight that asks for a header beyond those
+//! three, this is tower-http's `CorsLayer` with `allow_origin(Any)`, the
+//! policy below and no `Vary`, and it answers exactly as that layer does (a
+//! test compares the two), but for `Allow` and `Vary` on a preflight. It is
+//! written out because that layer builds a header map of its settings,
+//! copied from them, for every request.
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -36,7 +37,7 @@ const EXPOSE_HEADERS: HeaderValue =
 /// A day, in seconds.
 const MAX_AGE: HeaderValue = HeaderValue::from_static("86400");
 const ANY_ORIGIN: HeaderValue = HeaderValue::from_static("*");
-const ACCESS_CONTROL_REQUEST_HEADERS: HeaderValue =
+const VARY_ON_REQUEST_HEADERS: HeaderValue =
     HeaderValue::from_static("access-control-request-headers");
 /// The methods every route answers, as `Allow` names them: on a preflight
 /// and on a 405 alike.
@@ -97,21 +98,17 @@ where
 /// The answer to a preflight: 200, empty, the policy in its headers, and
 /// the route's methods in `Allow` (as a 405 names them). `requested` is its
 /// `Access-Control-Request-Headers`: names beyond the policy's are allowed
-/// too, and then the answer varies with that header.
+/// too, so every answer varies with that header.
 fn preflight(requested: Option<&HeaderValue>) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, ALLOW_METHODS);
-    match requested.and_then(allowed_beyond_policy) {
-        Some(allowed) => {
-            headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allowed);
-            headers.insert(header::VARY, ACCESS_CONTROL_REQUEST_HEADERS);
-        }
-        None => {
-            headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOW_HEADERS);
-        }
-    }
+    let allowed = requested
+        .and_then(allowed_beyond_policy)
+        .unwrap_or(ALLOW_HEADERS);
+    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allowed);
+    headers.insert(header::VARY, VARY_ON_REQUEST_HEADERS);
     headers.insert(header::ACCESS_CONTROL_MAX_AGE, MAX_AGE);
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, ANY_ORIGIN);
     headers.insert(header::ALLOW, ALLOW);
@@ -119,33 +116,31 @@ fn preflight(requested: Option<&HeaderValue>) -> Response {
 }
 
 /// The policy's headers and then every other header name `requested`
-/// lists, or `None` when it names none beyond the policy's (or is not a
-/// list of header names, which a browser never sends).
+/// lists, lowercased, in one pass over it (a repeated name is repeated:
+/// harmless, as tower-http's mirror has it), or `None` when it names none
+/// beyond the policy's or is not a list of header names (which a browser
+/// never sends).
 fn allowed_beyond_policy(requested: &HeaderValue) -> Option<HeaderValue> {
     let requested = requested.to_str().ok()?;
-    let policy = ALLOW_HEADER_NAMES;
     let mut allowed = String::new();
     for name in requested
         .split(',')
         .map(str::trim)
         .filter(|n| !n.is_empty())
     {
-        if header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return None;
-        }
-        let known = policy
+        header::HeaderName::from_bytes(name.as_bytes()).ok()?;
+        let in_policy = ALLOW_HEADER_NAMES
             .split(',')
-            .chain(allowed.split(','))
             .any(|n| n.eq_ignore_ascii_case(name));
-        if !known {
+        if !in_policy {
             allowed.push(',');
-            allowed.push_str(&name.to_ascii_lowercase());
+            allowed.extend(name.chars().map(|c| c.to_ascii_lowercase()));
         }
     }
     if allowed.is_empty() {
         return None;
     }
-    HeaderValue::from_str(&format!("{policy}{allowed}")).ok()
+    HeaderValue::from_str(&format!("{ALLOW_HEADER_NAMES}{allowed}")).ok()
 }
 
 /// `response` with the headers of an answer that is not a preflight's.
@@ -272,11 +267,18 @@ mod tests {
             let (status, mut ours, body) =
                 answer(CorsLayer.layer(tower::service_fn(route)), request()).await;
             let expected = answer(theirs.layer(tower::service_fn(route)), request()).await;
-            // `Allow` is ours alone: a preflight names the methods, as a 405 does.
-            let allow = ours.iter().position(|(name, _)| name == "allow");
-            let allow = allow.map(|at| ours.remove(at).1);
-            let wanted = (method == "OPTIONS").then(|| "GET, HEAD, OPTIONS".to_owned());
-            assert_eq!(allow, wanted, "{method} {headers:?}");
+            // `Allow` and `Vary` are ours alone: a preflight names the
+            // methods, as a 405 does, and allows the headers it asks for.
+            if method == "OPTIONS" {
+                for (name, wanted) in [
+                    ("allow", "GET, HEAD, OPTIONS"),
+                    ("vary", "access-control-request-headers"),
+                ] {
+                    let at = ours.iter().position(|(n, _)| n == name);
+                    let value = at.map(|at| ours.remove(at).1);
+                    assert_eq!(value.as_deref(), Some(wanted), "{method} {headers:?}");
+                }
+            }
             assert_eq!((status, ours, body), expected, "{method} {headers:?}");
         }
     }
@@ -296,31 +298,24 @@ mod tests {
                 .body(Body::empty())
                 .unwrap_or_default()
         };
-        for (requested, allowed, varies) in [
+        for (requested, allowed) in [
             (
                 "authorization,content-type,x-requested-with",
                 "authorization,content-type,x-request-id,x-requested-with",
-                true,
             ),
             (
-                "Authorization, X-Stainless-OS, x-stainless-os,openai-organization",
+                "Authorization, X-Stainless-OS, openai-organization",
                 "authorization,content-type,x-request-id,x-stainless-os,openai-organization",
-                true,
             ),
             // Nothing beyond the policy: its answer, as tower-http gives it.
-            (
-                "authorization",
-                "authorization,content-type,x-request-id",
-                false,
-            ),
+            ("authorization", "authorization,content-type,x-request-id"),
             (
                 "Content-Type, X-Request-Id",
                 "authorization,content-type,x-request-id",
-                false,
             ),
             // Not a list of header names: the policy alone.
-            ("x-a b", "authorization,content-type,x-request-id", false),
-            ("x-a,(b)", "authorization,content-type,x-request-id", false),
+            ("x-a b", "authorization,content-type,x-request-id"),
+            ("x-a,(b)", "authorization,content-type,x-request-id"),
         ] {
             let (status, headers, _) = answer(
                 CorsLayer.layer(tower::service_fn(route)),
@@ -339,13 +334,38 @@ mod tests {
                 Some(allowed),
                 "{requested}"
             );
-            let vary = varies.then_some("access-control-request-headers");
-            assert_eq!(value("vary"), vary, "{requested}");
+            // Whatever it asked: the answer depends on what was asked.
+            assert_eq!(
+                value("vary"),
+                Some("access-control-request-headers"),
+                "{requested}"
+            );
             assert_eq!(
                 value("access-control-allow-origin"),
                 Some("*"),
                 "{requested}"
             );
         }
+    }
+
+    /// A preflight near the header bound (16 KiB): each of its 2,000 names
+    /// allowed, in one pass over them.
+    #[tokio::test]
+    async fn a_preflight_asking_for_thousands_of_headers_gets_them_all() {
+        let names: Vec<String> = (0..2_000).map(|i| format!("x-{i}")).collect();
+        let request = Request::builder()
+            .method("OPTIONS")
+            .uri("/v1/dashboard/billing/subscription")
+            .header("access-control-request-headers", names.join(","))
+            .body(Body::empty())
+            .unwrap_or_default();
+        let (status, headers, _) = answer(CorsLayer.layer(tower::service_fn(route)), request).await;
+        assert_eq!(status, StatusCode::OK);
+        let allowed = headers
+            .iter()
+            .find(|(n, _)| n == "access-control-allow-headers")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        assert_eq!(allowed, format!("{ALLOW_HEADER_NAMES},{}", names.join(",")));
     }
 }

@@ -240,7 +240,8 @@ async fn drain(mut body: Body) -> Result<(), EdgeError> {
     Ok(())
 }
 
-fn uri_bytes(uri: &Uri) -> usize {
+/// The bytes of `uri` as the URI bound counts them: every part.
+pub(crate) fn uri_bytes(uri: &Uri) -> usize {
     uri.scheme_str().map_or(0, |s| s.len() + 3)
         + uri.authority().map_or(0, |a| a.as_str().len())
         + uri.path_and_query().map_or(0, |p| p.as_str().len())

@@ -2,7 +2,7 @@
 //! request heads, optionally behind TLS, each request told its peer address;
 //! connections whose peer has gone are found and closed ([`quota::liveness`]).
 
-use crate::limits::{FIRST_BYTE_TIMEOUT, HTTP_BUFFER_BYTES, MAX_URI_BYTES};
+use crate::limits::{FIRST_BYTE_TIMEOUT, HTTP_BUFFER_BYTES, MAX_URI_BYTES, uri_bytes};
 use crate::tls::ServerTls;
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -149,7 +149,7 @@ fn canonical(uri: &Uri) -> Option<Uri> {
     let path = uri.path();
     let untidy = path.as_bytes().windows(2).any(|pair| pair == b"//")
         || (path.len() > 1 && path.ends_with('/'));
-    if !untidy || path.len() + uri.query().map_or(0, str::len) > MAX_URI_BYTES {
+    if !untidy || uri_bytes(uri) > MAX_URI_BYTES {
         return None;
     }
     let mut tidy = String::with_capacity(path.len() + uri.query().map_or(0, |q| q.len() + 1));
@@ -216,9 +216,19 @@ mod tests {
             let got = canonical(&uri).map(|u| u.to_string());
             assert_eq!(got.as_deref(), wanted, "{given}");
         }
-        let long: Uri = format!("/v1//{}", "a".repeat(MAX_URI_BYTES))
-            .parse()
-            .unwrap();
-        assert_eq!(canonical(&long), None);
+        // Over the URI bound by one byte, counted as the bound counts it
+        // (the `?`, and the scheme and authority HTTP/2 sends): refused as
+        // it came, not tidied under the bound.
+        for prefix in ["", "http://h:1"] {
+            let at_bound = format!("{prefix}/v1//x?");
+            let pad = MAX_URI_BYTES + 1 - at_bound.len();
+            let over: Uri = format!("{at_bound}{}", "a".repeat(pad)).parse().unwrap();
+            assert_eq!(uri_bytes(&over), MAX_URI_BYTES + 1);
+            assert_eq!(canonical(&over), None, "{prefix}");
+            let within: Uri = format!("{at_bound}{}", "a".repeat(pad - 1))
+                .parse()
+                .unwrap();
+            assert!(canonical(&within).is_some(), "{prefix}");
+        }
     }
 }
