@@ -11,8 +11,25 @@ use std::io::{self, Write};
 /// panic as `println!` makes of it: a reader that stopped early
 /// (`quotad token list | head -1`) closes the pipe, and the command then
 /// ends quietly ([`stopped_reading`]).
-pub fn print_line(line: impl Display) -> io::Result<()> {
-    writeln!(io::stdout().lock(), "{line}")
+pub fn print_line(line: impl Display) -> Result<(), StdoutFailed> {
+    writeln!(io::stdout().lock(), "{line}").map_err(StdoutFailed)
+}
+
+/// A write to stdout that failed: told apart from every other I/O error,
+/// so that only stdout's reader gone ends a command quietly.
+#[derive(Debug)]
+pub struct StdoutFailed(pub io::Error);
+
+impl std::fmt::Display for StdoutFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot write to stdout: {}", self.0)
+    }
+}
+
+impl std::error::Error for StdoutFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
 }
 
 /// `println!` through [`print_line`], its error returned with `?`.
@@ -25,11 +42,8 @@ pub(crate) use outln;
 
 /// True when `e` is stdout's reader gone: nothing to report, to no one.
 pub fn stopped_reading(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        cause
-            .downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
-    })
+    e.downcast_ref::<StdoutFailed>()
+        .is_some_and(|failed| failed.0.kind() == io::ErrorKind::BrokenPipe)
 }
 
 /// One token as `--output json` prints it.

@@ -1,7 +1,7 @@
 //! `quotad token ...`: the admin API from the command line.
 
 use crate::cli::{AdminArgs, Output, TokenCommand};
-use crate::output::{CreatedJson, TokenJson, json_line, outln};
+use crate::output::{CreatedJson, TokenJson, json_line, outln, print_line};
 use anyhow::{Result, anyhow, bail};
 use quota::pb;
 use quota::pb::token_admin_client::TokenAdminClient;
@@ -124,15 +124,25 @@ impl Admin {
                 let created = self
                     .call(request, |mut c, r| async move { c.create_token(r).await })
                     .await?;
-                if self.output == Output::Json {
-                    let json = CreatedJson {
+                // The one time the key is shown: if it cannot be written,
+                // the command fails (a reader gone included), naming the
+                // token that holds a key no one has.
+                let printed = match self.output {
+                    Output::Json => print_line(json_line(&CreatedJson {
                         key: &created.key,
                         token: created.token.as_ref().map(TokenJson::from),
-                    };
-                    outln!("{}", json_line(&json));
+                    })),
+                    Output::Text => print_line(&created.key),
+                };
+                if let Err(e) = printed {
+                    let id = created.token.as_ref().map_or(0, |t| t.id);
+                    bail!(
+                        "token {id} was created, but its key could not be written ({e}); delete it (quotad token delete {id}) and create another"
+                    );
+                }
+                if self.output == Output::Json {
                     return Ok(());
                 }
-                outln!("{}", created.key);
                 if let Some(token) = created.token {
                     eprintln!(
                         "created token {} ({}): {}",

@@ -567,7 +567,7 @@ impl AdminToken {
     /// The secret, from --admin-token or the file, or `None` when unset or
     /// empty. Both given is an error: neither silently wins. So is a file
     /// that holds nothing (a secret not mounted, say): a file was asked for;
-    /// and a secret with white space in it (`"   "`, a second line).
+    /// and a secret no caller could send (`"   "`, a second line, `é`).
     pub fn secret(&self) -> anyhow::Result<Option<String>> {
         let secret = match (&self.admin_token, &self.admin_token_file) {
             (Some(_), Some(_)) => anyhow::bail!(
@@ -589,11 +589,14 @@ impl AdminToken {
             }
             (None, None) => return Ok(None),
         };
-        // No caller could send it after `Bearer `: the admin methods would
-        // be closed to everyone with no word said.
-        if secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        // No caller could present it after `Bearer ` (the server trims the
+        // credential's ends and reads only visible ASCII, tabs and spaces
+        // within): the admin methods would be closed to everyone with no
+        // word said.
+        let sendable = |c: char| c == ' ' || c == '\t' || c.is_ascii_graphic();
+        if secret != secret.trim() || !secret.chars().all(sendable) {
             anyhow::bail!(
-                "the admin secret (QUOTA_ADMIN_TOKEN, --admin-token or its file) holds white space or a control character, which a Bearer credential cannot carry: use visible characters only"
+                "the admin secret (QUOTA_ADMIN_TOKEN, --admin-token or its file) starts or ends with white space, or holds a control or non-ASCII character, which a Bearer credential cannot carry"
             );
         }
         Ok(Some(secret).filter(|s| !s.is_empty()))

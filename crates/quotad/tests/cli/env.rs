@@ -220,7 +220,8 @@ fn the_admin_token_can_come_from_a_file_but_not_from_both() {
     std::fs::write(&two_lines, "first\nsecond\n").unwrap();
     let cases = [
         ("QUOTA_ADMIN_TOKEN", "   ".to_owned()),
-        ("QUOTA_ADMIN_TOKEN", "with space".to_owned()),
+        ("QUOTA_ADMIN_TOKEN", " padded".to_owned()),
+        ("QUOTA_ADMIN_TOKEN", "pässwort".to_owned()),
         ("QUOTA_ADMIN_TOKEN_FILE", two_lines.display().to_string()),
     ];
     for (variable, value) in cases {
@@ -232,9 +233,38 @@ fn the_admin_token_can_come_from_a_file_but_not_from_both() {
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
         let out = run(cmd, COMMAND_TIMEOUT);
         let line = failed_with_one_line(&out);
-        assert!(line.contains("white space"), "{variable}={value:?}: {line}");
+        assert!(
+            line.contains("cannot carry"),
+            "{variable}={value:?}: {line}"
+        );
         assert!(!line.contains(&value), "the secret is shown: {line}");
     }
+    // A passphrase, spaces within, is one a caller can send: it works.
+    let phrase = "correct horse battery staple";
+    let mut cmd = quotad();
+    cmd.env("QUOTA_ADMIN_TOKEN", phrase);
+    let spaced = Server::serve(cmd, &dir.sqlite_url("phrase.db"), &[], dir.path());
+    let mut cmd = quotad();
+    cmd.env("QUOTA_ADMIN_TOKEN", phrase).args([
+        "token",
+        "create",
+        "--quota",
+        "5",
+        "--server",
+        &spaced.grpc_url,
+    ]);
+    created_key(&run(cmd, COMMAND_TIMEOUT));
+    let mut cmd = quotad();
+    cmd.env("QUOTA_ADMIN_TOKEN", "correct horse").args([
+        "token",
+        "list",
+        "--server",
+        &spaced.grpc_url,
+    ]);
+    let line = failed_with_one_line(&run(cmd, COMMAND_TIMEOUT));
+    assert!(line.contains("unauthenticated"), "{line}");
+    let (status, log) = spaced.stop_with("TERM");
+    assert!(status.success(), "{status}\n{log}");
 
     let (status, log) = server.stop_with("TERM");
     assert!(status.success(), "{status}\n{log}");

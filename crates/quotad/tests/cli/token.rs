@@ -176,6 +176,31 @@ fn commands_end_quietly_when_their_reader_has_gone() {
         assert!(out.status.success(), "{what}: {:?}\n{stderr}", out.status);
         assert!(stderr.is_empty(), "{what}: {stderr}");
     }
+    // But the one time a key is shown, not showing it is a failure, which
+    // names the token to delete.
+    for output in ["text", "json"] {
+        let out = quotad()
+            .args(["token", "create", "--quota", "5", "--output", output])
+            .args(["--server", &server.grpc_url])
+            .stdout(closed_pipe())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{output}: {stderr}");
+        assert!(
+            stderr.contains("was created, but its key could not be written"),
+            "{output}: {stderr}"
+        );
+        assert!(
+            stderr.contains("quotad token delete "),
+            "{output}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("sk-"),
+            "{output}: the key on stderr: {stderr}"
+        );
+    }
 }
 
 #[test]
