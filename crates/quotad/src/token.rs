@@ -5,7 +5,7 @@ use crate::output::{CreatedJson, TokenJson, json_line, outln, print_line};
 use anyhow::{Result, anyhow, bail};
 use quota::pb;
 use quota::pb::token_admin_client::TokenAdminClient;
-use quota_service::domain::{Balance, unix_now};
+use quota_service::domain::{Balance, acts_on_a_terminal, unix_now};
 use std::future::Future;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
@@ -199,10 +199,10 @@ impl Admin {
                         );
                         let now = unix_now();
                         for t in &all {
-                            let expires = match t.expires_at {
-                                0 => "never".to_owned(),
-                                past if past <= now => "expired".to_owned(),
-                                at => rfc3339(at),
+                            let expires = match expiry(t, now) {
+                                Expiry::Never => "never".to_owned(),
+                                Expiry::Past(_) => "expired".to_owned(),
+                                Expiry::At(at) => rfc3339(at),
                             };
                             outln!(
                                 "{:>6}  {:<10}  {:<8}  {:>9}  {:>15}  {:>15}  {:>15}  {:<20}  {}",
@@ -214,7 +214,7 @@ impl Admin {
                                 t.used,
                                 t.held,
                                 expires,
-                                t.name
+                                printable(&t.name)
                             );
                         }
                     }
@@ -282,24 +282,60 @@ fn token_ref(arg: &str) -> Result<pb::TokenRef> {
     Ok(pb::TokenRef { r#ref: Some(r) })
 }
 
-/// Unix seconds, or an RFC 3339 time.
 /// The last second an expiry may name: 9999-12-31T23:59:59Z, as far as an
 /// RFC 3339 time reaches.
 const LAST_EXPIRY: i64 = 253_402_300_799;
 
+/// `--expires-at`: unix seconds (0: never, as the API has it), or an RFC
+/// 3339 time, which is a moment, so never 0.
 fn parse_expiry(value: &str) -> Result<i64> {
-    let unix = match value.parse::<i64>() {
-        Ok(unix) => unix,
+    let (unix, first) = match value.parse::<i64>() {
+        Ok(unix) => (unix, 0),
         Err(_) => chrono::DateTime::parse_from_rfc3339(value)
-            .map(|t| t.timestamp())
+            .map(|t| (t.timestamp(), 1))
             .map_err(|_| anyhow!("--expires-at {value:?} is neither unix seconds nor an RFC 3339 time (2027-01-01T00:00:00Z)"))?,
     };
-    if !(0..=LAST_EXPIRY).contains(&unix) {
+    if !(first..=LAST_EXPIRY).contains(&unix) {
         bail!(
-            "--expires-at {value:?} is out of range: from 1970 to the end of 9999 (0 to {LAST_EXPIRY} in unix seconds)"
+            "--expires-at {value:?} is out of range: after 1970-01-01T00:00:00Z, up to the end of 9999 ({LAST_EXPIRY} in unix seconds; 0 is never)"
         );
     }
     Ok(unix)
+}
+
+/// When a token expires, as every text output tells it.
+enum Expiry {
+    Never,
+    /// Already past: the key is refused everywhere.
+    Past(i64),
+    At(i64),
+}
+
+fn expiry(t: &pb::Token, now: i64) -> Expiry {
+    match t.expires_at {
+        0 => Expiry::Never,
+        past if past <= now => Expiry::Past(past),
+        at => Expiry::At(at),
+    }
+}
+
+/// A name as text output shows it: what a terminal would act on rather
+/// than show (a name stored before the service refused such characters)
+/// escaped.
+fn printable(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.chars().any(acts_on_a_terminal) {
+        return name.into();
+    }
+    name.chars()
+        .map(|c| {
+            if acts_on_a_terminal(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// Unix seconds as an RFC 3339 time in UTC (`2027-01-01T00:00:00Z`).
@@ -321,16 +357,14 @@ fn describe(t: &pb::Token) -> String {
         };
         format!("{} units", balance.limit_units())
     };
-    let expiry = if t.expires_at == 0 {
-        "never expires".to_owned()
-    } else if t.expires_at <= unix_now() {
+    let expiry = match expiry(t, unix_now()) {
+        Expiry::Never => "never expires".to_owned(),
         // Not refused (a key may be made to be refused), but said plainly.
-        format!(
+        Expiry::Past(past) => format!(
             "expired at {} (already past: the key is refused everywhere)",
-            rfc3339(t.expires_at)
-        )
-    } else {
-        format!("expires at {}", rfc3339(t.expires_at))
+            rfc3339(past)
+        ),
+        Expiry::At(at) => format!("expires at {}", rfc3339(at)),
     };
     format!("{quota}, {expiry}")
 }
@@ -343,19 +377,19 @@ fn show(t: &pb::Token) -> String {
     };
     // Unix seconds, as JSON has them, then the time for people; 0 is no
     // expiry (JSON's null).
-    let expires_at = match t.expires_at {
-        0 => "never".to_owned(),
-        past if past <= unix_now() => format!(
+    let expires_at = match expiry(t, unix_now()) {
+        Expiry::Never => "never".to_owned(),
+        Expiry::Past(past) => format!(
             "{past} ({}, past: the key is refused everywhere)",
             rfc3339(past)
         ),
-        at => format!("{at} ({})", rfc3339(at)),
+        Expiry::At(at) => format!("{at} ({})", rfc3339(at)),
     };
     format!(
         "id: {}\nprefix: {}\nname: {}\nstatus: {}\nunlimited: {}\nremaining: {}\nused: {}\nheld: {}\nlimit: {}\nexpires_at: {expires_at}\ncreated_at: {} ({})\nupdated_at: {} ({})",
         t.id,
         t.display_prefix,
-        t.name,
+        printable(&t.name),
         if t.enabled { "enabled" } else { "disabled" },
         t.unlimited,
         t.remaining,
@@ -413,6 +447,18 @@ mod tests {
         assert_eq!(
             name,
             r#""alice" is neither a key (sk-...) nor a numeric id"#
+        );
+    }
+
+    #[test]
+    fn a_name_is_printed_with_what_a_terminal_would_act_on_escaped() {
+        assert!(matches!(
+            printable("alice, bot #2 ✓"),
+            std::borrow::Cow::Borrowed("alice, bot #2 ✓")
+        ));
+        assert_eq!(
+            printable("evil\u{1b}[31m\nred\u{202e}txt"),
+            "evil\\u{1b}[31m\\u{a}red\\u{202e}txt"
         );
     }
 }

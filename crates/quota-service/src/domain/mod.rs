@@ -15,7 +15,7 @@ pub use balance::{Balance, UNLIMITED_USD};
 pub use error::QuotaError;
 pub use hold::{Hold, HoldOutcome, HoldState, HoldTtl, overdraft, release, reserve, settle};
 pub use key::{KeyDigest, TokenKey};
-pub use request::{MAX_REQUEST_ID_LEN, PageToken, RequestId, no_nul};
+pub use request::{MAX_REQUEST_ID_LEN, PageToken, RequestId, acts_on_a_terminal, no_nul};
 pub use token::{Debit, Token, TokenLocator};
 pub use units::{DEFAULT_QUOTA_PER_USD, QuotaPerUsd, QuotaUnits};
 pub use usage::{DaySpend, UsageWindow, day_start};

@@ -41,6 +41,15 @@ pub fn no_nul(field: &str, text: &str) -> Result<(), QuotaError> {
     Ok(())
 }
 
+/// A character a token name may not hold, as a terminal would act on it
+/// rather than show it: a control character (a newline, a tab, an escape)
+/// or a bidirectional formatting one, which reorders what follows it
+/// (U+202E and its kin).
+pub fn acts_on_a_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Where a page of tokens starts: after the token with this id. The token
 /// of the first page is empty; the next page's is the last id shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

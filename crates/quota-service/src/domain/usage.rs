@@ -60,9 +60,11 @@ const QUOTED_CHARS: usize = 32;
 /// longer look like one to what redacts the answer.
 fn quoted_start(text: &str) -> String {
     let text = quota_telemetry::redact::keys(text);
-    match text.char_indices().nth(QUOTED_CHARS) {
-        Some((cut, _)) => format!("{:?}…", &text[..cut]),
-        None => format!("{text:?}"),
+    // Escaped first (a control character is several), then cut.
+    let escaped: String = text.chars().flat_map(char::escape_debug).collect();
+    match escaped.char_indices().nth(QUOTED_CHARS) {
+        Some((cut, _)) => format!("\"{}\"…", &escaped[..cut]),
+        None => format!("\"{escaped}\""),
     }
 }
 
@@ -104,6 +106,10 @@ mod tests {
             message(&format!("0123456789abcdef {key}")),
             "start_date must be a date as YYYY-MM-DD, got \"0123456789abcdef sk-kkkk…\""
         );
+        // 32 characters as they are written back, escapes included.
+        let controls = message(&"\u{1}".repeat(100));
+        let quoted = controls.split_once("got ").unwrap().1;
+        assert_eq!(quoted, format!("\"{}\"…", "\\u{1}".repeat(6) + "\\u"));
         let long = "é".repeat(5_000);
         assert_eq!(
             message(&long),

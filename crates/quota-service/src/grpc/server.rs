@@ -148,7 +148,9 @@ pub async fn serve_with(
 /// the caller's mistake, so INVALID_ARGUMENT, as a message that does not
 /// decode is (`quota::codec`). They come before any handler, as a
 /// trailers-only answer: its headers carry the status. An answer of the
-/// handlers is never INTERNAL with these words.
+/// handlers is never INTERNAL with these words. The words are tonic's
+/// (0.14): an upgrade that changes them fails
+/// `a_body_that_is_not_a_grpc_message_is_invalid_argument_not_internal`.
 fn malformed_is_invalid(
     mut response: tonic::codegen::http::Response<tonic::body::Body>,
 ) -> tonic::codegen::http::Response<tonic::body::Body> {

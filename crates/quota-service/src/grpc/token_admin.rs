@@ -5,7 +5,9 @@
 
 use super::QuotaApi;
 use super::status::answer;
-use crate::domain::{PageToken, QuotaError, Token, TokenKey, TokenLocator, no_nul, unix_now};
+use crate::domain::{
+    PageToken, QuotaError, Token, TokenKey, TokenLocator, acts_on_a_terminal, unix_now,
+};
 use crate::store::{NewToken, TokenChanges};
 use quota::pb;
 use quota::pb::token_admin_server::TokenAdmin;
@@ -24,12 +26,13 @@ fn checked_name(name: String) -> Result<String, QuotaError> {
             "name is longer than {MAX_NAME_LEN} bytes"
         )));
     }
-    no_nul("name", &name)?;
     // A name is printed as it is (`quotad token list`): a newline would
-    // break its table, an escape sequence would reach the operator's terminal.
-    if name.chars().any(char::is_control) {
+    // break its table, an escape sequence or a bidirectional override would
+    // reach the operator's terminal. A NUL (which PostgreSQL cannot store)
+    // is one of them.
+    if name.chars().any(acts_on_a_terminal) {
         return Err(QuotaError::InvalidArgument(
-            "name contains a control character (a newline, a tab, an escape)".into(),
+            "name contains a control character (a newline, a tab, an escape, a NUL) or a bidirectional override".into(),
         ));
     }
     Ok(name)

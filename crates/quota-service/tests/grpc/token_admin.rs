@@ -275,6 +275,8 @@ async fn admin_refuses_malformed_requests(db: TestDb) {
         "a\nb",
         "tab\there",
         "\u{1b}[31mred",
+        "evil\u{202e}gnp.exe",
+        "\u{2066}isolate",
         "del\u{7f}",
         "c1\u{9b}",
     ];

@@ -414,7 +414,12 @@ fn create_by_units_unlimited_and_expiring_and_grant_by_units() {
     let line = failed_with_one_line(&out);
     assert!(line.contains("--expires-at \"next year\""), "{line}");
     assert!(out.stdout.is_empty(), "{}", describe(&out));
-    for far in ["99999999999999", "253402300800", "-1"] {
+    for far in [
+        "99999999999999",
+        "253402300800",
+        "-1",
+        "1970-01-01T00:00:00Z",
+    ] {
         let out = server.token(&["create", "--quota", "1", "--expires-at", far]);
         let line = failed_with_one_line(&out);
         assert!(line.contains("out of range"), "{far}: {line}");
@@ -432,6 +437,10 @@ fn create_by_units_unlimited_and_expiring_and_grant_by_units() {
         last_id,
         &["expires_at: 253402300799 (9999-12-31T23:59:59Z)"],
     );
+    // 0 in unix seconds is never, as the API has it.
+    let (_, never_id) =
+        created_key(&server.token(&["create", "--quota", "1", "--expires-at", "0"]));
+    assert_shows(&server, never_id, &["expires_at: never"]);
 
     let (status, log) = server.stop_with("TERM");
     assert!(status.success(), "{status}\n{log}");
