@@ -8,9 +8,8 @@ use tonic::Code;
 use tower::ServiceExt;
 
 #[test]
-fn upstream_must_be_an_http_or_https_url() {
+fn upstream_must_be_an_http_or_https_url_or_host_and_port() {
     for bad in [
-        "127.0.0.1:50051",
         "ftp://127.0.0.1:50051",
         "http://",
         "not a url",
@@ -26,6 +25,9 @@ fn upstream_must_be_an_http_or_https_url() {
     assert!(Upstream::lazy("http://127.0.0.1:50051").is_ok());
     assert!(Upstream::lazy("https://127.0.0.1:50051").is_ok());
     assert!(Upstream::lazy("http://quota-grpc:50051").is_ok());
+    // As --grpc-addr names it: a plain one.
+    assert!(Upstream::lazy("127.0.0.1:50051").is_ok());
+    assert!(Upstream::lazy("quota-grpc:50051").is_ok());
 }
 
 #[tokio::test]

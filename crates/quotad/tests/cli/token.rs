@@ -31,14 +31,9 @@ fn serve_on_sqlite_and_manage_a_key_from_the_command_line() {
     assert!(listed.contains(&key[..7]), "{listed}");
     assert!(!listed.contains(&key), "list leaks the key: {listed}");
     assert!(!stderr_of(&list).contains(&key), "{}", describe(&list));
-    let row = listed
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(id.to_string().as_str()))
-        .unwrap_or_else(|| panic!("no row with id {id}: {listed}"));
-    // ID PREFIX STATUS UNLIMITED REMAINING USED HELD EXPIRES NAME
-    let columns: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(columns.get(2), Some(&"enabled"), "{row}");
-    assert_eq!(columns.get(4), Some(&"3500000"), "{row}");
+    let columns = listed_columns(&server, id);
+    assert_eq!(columns[2], "enabled", "{columns:?}");
+    assert_eq!(columns[4], "3500000", "{columns:?}");
 
     // `show` by id and by key.
     for by in [id.to_string(), key.clone()] {
@@ -56,14 +51,8 @@ fn serve_on_sqlite_and_manage_a_key_from_the_command_line() {
     assert!(has_line(&shown, "held: 1000"), "{shown}");
     assert!(has_line(&shown, "remaining: 3500000"), "{shown}");
     assert!(has_line(&shown, "limit: 3500000"), "{shown}");
-    let listed = server.token_ok(&["list"]);
-    let row = listed
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(id.to_string().as_str()))
-        .unwrap_or_else(|| panic!("no row with id {id}: {listed}"));
-    // ID PREFIX STATUS UNLIMITED REMAINING USED HELD EXPIRES NAME
-    assert_eq!(row.split_whitespace().nth(6), Some("1000"), "{row}");
-    assert_eq!(row.split_whitespace().nth(7), Some("never"), "{row}");
+    let columns = listed_columns(&server, id);
+    assert_eq!(columns[6..8], ["1000", "never"], "{columns:?}");
     hold(&server, &key, None);
     assert!(has_line(&server.token_ok(&["show", &key]), "held: 0"));
 
@@ -270,6 +259,17 @@ fn token_commands_print_json_for_programs() {
 }
 
 /// The `show` output of a token, as a list of its `name: value` lines.
+/// The columns of `token list`'s row of token `id`:
+/// ID PREFIX STATUS UNLIMITED REMAINING USED HELD EXPIRES NAME.
+fn listed_columns(server: &Server, id: i64) -> Vec<String> {
+    let listed = server.token_ok(&["list"]);
+    let row = listed
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id.to_string().as_str()))
+        .unwrap_or_else(|| panic!("no row with id {id}: {listed}"));
+    row.split_whitespace().map(str::to_owned).collect()
+}
+
 fn shown_lines(server: &Server, id: i64) -> Vec<String> {
     server
         .token_ok(&["show", &id.to_string()])
@@ -370,12 +370,7 @@ fn create_by_units_unlimited_and_expiring_and_grant_by_units() {
             expiring_id,
             &[&format!("expires_at: {unix} ({when})")],
         );
-        let listed = server.token_ok(&["list"]);
-        let row = listed
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(expiring_id.to_string().as_str()))
-            .unwrap_or_else(|| panic!("no row with id {expiring_id}: {listed}"));
-        assert_eq!(row.split_whitespace().nth(7), Some(when), "{row}");
+        assert_eq!(listed_columns(&server, expiring_id)[7], when);
         for path in [
             "/v1/dashboard/billing/subscription",
             "/dashboard/billing/subscription",
@@ -396,12 +391,7 @@ fn create_by_units_unlimited_and_expiring_and_grant_by_units() {
         expired_id,
         &["expires_at: 1000 (1970-01-01T00:16:40Z, past: the key is refused everywhere)"],
     );
-    let listed = server.token_ok(&["list"]);
-    let row = listed
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(expired_id.to_string().as_str()))
-        .unwrap_or_else(|| panic!("no row with id {expired_id}: {listed}"));
-    assert_eq!(row.split_whitespace().nth(7), Some("expired"), "{row}");
+    assert_eq!(listed_columns(&server, expired_id)[7], "expired");
     let response = server.get("/v1/dashboard/billing/subscription", &expired);
     assert!(
         response.body.contains("API key has expired"),
