@@ -9,12 +9,7 @@ use tower::ServiceExt;
 
 #[test]
 fn upstream_must_be_an_http_or_https_url_or_host_and_port() {
-    for bad in [
-        "ftp://127.0.0.1:50051",
-        "http://",
-        "not a url",
-        "",
-    ] {
+    for bad in ["ftp://127.0.0.1:50051", "http://", "not a url", ""] {
         assert!(Upstream::lazy(bad).is_err(), "{bad:?}");
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
