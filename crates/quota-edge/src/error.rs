@@ -205,7 +205,8 @@ impl IntoResponse for EdgeError {
                 INVALID_REQUEST,
                 "unknown_url",
                 format!(
-                    "Unknown request URL: {method} {}.",
+                    "Unknown request URL: {} {}.",
+                    quota_telemetry::redact::keys(method),
                     quota_telemetry::redact::keys(path)
                 ),
                 None,

@@ -53,7 +53,8 @@ fn request_span<B>(request: &http::Request<B>, route: Option<&MatchedPath>) -> S
     // request.
     tracing::info_span!(
         "http",
-        method = %request.method(),
+        // A method is any token a client sends, a key included.
+        method = %quota_telemetry::redact::keys(request.method().as_str()),
         route = %route_name(route),
         request_id = %request_id::of(request),
     )

@@ -49,6 +49,11 @@ impl AdminCredential {
         AdminCredential(secret.filter(|s| !s.is_empty()).map(KeyDigest::of))
     }
 
+    /// True when no secret is configured: the admin methods refuse everyone.
+    pub fn is_closed(&self) -> bool {
+        self.0.is_none()
+    }
+
     /// Admits the caller only with the admin credential. Digests are compared
     /// in constant time, so timing says nothing about the secret.
     pub fn check(&self, metadata: &MetadataMap) -> Result<(), QuotaError> {

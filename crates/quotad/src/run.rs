@@ -38,6 +38,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let tls = crate::tls::server(&server)?;
             let config = service_config(&service, &cache)?;
+            let admin_closed = config.admin.is_closed();
             // Ports are bound first, so a bad or busy address is one line before
             // any database is touched, but they listen only once the database is
             // open and migrated: until then a connection is refused, never
@@ -56,6 +57,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             )?;
             let grpc = grpc.listen(tls.is_some())?;
             let http = http.listen(tls.is_some())?;
+            warn_if_admin_closed(admin_closed);
             // The edge calls its own service in process: gRPC's messages and
             // statuses, with no socket or encoding in between (TLS or not).
             // The watch keeps the health service it asks true to the
@@ -111,6 +113,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let tls = crate::tls::server(&server)?;
             let config = service_config(&service, &cache)?;
+            let admin_closed = config.admin.is_closed();
             let stop = shutdown_signal()?;
             let grpc = bind(&grpc.grpc_addr, "gRPC")?;
             let metrics = telemetry::bind_metrics(&metrics).await?;
@@ -122,6 +125,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 stopped(stop.clone()),
             )?;
             let grpc = grpc.listen(tls.is_some())?;
+            warn_if_admin_closed(admin_closed);
             let options = grpc_options(in_flight(&server), tls.map(|t| t.grpc), None);
             let served = quota_service::serve_with(grpc, api, options, stopped(stop.clone()));
             if let Some(served) = drained(stop, served).await {
@@ -293,14 +297,18 @@ async fn migration_status(db: &DatabaseArgs) -> Result<ExitCode> {
     })
 }
 
+/// Said once the server listens, not before: a start that fails is one line.
+fn warn_if_admin_closed(closed: bool) {
+    if closed {
+        tracing::warn!("QUOTA_ADMIN_TOKEN is not set: admin methods and Consume refuse every call");
+    }
+}
+
 /// The service's settings, checked before any port or database is touched:
 /// a bad one is one line and no side effect.
 fn service_config(service: &ServiceArgs, cache: &CacheArgs) -> Result<ServiceConfig> {
     let per_usd = QuotaPerUsd::new(service.quota_per_usd).map_err(|e| anyhow!("{e}"))?;
     let secret = service.admin.secret()?;
-    if secret.is_none() {
-        tracing::warn!("QUOTA_ADMIN_TOKEN is not set: admin methods and Consume refuse every call");
-    }
     Ok(ServiceConfig {
         per_usd,
         admin: AdminCredential::new(secret.as_deref()),

@@ -32,6 +32,16 @@ async fn unknown_path_is_404_unknown_url() {
     )
     .await;
     assert_eq!(message, "Unknown request URL: GET /v1/sk-AbCd….");
+    // So is one sent as the method, which a client may make any token.
+    let response = send(&router, key, "/nowhere", &[]).await;
+    let message = assert_error(
+        response,
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "unknown_url",
+    )
+    .await;
+    assert_eq!(message, "Unknown request URL: sk-AbCd… /nowhere.");
 }
 
 #[tokio::test]

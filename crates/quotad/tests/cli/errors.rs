@@ -82,8 +82,11 @@ fn serve_fails_on_a_bad_listen_address() {
         ("notanaddr", "127.0.0.1:0", "notanaddr"),
         ("127.0.0.1:0", "127.0.0.1:99999", "127.0.0.1:99999"),
     ] {
+        // Without an admin secret too: its warning waits for a server that
+        // listens, so a start that fails is still one line.
         let mut cmd = quotad();
-        cmd.args(["serve", "--database-url", &dir.sqlite_url("quota.db")])
+        cmd.env_remove("QUOTA_ADMIN_TOKEN")
+            .args(["serve", "--database-url", &dir.sqlite_url("quota.db")])
             .args(["--grpc-addr", grpc, "--http-addr", http])
             .current_dir(dir.path());
         let out = run(cmd, COMMAND_TIMEOUT);
@@ -92,6 +95,7 @@ fn serve_fails_on_a_bad_listen_address() {
             line.contains("cannot listen") && line.contains(bad),
             "{line}"
         );
+        assert_eq!(stderr_of(&out).lines().count(), 1, "{}", describe(&out));
     }
 }
 
@@ -203,4 +207,28 @@ fn the_version_is_printed_on_stdout() {
     succeeded(&out);
     let version = stdout_of(&out);
     assert!(version.starts_with("quotad "), "{version}");
+}
+
+/// A server started without an admin secret says so, once it listens.
+#[test]
+fn a_server_without_an_admin_secret_warns_once_it_listens() {
+    let dir = TempDir::new();
+    let mut cmd = quotad();
+    cmd.env_remove("QUOTA_ADMIN_TOKEN");
+    let server = Server::serve(cmd, &dir.sqlite_url("quota.db"), &[], dir.path());
+    let (status, log) = server.stop_with("TERM");
+    assert!(status.success(), "{status}\n{log}");
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("no {what:?} in\n{log}"))
+    };
+    assert!(
+        at("REST listening") < at("QUOTA_ADMIN_TOKEN is not set"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("QUOTA_ADMIN_TOKEN is not set").count(),
+        1,
+        "{log}"
+    );
 }

@@ -64,9 +64,26 @@ fn serve_on_sqlite_and_manage_a_key_from_the_command_line() {
     let list = server.token_ok(&["list"]);
     assert!(!list.contains(&key[..7]), "{list}");
 
+    // A key sent as the HTTP method (any token is one) is logged as its
+    // display prefix only, in the request's span and its 404 line.
+    {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(server.http.unwrap()).unwrap();
+        write!(
+            stream,
+            "{key} /nowhere HTTP/1.1\r\nHost: q\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        assert!(!answer.contains(&key), "the key is in the answer: {answer}");
+    }
+
     let (status, log) = server.stop_with("TERM");
     assert!(status.success(), "{status}\n{log}");
     assert!(!log.contains(&key), "the key is in the server log:\n{log}");
+    assert!(log.contains(&format!("method={}…", &key[..7])), "{log}");
 }
 
 #[test]
