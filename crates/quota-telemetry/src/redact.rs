@@ -44,6 +44,10 @@ pub fn has_key(text: &str) -> bool {
 
 /// Where the first key at or after `from` starts and ends.
 fn next_key(text: &str, from: usize) -> Option<(usize, usize)> {
+    // Too short to hold one (an HTTP method, a date): no search at all.
+    if text.len().saturating_sub(from) < PREFIX.len() + MIN_KEY_BODY {
+        return None;
+    }
     let mut at = from;
     while let Some(found) = text[at..].find(PREFIX) {
         let start = at + found;
@@ -75,6 +79,11 @@ mod tests {
         assert_eq!(keys(&format!("-{}-x", &KEY[..30])), "-sk-AbCd…-x");
         assert_eq!(keys(&format!("{KEY}é")), "sk-AbCd…é");
         assert!(has_key(KEY));
+        // The shortest text that is one, and one byte short of it.
+        let shortest = &KEY[..PREFIX.len() + MIN_KEY_BODY];
+        assert_eq!(keys(shortest), "sk-AbCd…");
+        assert!(!has_key(&shortest[..shortest.len() - 1]));
+        assert_eq!(keys(&format!("{shortest}-{shortest}")), "sk-AbCd…-sk-AbCd…");
     }
 
     #[test]
