@@ -37,6 +37,13 @@ impl UsageDays {
         *day = day.saturating_add(units);
     }
 
+    /// Each (token id, day start, units), in (token, day) order.
+    pub(in crate::store) fn rows(&self) -> impl Iterator<Item = (i64, i64, i64)> + '_ {
+        self.0
+            .iter()
+            .map(|(&(token, day), &units)| (token, day, units))
+    }
+
     /// The days of one debit.
     pub(in crate::store) fn one(token_id: i64, at: i64, units: i64) -> UsageDays {
         let mut days = UsageDays::default();

@@ -305,3 +305,88 @@ async fn postgres_connections_plan_statements_with_their_values() {
         open.push(txn);
     }
 }
+
+/// Request ids that a statement binding its rows as JSON (SQLite's group
+/// writes and look-ups) must carry exactly: quotes, a backslash, control
+/// characters, non-ASCII text, and text that reads as JSON or a number.
+const ODD_IDS: [&str; 9] = [
+    "it's \"quoted\"",
+    "back\\slash",
+    "tab\tnew\nline\u{1}",
+    "é 😀 中文",
+    "[1,\"x\"]",
+    "null",
+    "123",
+    " spaced ",
+    "\u{202e}right-to-left",
+];
+
+on_every_database!(
+    groups_write_and_find_any_request_id_exactly,
+    odd_request_ids
+);
+async fn odd_request_ids(db: TestDb) {
+    let store = db.store().await;
+    let mut keys = Vec::new();
+    for _ in 0..ODD_IDS.len() {
+        keys.push(new_token(&store, 1_000).await);
+    }
+    let ttl = HoldTtl::parse(600).unwrap();
+    // Every token at once: a consume and a reserve under each odd id (the
+    // reserve's id prefixed), so that groups span tokens and mix both.
+    let calls = |repeat: bool| {
+        let store = store.clone();
+        let keys = keys.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for ((_, key), id) in keys.iter().zip(ODD_IDS) {
+                let (store, digest) = (store.clone(), key.digest());
+                let held_id = format!("hold {id}");
+                tasks.push(tokio::spawn(async move {
+                    let debit = store
+                        .consume(&digest, units(3), Some(id), NOW + 1)
+                        .await
+                        .unwrap();
+                    let hold = store
+                        .reserve(&digest, units(5), &held_id, ttl, NOW + 1)
+                        .await
+                        .unwrap();
+                    (debit.repeat, hold.repeat)
+                }));
+            }
+            for task in tasks {
+                assert_eq!(task.await.unwrap(), (repeat, repeat));
+            }
+        }
+    };
+    calls(false).await;
+    calls(true).await;
+    for ((tok, key), id) in keys.iter().zip(ODD_IDS) {
+        let held_id = format!("hold {id}");
+        // Each id names the other kind's call: refused, whichever asks.
+        assert!(matches!(
+            store
+                .reserve(&key.digest(), units(1), id, ttl, NOW + 2)
+                .await,
+            Err(QuotaError::RequestIdInUse(_))
+        ));
+        assert!(matches!(
+            store
+                .consume(&key.digest(), units(1), Some(&held_id), NOW + 2)
+                .await,
+            Err(QuotaError::RequestIdInUse(_))
+        ));
+        let settled = store
+            .settle(&key.digest(), &held_id, 4, NOW + 2)
+            .await
+            .unwrap();
+        assert_eq!((settled.held, settled.balance.used), (0, 7), "{id:?}");
+        let ids: Vec<Option<String>> = debits_of(&store, tok.id)
+            .await
+            .into_iter()
+            .map(|row| row.request_id)
+            .collect();
+        assert_eq!(ids, [Some(id.to_owned()), Some(held_id)], "{id:?}");
+    }
+    assert_verified(&store).await;
+}

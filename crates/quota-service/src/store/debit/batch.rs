@@ -6,9 +6,8 @@
 //! is then handed to [`Writes`], which the transaction writes for every token
 //! of the group at once (see `group`), the usage per day included.
 
-use super::group::Writes;
+use super::group::{LedgerRow, Writes};
 use super::queue::{Op, Outcome};
-use super::sql::ledger_row;
 use crate::domain::{self, Debit, Hold, HoldState, QuotaError, Token};
 use crate::store::entity::{KIND_DEBIT, hold};
 use std::collections::{HashMap, HashSet};
@@ -34,7 +33,7 @@ pub(super) struct Book {
     /// Request ids of live holds that may expire within the batch.
     expiring: Vec<String>,
     /// Ledger rows to insert.
-    ledger: Vec<[sea_orm::sea_query::SimpleExpr; 5]>,
+    ledger: Vec<LedgerRow>,
     /// The same debits, as (time, units), for the usage per day.
     spent: Vec<(i64, i64)>,
     /// The latest time of an operation that changed something.
@@ -215,13 +214,13 @@ impl Book {
     }
 
     fn debit(&mut self, units: i64, request_id: Option<&str>, now: i64) {
-        self.ledger.push(ledger_row(
-            self.token.id,
-            KIND_DEBIT,
+        self.ledger.push(LedgerRow {
+            token_id: self.token.id,
+            kind: KIND_DEBIT,
             units,
-            request_id,
-            now,
-        ));
+            request_id: request_id.map(str::to_owned),
+            at: now,
+        });
         self.spent.push((now, units));
         self.touch(now);
     }

@@ -18,8 +18,9 @@
 //! in one statement, on SQLite in one call), then one commit for all of them.
 
 use super::batch::Book;
+use super::json::{self, Part};
 use super::queue::{Op, Outcome};
-use super::sql::{BatchError, ledger_insert};
+use super::sql::{BatchError, ledger_insert, ledger_row};
 use crate::domain::{Hold, HoldState, KeyDigest, QuotaError, Token};
 use crate::store::entity::{hold, ledger, token};
 use crate::store::usage::{UsageDays, usage_upsert};
@@ -158,6 +159,10 @@ async fn lock_tokens(
     let find = match ids {
         Some(ids) if ids.is_empty() => return Ok(Vec::new()),
         Some(ids) => find.filter(token::Column::Id.is_in(ids)),
+        None if txn.get_database_backend() == DatabaseBackend::Sqlite => {
+            let (condition, digests) = json::digest_in(digests);
+            find.filter(Expr::cust_with_values(condition, [digests]))
+        }
         None => find.filter(token::Column::KeyDigest.is_in(digests.iter().copied())),
     };
     // PostgreSQL locks the rows after sorting them; SQLite has one writer.
@@ -216,38 +221,29 @@ async fn load(
     // both named and expired comes twice ([`Book::new`] keeps one); a named
     // id that is a hold and in the ledger (settled) is a hold.
     let backend = txn.get_database_backend();
-    let mut selects = Vec::new();
-    if !named.is_empty() {
-        selects.push(only_named(
-            hold_select(),
-            backend,
-            &named,
-            (hold::Entity, hold::Column::TokenId, hold::Column::RequestId),
-        ));
-    }
-    if !holding.is_empty() {
-        selects.push(
-            hold_select()
-                .and_where(Expr::col(hold::Column::TokenId).is_in(holding))
-                .and_where(Expr::col(hold::Column::State).eq(HoldState::Live.code()))
-                .and_where(Expr::col(hold::Column::ExpiresAt).lte(latest))
-                .to_owned(),
-        );
-    }
-    if !may_be_debits.is_empty() {
-        selects.push(ledger_named(backend, &may_be_debits));
-    }
+    let lookup = if backend == DatabaseBackend::Sqlite {
+        let mut parts = Vec::new();
+        if !named.is_empty() {
+            parts.push(json::holds_named(&named));
+        }
+        if !holding.is_empty() {
+            parts.push(json::holds_expired(
+                &holding,
+                HoldState::Live.code(),
+                latest,
+            ));
+        }
+        if !may_be_debits.is_empty() {
+            parts.push(json::ledger_named(&may_be_debits, LEDGER_ROW));
+        }
+        (!parts.is_empty()).then(|| Part::join(parts, " UNION ALL "))
+    } else {
+        sea_lookup(backend, &named, holding, latest, &may_be_debits)
+    };
     let mut holds: HashMap<i64, Vec<hold::Model>> = HashMap::new();
     let mut debits: HashMap<i64, Vec<String>> = HashMap::new();
-    let mut selects = selects.into_iter();
-    if let Some(mut select) = selects.next() {
-        for other in selects {
-            select.union(UnionType::All, other);
-        }
-        let rows = hold::Entity::find()
-            .from_raw_sql(backend.build(&select))
-            .all(txn)
-            .await?;
+    if let Some(lookup) = lookup {
+        let rows = hold::Entity::find().from_raw_sql(lookup).all(txn).await?;
         for row in rows {
             if row.expires_at == LEDGER_ROW {
                 debits.entry(row.token_id).or_default().push(row.request_id);
@@ -256,6 +252,7 @@ async fn load(
             }
         }
     }
+
     // Settle and Release ids that named no hold: a debit's, or nobody's.
     let closing = named_by(|op| matches!(op, Op::Settle { .. } | Op::Release { .. }));
     let mut unheld: Vec<(i64, Vec<&str>)> = Vec::new();
@@ -272,10 +269,12 @@ async fn load(
         }
     }
     if !unheld.is_empty() {
-        let rows = hold::Entity::find()
-            .from_raw_sql(backend.build(&ledger_named(backend, &unheld)))
-            .all(txn)
-            .await?;
+        let lookup = if backend == DatabaseBackend::Sqlite {
+            Part::join(vec![json::ledger_named(&unheld, LEDGER_ROW)], "")
+        } else {
+            backend.build(&ledger_named(backend, &unheld))
+        };
+        let rows = hold::Entity::find().from_raw_sql(lookup).all(txn).await?;
         for row in rows {
             debits.entry(row.token_id).or_default().push(row.request_id);
         }
@@ -292,6 +291,44 @@ async fn load(
         books.insert(digest, book);
     }
     Ok(books)
+}
+
+/// The look-up of `load` on PostgreSQL and MySQL: the named holds, the
+/// expired ones and the named ledger rows, each a SELECT, joined by `UNION ALL`.
+fn sea_lookup(
+    backend: DatabaseBackend,
+    named: &[(i64, Vec<&str>)],
+    holding: Vec<i64>,
+    latest: i64,
+    may_be_debits: &[(i64, Vec<&str>)],
+) -> Option<Statement> {
+    let mut selects = Vec::new();
+    if !named.is_empty() {
+        selects.push(only_named(
+            hold_select(),
+            backend,
+            named,
+            (hold::Entity, hold::Column::TokenId, hold::Column::RequestId),
+        ));
+    }
+    if !holding.is_empty() {
+        selects.push(
+            hold_select()
+                .and_where(Expr::col(hold::Column::TokenId).is_in(holding))
+                .and_where(Expr::col(hold::Column::State).eq(HoldState::Live.code()))
+                .and_where(Expr::col(hold::Column::ExpiresAt).lte(latest))
+                .to_owned(),
+        );
+    }
+    if !may_be_debits.is_empty() {
+        selects.push(ledger_named(backend, may_be_debits));
+    }
+    let mut selects = selects.into_iter();
+    let mut select = selects.next()?;
+    for other in selects {
+        select.union(UnionType::All, other);
+    }
+    Some(backend.build(&select))
 }
 
 /// The ledger rows of exactly the (token, request id) `pairs` named, as
@@ -400,17 +437,35 @@ fn ledger_select() -> SelectStatement {
         .to_owned()
 }
 
+/// A hold a group makes.
+pub(super) struct NewHold {
+    pub(super) token_id: i64,
+    pub(super) request_id: String,
+    pub(super) units: i64,
+    pub(super) expires_at: i64,
+    pub(super) state: i16,
+    /// When it was made (its `created_at` and `updated_at`).
+    pub(super) at: i64,
+}
+
+/// A ledger row a group writes.
+pub(super) struct LedgerRow {
+    pub(super) token_id: i64,
+    pub(super) kind: i16,
+    pub(super) units: i64,
+    pub(super) request_id: Option<String>,
+    pub(super) at: i64,
+}
+
 /// What a group writes, gathered from every token's [`Book`].
 #[derive(Default)]
 pub(super) struct Writes {
     /// Changed counters: id, remaining, used, held, updated at.
     tokens: Vec<[i64; 5]>,
-    /// New holds: token id, request id, units, expiry, state, time.
-    new_holds: Vec<[SimpleExpr; 7]>,
-    /// Hold ids whose state changed, by new state and time.
-    states: HashMap<(i16, i64), Vec<i64>>,
-    /// Ledger rows.
-    ledger: Vec<[SimpleExpr; 5]>,
+    new_holds: Vec<NewHold>,
+    /// Hold ids whose state changed, with the new state and time.
+    states: Vec<(i64, i16, i64)>,
+    ledger: Vec<LedgerRow>,
     /// The same debits summed per token and UTC day.
     days: UsageDays,
 }
@@ -425,24 +480,23 @@ impl Writes {
 
     /// A hold made at `now`.
     pub(super) fn new_hold(&mut self, token_id: i64, request_id: String, hold: &Hold, now: i64) {
-        self.new_holds.push([
-            token_id.into(),
-            request_id.into(),
-            hold.units.into(),
-            hold.expires_at.into(),
-            hold.state.code().into(),
-            now.into(),
-            now.into(),
-        ]);
+        self.new_holds.push(NewHold {
+            token_id,
+            request_id,
+            units: hold.units,
+            expires_at: hold.expires_at,
+            state: hold.state.code(),
+            at: now,
+        });
     }
 
     /// A hold whose state changed, last at `now`.
     pub(super) fn hold_state(&mut self, id: i64, state: HoldState, now: i64) {
-        self.states.entry((state.code(), now)).or_default().push(id);
+        self.states.push((id, state.code(), now));
     }
 
     /// Ledger rows to insert.
-    pub(super) fn ledger(&mut self, rows: Vec<[SimpleExpr; 5]>) {
+    pub(super) fn ledger(&mut self, rows: Vec<LedgerRow>) {
         self.ledger.extend(rows);
     }
 
@@ -453,20 +507,24 @@ impl Writes {
 
     /// Writes everything in `txn`: on PostgreSQL as one statement (each
     /// write but the last in a `WITH`), on SQLite as one call of several
-    /// statements, elsewhere one statement each.
+    /// statements of fixed texts ([`json`]), elsewhere one statement each.
     async fn execute(self, txn: &DatabaseTransaction) -> Result<(), BatchError> {
         let backend = txn.get_database_backend();
+        if backend == DatabaseBackend::Sqlite {
+            let parts = self.sqlite_parts();
+            if !parts.is_empty() {
+                txn.execute_raw(Part::join(parts, ";\n"))
+                    .await
+                    .map_err(BatchError::from_insert)?;
+            }
+            return Ok(());
+        }
         let statements = self.statements(backend)?;
         match backend {
             DatabaseBackend::Postgres if statements.len() > 1 => {
                 if let Some(one) = as_one(statements) {
                     txn.execute(&one).await.map_err(BatchError::from_insert)?;
                 }
-            }
-            DatabaseBackend::Sqlite if statements.len() > 1 => {
-                txn.execute_raw(as_script(backend, &statements))
-                    .await
-                    .map_err(BatchError::from_insert)?;
             }
             _ => {
                 for statement in statements {
@@ -479,6 +537,25 @@ impl Writes {
         Ok(())
     }
 
+    /// Every write on SQLite, in the order of [`Writes::statements`].
+    fn sqlite_parts(self) -> Vec<Part> {
+        let mut parts = Vec::new();
+        if !self.tokens.is_empty() {
+            parts.push(json::counters_update(&self.tokens));
+        }
+        if !self.new_holds.is_empty() {
+            parts.push(json::holds_insert(&self.new_holds));
+        }
+        if !self.states.is_empty() {
+            parts.push(json::hold_states(&self.states));
+        }
+        if !self.ledger.is_empty() {
+            parts.push(json::ledger_insert(&self.ledger));
+        }
+        parts.extend(json::usage_upsert(&self.days));
+        parts
+    }
+
     /// Every write, in order: counters, new holds, hold states, ledger rows,
     /// usage per day. They touch different rows, so that PostgreSQL may run
     /// them as the parts of one statement, which sees none of the others'
@@ -489,9 +566,13 @@ impl Writes {
             statements.push(Write::Update(counters_update(&self.tokens)));
         }
         if !self.new_holds.is_empty() {
-            statements.push(Write::Insert(holds_insert(self.new_holds)?));
+            statements.push(Write::Insert(holds_insert(&self.new_holds)?));
         }
-        for ((state, now), ids) in self.states {
+        let mut states: HashMap<(i16, i64), Vec<i64>> = HashMap::new();
+        for (id, state, now) in self.states {
+            states.entry((state, now)).or_default().push(id);
+        }
+        for ((state, now), ids) in states {
             let update = Query::update()
                 .table(hold::Entity)
                 .value(hold::Column::State, state)
@@ -501,7 +582,11 @@ impl Writes {
             statements.push(Write::Update(update));
         }
         if !self.ledger.is_empty() {
-            statements.push(Write::Insert(ledger_insert(self.ledger)?));
+            let rows = self
+                .ledger
+                .iter()
+                .map(|r| ledger_row(r.token_id, r.kind, r.units, r.request_id.as_deref(), r.at));
+            statements.push(Write::Insert(ledger_insert(rows)?));
         }
         if let Some(upsert) = usage_upsert(backend, &self.days)? {
             statements.push(Write::Insert(upsert));
@@ -524,21 +609,6 @@ fn as_one(mut statements: Vec<Write>) -> Option<WithQuery> {
         );
     }
     Some(with.query(last))
-}
-
-/// `statements` as one script, `;` after each, with their values in order:
-/// SQLite runs each in turn, binding its share of the values (its
-/// placeholders are `?`, numbered by their order in the script).
-fn as_script(backend: DatabaseBackend, statements: &[Write]) -> Statement {
-    let mut sql = String::new();
-    let mut values = Vec::new();
-    for statement in statements {
-        let built = statement.build(backend);
-        sql.push_str(&built.sql);
-        sql.push_str(";\n");
-        values.extend(built.values.map(|v| v.0).unwrap_or_default());
-    }
-    Statement::from_sql_and_values(backend, sql, values)
 }
 
 /// One statement of [`Writes`].
@@ -597,7 +667,7 @@ fn counters_update(rows: &[[i64; 5]]) -> sea_orm::sea_query::UpdateStatement {
 }
 
 /// `INSERT INTO quota_holds (...) VALUES (...), ...`.
-fn holds_insert(rows: Vec<[SimpleExpr; 7]>) -> Result<InsertStatement, BatchError> {
+fn holds_insert(rows: &[NewHold]) -> Result<InsertStatement, BatchError> {
     use hold::Column as C;
     let mut insert = Query::insert()
         .into_table(hold::Entity)
@@ -611,7 +681,16 @@ fn holds_insert(rows: Vec<[SimpleExpr; 7]>) -> Result<InsertStatement, BatchErro
             C::UpdatedAt,
         ])
         .to_owned();
-    for row in rows {
+    for h in rows {
+        let row: [SimpleExpr; 7] = [
+            h.token_id.into(),
+            h.request_id.as_str().into(),
+            h.units.into(),
+            h.expires_at.into(),
+            h.state.into(),
+            h.at.into(),
+            h.at.into(),
+        ];
         insert
             .values(row)
             .map_err(|e| QuotaError::Internal(format!("hold insert: {e}")))?;
@@ -650,7 +729,7 @@ mod tests {
         };
         writes.new_hold(7, "r".into(), &hold, 100);
         writes.hold_state(3, HoldState::Settled, 100);
-        writes.ledger(vec![super::super::sql::ledger_row(7, 2, 4, Some("s"), 100)]);
+        writes.ledger(vec![ledger_row(7, 4, "s", 100)]);
         writes.spent(7, 100, 4);
         let statements = writes
             .statements(DatabaseBackend::Postgres)
@@ -685,36 +764,48 @@ mod tests {
         );
     }
 
-    #[test]
-    fn sqlite_runs_a_group_as_one_script_with_the_values_in_order() {
-        let mut writes = Writes::default();
-        writes.hold_state(3, HoldState::Settled, 100);
-        writes.ledger(vec![super::super::sql::ledger_row(7, 2, 4, Some("s"), 100)]);
-        let statements = writes
-            .statements(DatabaseBackend::Sqlite)
-            .unwrap_or_else(|_| panic!("the writes build"));
-        let script = as_script(DatabaseBackend::Sqlite, &statements);
-        assert_eq!(
-            script.sql,
-            concat!(
-                r#"UPDATE "quota_holds" SET "state" = ?, "updated_at" = ? WHERE "id" IN (?);"#,
-                "\n",
-                r#"INSERT INTO "quota_ledger" ("token_id", "kind", "units", "request_id", "created_at") VALUES (?, ?, ?, ?, ?);"#,
-                "\n",
-            )
-        );
-        let values: Vec<String> = script
+    fn ledger_row(token_id: i64, units: i64, request_id: &str, at: i64) -> LedgerRow {
+        LedgerRow {
+            token_id,
+            kind: 2,
+            units,
+            request_id: Some(request_id.to_owned()),
+            at,
+        }
+    }
+
+    /// The script of `writes` on SQLite: its text and its values.
+    fn sqlite_script(writes: Writes) -> (String, Vec<String>) {
+        let script = Part::join(writes.sqlite_parts(), ";\n");
+        let values = script
             .values
             .map(|v| v.0.iter().map(|v| format!("{v:?}")).collect())
             .unwrap_or_default();
-        // The update's state, time and id, then the ledger row's columns.
+        (script.sql, values)
+    }
+
+    #[test]
+    fn sqlite_writes_groups_of_any_size_with_the_same_texts() {
+        let mut small = Writes::default();
+        small.hold_state(3, HoldState::Settled, 100);
+        small.ledger(vec![ledger_row(7, 4, "s", 100)]);
+        let (small_sql, values) = sqlite_script(small);
+        // Each statement binds its rows as one JSON array, in order.
         assert_eq!(
-            values.join(" "),
-            concat!(
-                "SmallInt(Some(2)) BigInt(Some(100)) BigInt(Some(3)) ",
-                r#"BigInt(Some(7)) SmallInt(Some(2)) BigInt(Some(4)) String(Some("s")) BigInt(Some(100))"#,
-            )
+            values,
+            [
+                r#"String(Some("[[3,2,100]]"))"#,
+                r#"String(Some("[[7,2,4,\"s\",100]]"))"#,
+            ]
         );
+        let mut large = Writes::default();
+        for id in 0..40 {
+            large.hold_state(id, HoldState::Released, 100 + id);
+            large.ledger(vec![ledger_row(id, 1, &format!("r{id}"), 100)]);
+        }
+        let (large_sql, _) = sqlite_script(large);
+        assert_eq!(large_sql, small_sql);
+        assert_eq!(small_sql.matches('?').count(), 2, "{small_sql}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 mod batch;
 mod group;
 mod holds;
+mod json;
 mod queue;
 mod sql;
 
