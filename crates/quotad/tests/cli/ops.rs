@@ -538,6 +538,12 @@ fn a_request_id_is_followed_across_edge_and_service_in_json_logs() {
             .filter(|v| v["span"]["request_id"] == id.as_str())
             .collect();
         assert!(!with_id.is_empty(), "{what}: no line carries {id}:\n{log}");
+        // `spans` lists every enclosing span, the line's own the last.
+        for line in &with_id {
+            let spans = line["spans"].as_array().map(Vec::as_slice);
+            let innermost = spans.and_then(<[Value]>::last);
+            assert_eq!(innermost, Some(&line["span"]), "{what}: {line}");
+        }
         assert!(!log.contains(&key), "{what} logged a key:\n{log}");
     }
 }
