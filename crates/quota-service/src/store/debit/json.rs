@@ -165,7 +165,9 @@ pub(super) fn hold_states(rows: &[(i64, i16, i64)]) -> Part {
     )
 }
 
-/// Ledger rows, in their order (ids are given in it).
+/// Ledger rows, in their order: `json_each` reads an array from its first
+/// element, so the rows' ids follow it (SQLite does not promise a scan's
+/// order in general; for this table-valued function it is the array's).
 pub(super) fn ledger_insert(rows: &[LedgerRow]) -> Part {
     let rows: Vec<_> = rows
         .iter()
