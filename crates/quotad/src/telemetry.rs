@@ -29,18 +29,26 @@ pub const DEFAULT_LOG: &str = "info,sea_orm_migration=warn,sqlx::postgres::notic
 /// request's id and route or method. A `QUOTA_LOG` that is not a filter
 /// (a typo) gets the default and a warning saying so, as its first line.
 pub fn init_logging(format: LogFormat) {
-    let asked = std::env::var("QUOTA_LOG")
-        .ok()
-        .filter(|v| !v.trim().is_empty());
+    let (asked, unreadable) = match std::env::var("QUOTA_LOG") {
+        Ok(v) => (Some(v).filter(|v| !v.trim().is_empty()), None),
+        Err(std::env::VarError::NotPresent) => (None, None),
+        // Not UTF-8: no filter is, so it cannot be one; named as far as it reads.
+        Err(std::env::VarError::NotUnicode(raw)) => (None, Some(raw)),
+    };
     let (filter, refused) = match asked.as_deref().map(EnvFilter::try_new) {
         Some(Ok(filter)) => (filter, None),
-        Some(Err(e)) => (EnvFilter::new(DEFAULT_LOG), Some(e)),
+        Some(Err(e)) => (EnvFilter::new(DEFAULT_LOG), Some(e.to_string())),
         None => (EnvFilter::new(DEFAULT_LOG), None),
     };
     init_subscriber(format, filter);
+    let refused = refused.or_else(|| unreadable.is_some().then(|| "not UTF-8".to_owned()));
     if let Some(e) = refused {
+        let asked = match &unreadable {
+            Some(raw) => raw.to_string_lossy().into_owned(),
+            None => asked.unwrap_or_default(),
+        };
         tracing::warn!(
-            QUOTA_LOG = asked.as_deref().unwrap_or_default(),
+            QUOTA_LOG = asked,
             error = %e,
             "QUOTA_LOG is not a log filter; logging with the default, {DEFAULT_LOG}"
         );

@@ -291,4 +291,19 @@ fn a_log_filter_that_does_not_parse_is_named_in_a_warning() {
         // The default's lines follow.
         assert!(log.contains("INFO"), "{asked}: {log}");
     }
+    // Nor one that is not UTF-8, which no filter is.
+    let mut cmd = quotad();
+    cmd.env(
+        "QUOTA_LOG",
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"debug\xff"),
+    );
+    let server = Server::serve(cmd, &dir.sqlite_url("quota.db"), &[], dir.path());
+    let (status, log) = server.stop_with("TERM");
+    assert!(status.success(), "{status}\n{log}");
+    let first = log.lines().next().unwrap_or_default();
+    assert!(first.contains("WARN"), "{log}");
+    assert!(first.contains("QUOTA_LOG is not a log filter"), "{log}");
+    assert!(first.contains("not UTF-8"), "{log}");
+    assert!(first.contains("debug\u{fffd}"), "{log}");
+    assert!(!log.contains("DEBUG"), "the default filter is info: {log}");
 }
