@@ -9,13 +9,16 @@
 //! that the pairs of its `Consume` and `Reserve` calls name (a `Settle` or
 //! `Release` id that names no hold is looked up in the ledger after).
 //! It names exact pairs, which the unique (token, request id) indexes
-//! answer (on PostgreSQL one `LATERAL` probe per pair), so neither a
-//! token's history nor stale statistics make it slower. Each token's
+//! answer (on PostgreSQL one `LATERAL` probe per pair, on SQLite one per
+//! element of a JSON array: see `json`), so neither a token's history nor
+//! stale statistics make it slower. Each token's
 //! operations run in memory against its own counters ([`Book`]); the result
 //! is written with one UPDATE of every changed token row, one INSERT of the
-//! new holds, one UPDATE per hold state, one INSERT of the ledger rows and
-//! one upsert of the usage per token and UTC day (on PostgreSQL all of them
-//! in one statement, on SQLite in one call), then one commit for all of them.
+//! new holds, one UPDATE per hold state (on SQLite one for all), one INSERT
+//! of the ledger rows and one upsert of the usage per token and UTC day (on
+//! PostgreSQL all of them in one statement, on SQLite in one call of
+//! statements whose texts do not depend on the group), then one commit for
+//! all of them.
 
 use super::batch::Book;
 use super::json::{self, Part};
@@ -252,7 +255,6 @@ async fn load(
             }
         }
     }
-
     // Settle and Release ids that named no hold: a debit's, or nobody's.
     let closing = named_by(|op| matches!(op, Op::Settle { .. } | Op::Release { .. }));
     let mut unheld: Vec<(i64, Vec<&str>)> = Vec::new();
@@ -356,8 +358,8 @@ fn ledger_named(backend: DatabaseBackend, pairs: &[(i64, Vec<&str>)]) -> SelectS
 /// predate the table's growth (they said it was empty) hash every row of
 /// it, and a condition on them (even one pair per token and id) lets it probe
 /// the index by the token alone and filter every row of it by id; either
-/// way each call gets slower as the table or a busy token grows. Elsewhere,
-/// the condition of [`named_pairs`].
+/// way each call gets slower as the table or a busy token grows. On MySQL,
+/// the condition of [`named_pairs`] (SQLite's look-ups are `json`'s).
 fn only_named<T: Iden + Clone + 'static, C: ColumnTrait>(
     mut select: SelectStatement,
     backend: DatabaseBackend,
