@@ -27,26 +27,25 @@ pub const DEFAULT_LOG: &str = "info,sea_orm_migration=warn,sqlx::postgres::notic
 /// (default [`DEFAULT_LOG`], also when it is empty). JSON lines carry the
 /// current span's fields (`span`) and every enclosing span (`spans`): a
 /// request's id and route or method. A `QUOTA_LOG` that is not a filter
-/// (a typo) gets the default and a warning saying so, as its first line.
+/// (a typo, or not UTF-8) gets the default and a warning saying so, as its
+/// first line.
 pub fn init_logging(format: LogFormat) {
-    let (asked, unreadable) = match std::env::var("QUOTA_LOG") {
-        Ok(v) => (Some(v).filter(|v| !v.trim().is_empty()), None),
-        Err(std::env::VarError::NotPresent) => (None, None),
-        // Not UTF-8: no filter is, so it cannot be one; named as far as it reads.
-        Err(std::env::VarError::NotUnicode(raw)) => (None, Some(raw)),
-    };
-    let (filter, refused) = match asked.as_deref().map(EnvFilter::try_new) {
-        Some(Ok(filter)) => (filter, None),
-        Some(Err(e)) => (EnvFilter::new(DEFAULT_LOG), Some(e.to_string())),
-        None => (EnvFilter::new(DEFAULT_LOG), None),
+    // The filter, and what was refused if anything: the value as far as it
+    // reads, and why.
+    let (filter, refused) = match std::env::var("QUOTA_LOG") {
+        Ok(asked) if !asked.trim().is_empty() => match EnvFilter::try_new(&asked) {
+            Ok(filter) => (filter, None),
+            Err(e) => (EnvFilter::new(DEFAULT_LOG), Some((asked, e.to_string()))),
+        },
+        // Not UTF-8: no filter is.
+        Err(std::env::VarError::NotUnicode(raw)) => (
+            EnvFilter::new(DEFAULT_LOG),
+            Some((raw.to_string_lossy().into_owned(), "not UTF-8".to_owned())),
+        ),
+        _ => (EnvFilter::new(DEFAULT_LOG), None),
     };
     init_subscriber(format, filter);
-    let refused = refused.or_else(|| unreadable.is_some().then(|| "not UTF-8".to_owned()));
-    if let Some(e) = refused {
-        let asked = match &unreadable {
-            Some(raw) => raw.to_string_lossy().into_owned(),
-            None => asked.unwrap_or_default(),
-        };
+    if let Some((asked, e)) = refused {
         tracing::warn!(
             QUOTA_LOG = asked,
             error = %e,

@@ -360,6 +360,9 @@ async fn odd_request_ids(db: TestDb) {
         }
     };
     calls(false).await;
+    // Repeats, refusals and settles are decided under the row lock (the
+    // group path, with its look-ups and writes) whether or not the calls
+    // above met in groups.
     calls(true).await;
     for ((tok, key), id) in keys.iter().zip(ODD_IDS) {
         let held_id = format!("hold {id}");

@@ -272,7 +272,7 @@ async fn load(
     }
     if !unheld.is_empty() {
         let lookup = if backend == DatabaseBackend::Sqlite {
-            Part::join(vec![json::ledger_named(&unheld, LEDGER_ROW)], "")
+            json::ledger_named(&unheld, LEDGER_ROW).statement()
         } else {
             backend.build(&ledger_named(backend, &unheld))
         };
@@ -731,7 +731,7 @@ mod tests {
         };
         writes.new_hold(7, "r".into(), &hold, 100);
         writes.hold_state(3, HoldState::Settled, 100);
-        writes.ledger(vec![ledger_row(7, 4, "s", 100)]);
+        writes.ledger(vec![debit_row(7, 4, "s", 100)]);
         writes.spent(7, 100, 4);
         let statements = writes
             .statements(DatabaseBackend::Postgres)
@@ -766,7 +766,7 @@ mod tests {
         );
     }
 
-    fn ledger_row(token_id: i64, units: i64, request_id: &str, at: i64) -> LedgerRow {
+    fn debit_row(token_id: i64, units: i64, request_id: &str, at: i64) -> LedgerRow {
         LedgerRow {
             token_id,
             kind: 2,
@@ -790,7 +790,7 @@ mod tests {
     fn sqlite_writes_groups_of_any_size_with_the_same_texts() {
         let mut small = Writes::default();
         small.hold_state(3, HoldState::Settled, 100);
-        small.ledger(vec![ledger_row(7, 4, "s", 100)]);
+        small.ledger(vec![debit_row(7, 4, "s", 100)]);
         let (small_sql, values) = sqlite_script(small);
         // Each statement binds its rows as one JSON array, in order.
         assert_eq!(
@@ -803,7 +803,7 @@ mod tests {
         let mut large = Writes::default();
         for id in 0..40 {
             large.hold_state(id, HoldState::Released, 100 + id);
-            large.ledger(vec![ledger_row(id, 1, &format!("r{id}"), 100)]);
+            large.ledger(vec![debit_row(id, 1, &format!("r{id}"), 100)]);
         }
         let (large_sql, _) = sqlite_script(large);
         assert_eq!(large_sql, small_sql);

@@ -32,6 +32,11 @@ impl Part {
         Part { sql, values }
     }
 
+    /// The part alone, as a statement.
+    pub(super) fn statement(self) -> Statement {
+        Part::join(vec![self], "")
+    }
+
     /// `parts` as one statement: joined by `between` (`;` for a script,
     /// `UNION ALL` for a look-up), with their values in order.
     pub(super) fn join(parts: Vec<Part>, between: &str) -> Statement {
