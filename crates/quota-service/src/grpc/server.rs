@@ -146,23 +146,16 @@ pub async fn serve_with(
 /// message (none at all, one cut short, a compressed flag with no
 /// `grpc-encoding`, a flag that is neither 0 nor 1) are INTERNAL; they are
 /// the caller's mistake, so INVALID_ARGUMENT, as a message that does not
-/// decode is (`quota::codec`). They come before any handler, as a
-/// trailers-only answer: its headers carry the status. An answer of the
-/// handlers is never INTERNAL with these words. The words are tonic's
-/// (0.14): an upgrade that changes them fails
-/// `a_body_that_is_not_a_grpc_message_is_invalid_argument_not_internal`.
+/// decode is (`quota::codec`). A unary or server-streaming call meets them
+/// before any handler, as a trailers-only answer whose headers carry the
+/// status (mended here); a client-streaming one, reflection's, meets them
+/// in its stream of requests (mended by [`caller_mistake`] there).
 fn malformed_is_invalid(
     mut response: tonic::codegen::http::Response<tonic::body::Body>,
 ) -> tonic::codegen::http::Response<tonic::body::Body> {
-    const MALFORMED: [&str; 3] = [
-        "Missing request message.",
-        "Unexpected EOF decoding stream.",
-        "protocol error: received message with ",
-    ];
     let headers = response.headers_mut();
     if headers.get("grpc-status").is_some_and(|code| code == "13")
-        && Status::from_header_map(headers)
-            .is_some_and(|status| MALFORMED.iter().any(|m| status.message().starts_with(m)))
+        && Status::from_header_map(headers).is_some_and(|status| is_malformed_body(&status))
     {
         headers.insert(
             "grpc-status",
@@ -170,6 +163,31 @@ fn malformed_is_invalid(
         );
     }
     response
+}
+
+/// `status`, or INVALID_ARGUMENT with its message if it is tonic's refusal
+/// of a body that is not one whole gRPC message (see
+/// [`malformed_is_invalid`]).
+pub(super) fn caller_mistake(status: Status) -> Status {
+    if is_malformed_body(&status) {
+        Status::invalid_argument(status.message())
+    } else {
+        status
+    }
+}
+
+/// Whether `status` is one of tonic's refusals of a body that is not one
+/// whole gRPC message. An answer of the handlers is never INTERNAL with
+/// these words. The words are tonic's (0.14): an upgrade that changes them
+/// fails `a_body_that_is_not_a_grpc_message_is_invalid_argument_not_internal`.
+fn is_malformed_body(status: &Status) -> bool {
+    const MALFORMED: [&str; 3] = [
+        "Missing request message.",
+        "Unexpected EOF decoding stream.",
+        "protocol error: received message with ",
+    ];
+    status.code() == tonic::Code::Internal
+        && MALFORMED.iter().any(|m| status.message().starts_with(m))
 }
 
 /// The answer to a call shed past `--max-concurrency`: UNAVAILABLE (busy,

@@ -120,7 +120,9 @@ reflection!(ReflectionV1, v1, reflection_v1);
 reflection!(ReflectionV1alpha, v1alpha, reflection_v1alpha);
 
 /// `incoming` up to its first message that does not decode, whose status
-/// the receiver then gets; dropped with no status if there is none.
+/// the receiver then gets (INVALID_ARGUMENT for a body that is not whole
+/// gRPC messages, as for the other services); dropped with no status if
+/// there is none.
 fn until_fault<T>(incoming: Streaming<T>) -> (UntilFault<T>, oneshot::Receiver<Status>) {
     let (fault, receiver) = oneshot::channel();
     let requests = UntilFault {
@@ -150,7 +152,7 @@ impl<T> Stream for UntilFault<T> {
             Some(Ok(message)) => Poll::Ready(Some(message)),
             end => {
                 if let (Some(Err(status)), Some(fault)) = (end, self.fault.take()) {
-                    let _ = fault.send(status);
+                    let _ = fault.send(super::server::caller_mistake(status));
                 }
                 self.fault = None;
                 Poll::Ready(None)
