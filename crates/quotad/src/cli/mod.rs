@@ -370,8 +370,8 @@ pub struct AdminArgs {
     pub ca: CaCert,
     #[command(flatten)]
     pub admin: AdminToken,
-    /// What `create`, `list`, `show`, `grant`, `enable` and `disable` print:
-    /// `text` for people, `json` (one line) for programs.
+    /// What every `token` command prints: `text` for people, `json` (one
+    /// line) for programs.
     #[arg(
         long,
         env = "QUOTA_OUTPUT",
@@ -387,8 +387,9 @@ pub struct AdminArgs {
 pub enum Output {
     /// Lines for people; `create` prints the key alone.
     Text,
-    /// One JSON value: a token object, an array of them (`list`), or
-    /// `{"key": ..., "token": {...}}` (`create`).
+    /// One JSON value: a token object, an array of them (`list`),
+    /// `{"key": ..., "token": {...}}` (`create`) or `{"deleted": true}`
+    /// (`delete`).
     Json,
 }
 
