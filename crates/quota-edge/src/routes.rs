@@ -222,7 +222,24 @@ impl Upstream {
                     ))
                 })?,
         };
-        Ok(answer?.into_inner())
+        match answer {
+            Ok(response) => Ok(response.into_inner()),
+            // A status with a source is the transport's own: the service's
+            // answers carry none. Whatever tonic's code for it (CANCELLED
+            // for a connection closed at once, UNKNOWN for one that speaks
+            // no HTTP/2), the service could not be reached.
+            Err(status)
+                if matches!(self.quota, Quota::Client(_))
+                    && std::error::Error::source(&status).is_some() =>
+            {
+                Err(EdgeError::Upstream(tonic::Status::unavailable(format!(
+                    "the quota service could not be reached: {:?} {}",
+                    status.code(),
+                    status.message()
+                ))))
+            }
+            Err(status) => Err(status.into()),
+        }
     }
 }
 

@@ -97,6 +97,46 @@ async fn unreachable_upstream_is_503() {
     .await;
 }
 
+/// A peer that is there but is no gRPC server (it closes every connection
+/// it accepts, or answers in HTTP/1.1, as a plain port of a TLS server or
+/// a proxy would): the service cannot be reached, 503, not tonic's
+/// CANCELLED or UNKNOWN read as 500.
+#[tokio::test]
+async fn an_upstream_that_is_not_a_grpc_server_is_503() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for answer in [
+        &b""[..],
+        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n",
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let peer = tokio::spawn(async move {
+            loop {
+                let (mut connection, _) = listener.accept().await.unwrap();
+                let mut buffer = [0; 1024];
+                let _ = connection.read(&mut buffer).await;
+                let _ = connection.write_all(answer).await;
+            }
+        });
+        let router = app(Upstream::lazy(&url).unwrap());
+        let response = send(
+            &router,
+            "GET",
+            SUBSCRIPTION,
+            &[("authorization", "Bearer sk-x")],
+        )
+        .await;
+        assert_error(
+            response,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "service_unavailable",
+        )
+        .await;
+        peer.abort();
+    }
+}
+
 #[tokio::test]
 async fn upstream_statuses_map_like_grpc_gateway_without_leaking_detail() {
     let cases = [
