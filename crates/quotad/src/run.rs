@@ -171,7 +171,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 })
             } else {
-                open_store(&db, &lock, MigrateMode::Auto).await?;
+                open_store(&db, &lock, MigrateMode::Auto, Writes::Unchecked).await?;
                 Ok(ExitCode::SUCCESS)
             };
         }
@@ -204,9 +204,25 @@ async fn connect(db: &DatabaseArgs) -> Result<Store> {
     })
 }
 
+/// Whether [`open_store`] checks that the database takes writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writes {
+    /// A server's: it answers debits, so a database that takes none (a
+    /// SQLite file it may only read, a PostgreSQL standby) is refused in
+    /// one line rather than failing every debit.
+    Checked,
+    /// `quotad migrate`'s: with nothing to apply, it writes nothing.
+    Unchecked,
+}
+
 /// Opens the store and brings its schema up to date (`auto`), or checks that
 /// it is (`off`).
-async fn open_store(db: &DatabaseArgs, lock: &LockWait, mode: MigrateMode) -> Result<Store> {
+async fn open_store(
+    db: &DatabaseArgs,
+    lock: &LockWait,
+    mode: MigrateMode,
+    writes: Writes,
+) -> Result<Store> {
     let shown = redact_url(&db.database_url);
     // Opening a SQLite file that is not there would create it, empty: with
     // nothing to migrate it, it is refused as not there.
@@ -249,6 +265,12 @@ async fn open_store(db: &DatabaseArgs, lock: &LockWait, mode: MigrateMode) -> Re
             newer = %status.unknown.join(", "),
             "the database has migrations of a newer version; serving on"
         );
+    }
+    if writes == Writes::Checked {
+        store
+            .check_writable()
+            .await
+            .map_err(|e| anyhow!("database {shown} takes no writes: {}", detail(&e)))?;
     }
     tracing::info!(database = %shown, "database ready");
     Ok(store)
@@ -324,7 +346,7 @@ async fn open_api(
     migrate: &MigrateArgs,
     config: ServiceConfig,
 ) -> Result<(QuotaApi, Store)> {
-    let store = open_store(db, &migrate.lock, migrate.migrate).await?;
+    let store = open_store(db, &migrate.lock, migrate.migrate, Writes::Checked).await?;
     Ok((QuotaApi::new(store.clone(), config), store))
 }
 

@@ -64,18 +64,24 @@ fn is_unreachable(err: &DbErr) -> bool {
                 | Sqlx::WorkerCrashed
                 | Sqlx::Tls(_) => true,
                 // PostgreSQL shutting down or starting up, a connection
-                // exception, or its disk full (53100); SQLite's disk full
-                // (13); MySQL's table or disk full (1114, 1021). A full disk
-                // is the database unable to write until an operator acts,
-                // not a bug: the caller may retry later.
+                // exception, its disk full (53100), or a standby that takes
+                // no writes (25006); SQLite's disk full (13) or a file it may
+                // only read (8, and its extended codes); MySQL's table or
+                // disk full (1114, 1021) or its read-only mode (1290, 1792,
+                // 1836). A full disk or a database that takes no writes is
+                // the database unable to write until an operator acts (or a
+                // failover ends), not a bug: the caller may retry later.
                 Sqlx::Database(db) => {
-                    let mysql_full = db
+                    let mysql_cannot_write = db
                         .try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
-                        .is_some_and(|e| matches!(e.number(), 1114 | 1021));
-                    mysql_full
+                        .is_some_and(|e| matches!(e.number(), 1114 | 1021 | 1290 | 1792 | 1836));
+                    mysql_cannot_write
                         || db.code().is_some_and(|c| {
-                            matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53100" | "13")
-                                || c.starts_with("08")
+                            matches!(
+                                c.as_ref(),
+                                "57P01" | "57P02" | "57P03" | "53100" | "25006" | "13"
+                            ) || c.starts_with("08")
+                                || sqlite_read_only(&c)
                         })
                 }
                 _ => false,
@@ -83,6 +89,13 @@ fn is_unreachable(err: &DbErr) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether a SQLite error code is SQLITE_READONLY (8) or one of its
+/// extended codes (8 in the low byte). PostgreSQL's and MySQL's codes are
+/// five characters, never a number this small.
+fn sqlite_read_only(code: &str) -> bool {
+    code.len() < 5 && code.parse::<u32>().is_ok_and(|c| c & 0xff == 8)
 }
 
 /// True when `err` is a violation of a unique index (a repeated request id).

@@ -138,6 +138,22 @@ impl Store {
         })
     }
 
+    /// Whether the database takes writes: a write that changes no row, in a
+    /// transaction rolled back. A SQLite file this process may only read,
+    /// or a PostgreSQL standby, answers every read and refuses every
+    /// write; a server refuses to start on one rather than answer every
+    /// debit UNAVAILABLE.
+    pub async fn check_writable(&self) -> Result<(), QuotaError> {
+        self.bounded(async {
+            let txn = self.begin_write().await?;
+            txn.execute_unprepared("UPDATE quota_tokens SET id = id WHERE 1 = 0")
+                .await?;
+            txn.rollback().await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Whether the database answers a trivial query (on the read pool, so a
     /// busy SQLite writer does not make a healthy database look down).
     pub async fn ping(&self) -> Result<(), QuotaError> {

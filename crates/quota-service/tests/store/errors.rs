@@ -357,6 +357,45 @@ async fn a_full_disk_is_unavailable() {
     assert!(matches!(refused, QuotaError::Unavailable(_)), "{refused:?}");
 }
 
+/// A database that takes no writes (a SQLite file the process may only
+/// read; a PostgreSQL standby) is UNAVAILABLE, as a full disk is, and
+/// `check_writable` tells, for a server to refuse it at start.
+async fn a_database_that_takes_no_writes_is_unavailable(db: TestDb, read_only_url: String) {
+    let store = db.store().await;
+    let (_, key) = new_token(&store, 100).await;
+    store.check_writable().await.unwrap();
+    let read_only = Store::connect(&read_only_url).await.unwrap();
+    let refused = read_only.check_writable().await.unwrap_err();
+    assert!(matches!(refused, QuotaError::Unavailable(_)), "{refused:?}");
+    let refused = consume(&read_only, &key, 1, Some("ro")).await.unwrap_err();
+    assert!(matches!(refused, QuotaError::Unavailable(_)), "{refused:?}");
+    // Nothing was written: the writable store debits the same id, anew.
+    let debit = consume(&store, &key, 1, Some("ro")).await.unwrap();
+    assert!(!debit.repeat);
+    assert_eq!(debit.balance.remaining, 99);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_takes_no_writes_is_unavailable_on_sqlite_file() {
+    let db = TestDb::sqlite().await;
+    let url = format!("{}?mode=ro", db.url);
+    a_database_that_takes_no_writes_is_unavailable(db, url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_takes_no_writes_is_unavailable_on_postgres() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    // Every transaction read-only, as on a standby.
+    let separator = if db.url.contains('?') { '&' } else { '?' };
+    let url = format!(
+        "{}{separator}options=-c%20default_transaction_read_only%3Don",
+        db.url
+    );
+    a_database_that_takes_no_writes_is_unavailable(db, url).await;
+}
+
 /// A row another session keeps locked (by hand, in `psql`) bounds how long
 /// the service's statements wait for it, in the database itself: the calls
 /// give up at 2.5 s, and their statements end within the lock wait bound

@@ -232,3 +232,36 @@ fn a_server_without_an_admin_secret_warns_once_it_listens() {
         "{log}"
     );
 }
+
+/// A database the server can read but not write (here a SQLite file opened
+/// read-only; in life one whose file the server's user may only read, or a
+/// PostgreSQL standby): refused at start in one line, not served with
+/// every debit failing.
+#[test]
+fn serve_refuses_a_database_that_takes_no_writes() {
+    let dir = TempDir::new();
+    let url = format!("sqlite://{}/quota.db", dir.path().display());
+    let mut migrate = quotad();
+    migrate.args(["migrate", "--database-url", &url]);
+    let out = run(migrate, COMMAND_TIMEOUT);
+    assert!(out.status.success(), "{}", describe(&out));
+    for command in ["serve", "grpc"] {
+        let mut cmd = quotad();
+        cmd.args([command, "--database-url", &format!("{url}?mode=ro")])
+            .args(["--grpc-addr", "127.0.0.1:0"])
+            .current_dir(dir.path());
+        if command == "serve" {
+            cmd.args(["--http-addr", "127.0.0.1:0"]);
+        }
+        let out = run(cmd, COMMAND_TIMEOUT);
+        let line = failed_with_one_line(&out);
+        assert!(line.contains("takes no writes"), "{line}");
+        assert!(line.contains("readonly"), "{line}");
+        assert!(!stderr_of(&out).contains("listening"), "{}", describe(&out));
+    }
+    // `quotad migrate` writes nothing when nothing is pending.
+    let mut migrate = quotad();
+    migrate.args(["migrate", "--database-url", &format!("{url}?mode=ro")]);
+    let out = run(migrate, COMMAND_TIMEOUT);
+    assert!(out.status.success(), "{}", describe(&out));
+}
