@@ -169,11 +169,12 @@ fn permit(
         .map_err(|_| EdgeError::Overloaded)
 }
 
-/// What a request's head is refused for, if anything.
+/// What a request's head is refused for, if anything. Its headers were
+/// measured as they arrived, by [`HeadersLayer`].
 pub(crate) fn refusal(request: &Request) -> Option<EdgeError> {
     if uri_bytes(request.uri()) > MAX_URI_BYTES {
         Some(EdgeError::UriTooLong)
-    } else if header_bytes(request.headers()) > MAX_HEADER_BYTES {
+    } else if request.extensions().get::<HeadersTooLarge>().is_some() {
         Some(EdgeError::HeadersTooLarge)
     } else if content_length(request.headers()).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         Some(EdgeError::PayloadTooLarge)
@@ -239,6 +240,53 @@ async fn drain(mut body: Body) -> Result<(), EdgeError> {
     }
     Ok(())
 }
+
+/// Measures a request's headers as the caller sent them, before the
+/// request id layer below it makes an `x-request-id` for a request without
+/// one (or drops a caller's that is not valid), and marks a request whose
+/// headers are over [`MAX_HEADER_BYTES`] for [`BoundsLayer`] to refuse,
+/// once CORS and telemetry have seen it. The mark is an extension, so a
+/// request within the bound carries none and allocates nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct HeadersLayer;
+
+impl<S> Layer<S> for HeadersLayer {
+    type Service = Headers<S>;
+
+    fn layer(&self, inner: S) -> Headers<S> {
+        Headers { inner }
+    }
+}
+
+/// The service of [`HeadersLayer`].
+#[derive(Clone, Debug)]
+pub(crate) struct Headers<S> {
+    inner: S,
+}
+
+impl<S, B> Service<axum::http::Request<B>> for Headers<S>
+where
+    S: Service<axum::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: axum::http::Request<B>) -> S::Future {
+        if header_bytes(request.headers()) > MAX_HEADER_BYTES {
+            request.extensions_mut().insert(HeadersTooLarge);
+        }
+        self.inner.call(request)
+    }
+}
+
+/// The mark of a request whose headers, as sent, are over the bound.
+#[derive(Clone, Copy, Debug)]
+struct HeadersTooLarge;
 
 /// The bytes of `uri` as the URI bound counts them: every part.
 pub(crate) fn uri_bytes(uri: &Uri) -> usize {

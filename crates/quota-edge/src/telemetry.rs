@@ -5,6 +5,7 @@
 //! (`MatchedPath`), and outside CORS, so that preflights and every refusal
 //! carry the request id, are logged and are counted.
 
+use crate::limits::HeadersLayer;
 use axum::extract::MatchedPath;
 use axum::response::Response;
 use http::Method;
@@ -25,7 +26,9 @@ use tracing::Span;
 #[derive(Clone, Debug)]
 pub(crate) struct InternalDetail(pub(crate) String);
 
-/// The telemetry layers, outermost first: a caller's valid `X-Request-Id`
+/// The telemetry layers, outermost first: the request's headers measured
+/// as they came, for the header bound ([`crate::limits::HeadersLayer`]);
+/// a caller's valid `X-Request-Id`
 /// kept (or a UUID v4 made) and returned on the response; then, in one
 /// layer ([`ObserveLayer`]), the request's span, its access line and its
 /// metrics. The router adds the rest of its layers to this builder, so that
@@ -33,12 +36,14 @@ pub(crate) struct InternalDetail(pub(crate) String);
 /// apart, and clones every box of the stack for every request.
 pub(crate) fn layers() -> Layers {
     ServiceBuilder::new()
+        .layer(HeadersLayer)
         .layer(RequestIdLayer)
         .layer(ObserveLayer)
 }
 
 /// The type of [`layers`].
-pub(crate) type Layers = ServiceBuilder<Stack<ObserveLayer, Stack<RequestIdLayer, Identity>>>;
+pub(crate) type Layers =
+    ServiceBuilder<Stack<ObserveLayer, Stack<RequestIdLayer, Stack<HeadersLayer, Identity>>>>;
 
 /// The route template a request matched, or [`metrics::UNKNOWN_ROUTE`].
 fn route_name(route: Option<&MatchedPath>) -> &str {

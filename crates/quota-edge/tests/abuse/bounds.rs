@@ -106,6 +106,31 @@ async fn headers_over_16_kib_get_431_without_an_upstream_call() {
     still_serves(&edge).await;
 }
 
+/// 16 KiB of headers in all passes, a byte more does not, whether or not
+/// the caller sends its own `X-Request-Id`: the one the edge makes for a
+/// request without is not the caller's to pay for.
+#[tokio::test]
+async fn headers_of_exactly_16_kib_pass_with_or_without_a_request_id() {
+    let edge = spawn_edge(EdgeConfig::default()).await;
+    // `get` sends "Host: edge" and "Connection: close": 12 + 19 bytes with
+    // their separators and line ends; "x-pad: …\r\n" is 9 more.
+    let fits = 16 * 1024 - 12 - 19 - 9;
+    for (pad, status) in [(fits, 200), (fits + 1, 431)] {
+        let pad = "p".repeat(pad);
+        let reply = send(edge.addr, &get("/healthz", &[("x-pad", &pad)])).await;
+        assert_eq!(reply.status, status, "{reply:?}");
+        // The caller's own id counts as its header: "x-request-id: r\r\n".
+        let pad = &pad[..pad.len() - 17];
+        let reply = send(
+            edge.addr,
+            &get("/healthz", &[("x-pad", pad), ("x-request-id", "r")]),
+        )
+        .await;
+        assert_eq!(reply.status, status, "{reply:?}");
+        assert_eq!(reply.header("x-request-id"), Some("r"));
+    }
+}
+
 #[tokio::test]
 async fn an_authorization_too_long_for_a_key_gets_401_without_an_upstream_call() {
     let edge = spawn_edge(EdgeConfig::default()).await;
