@@ -130,7 +130,7 @@ impl std::fmt::Display for InvalidUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:?} is not a gRPC service URL: expected http://HOST:PORT, https://HOST:PORT or HOST:PORT",
+            "{:?} is not a gRPC service URL: expected http://HOST:PORT, https://HOST:PORT or HOST:PORT (a port from 1 to 65535, no path)",
             self.0
         )
     }
@@ -149,7 +149,19 @@ pub fn endpoint(url: &str, tls: &ClientTls) -> Result<Endpoint, InvalidUrl> {
         format!("http://{url}").parse()
     }
     .map_err(|_| invalid())?;
-    if uri.host().is_none_or(str::is_empty) {
+    // A host, a port a socket can have (or the scheme's), and nothing after:
+    // gRPC names its own paths, so a path or query here is a mistake.
+    let port_ok = uri.authority().is_some_and(|authority| {
+        // `Uri` keeps any text after the host's last `:` as the port.
+        let after_user = authority.as_str().rsplit('@').next().unwrap_or_default();
+        let after_host = after_user.strip_prefix(authority.host()).unwrap_or("?");
+        match after_host.strip_prefix(':') {
+            None => after_host.is_empty(),
+            Some(port) => port.parse::<u16>().is_ok_and(|port| port != 0),
+        }
+    });
+    let origin_only = matches!(uri.path(), "" | "/") && uri.query().is_none();
+    if uri.host().is_none_or(str::is_empty) || !port_ok || !origin_only {
         return Err(invalid());
     }
     match uri.scheme_str() {

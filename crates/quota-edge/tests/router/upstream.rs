@@ -9,7 +9,18 @@ use tower::ServiceExt;
 
 #[test]
 fn upstream_must_be_an_http_or_https_url_or_host_and_port() {
-    for bad in ["ftp://127.0.0.1:50051", "http://", "not a url", ""] {
+    for bad in [
+        "ftp://127.0.0.1:50051",
+        "http://",
+        "not a url",
+        "",
+        "http://127.0.0.1:99999",
+        "127.0.0.1:70000",
+        "http://127.0.0.1:-1",
+        "http://127.0.0.1:0",
+        "http://127.0.0.1:50051/quota",
+        "http://127.0.0.1:50051?tls=1",
+    ] {
         assert!(Upstream::lazy(bad).is_err(), "{bad:?}");
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -18,6 +29,9 @@ fn upstream_must_be_an_http_or_https_url_or_host_and_port() {
         .unwrap();
     let _guard = runtime.enter();
     assert!(Upstream::lazy("http://127.0.0.1:50051").is_ok());
+    assert!(Upstream::lazy("http://127.0.0.1:50051/").is_ok());
+    assert!(Upstream::lazy("http://[::1]:50051").is_ok());
+    assert!(Upstream::lazy("https://quota.example").is_ok());
     assert!(Upstream::lazy("https://127.0.0.1:50051").is_ok());
     assert!(Upstream::lazy("http://quota-grpc:50051").is_ok());
     // As --grpc-addr names it: a plain one.
