@@ -525,7 +525,28 @@ async fn plan_with_values(conn: &mut sea_orm::sqlx::PgConnection) {
 }
 
 /// A database URL with its password, if any, hidden: what may be shown.
+/// The password of the user info, and the value of any query parameter
+/// named like one (`password`, `sslpassword`), become `***`.
 pub fn redact_url(url: &str) -> String {
+    let shown = redact_user_info(url);
+    // The user info's password is gone: a `?` left marks the query.
+    let Some((base, query)) = shown.split_once('?') else {
+        return shown;
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((name, _)) if name.to_ascii_lowercase().contains("password") => {
+                format!("{name}=***")
+            }
+            _ => param.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
+}
+
+/// `url` with the password of its user info, if any, hidden.
+fn redact_user_info(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();
     };
@@ -582,5 +603,17 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://u@db/q"), "postgres://u@db/q");
         assert_eq!(redact_url("sqlite://quota.db"), "sqlite://quota.db");
+        assert_eq!(
+            redact_url("postgres://u@db/q?sslmode=require&password=secret&sslpassword=s2"),
+            "postgres://u@db/q?sslmode=require&password=***&sslpassword=***"
+        );
+        assert_eq!(
+            redact_url("postgres://u:se?cret@db/q?PASSWORD=x"),
+            "postgres://u:***@db/q?PASSWORD=***"
+        );
+        assert_eq!(
+            redact_url("sqlite://quota.db?mode=rwc"),
+            "sqlite://quota.db?mode=rwc"
+        );
     }
 }
