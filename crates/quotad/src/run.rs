@@ -49,7 +49,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             http.apart_from(&grpc)?;
             let metrics = telemetry::bind_metrics(&metrics).await?;
             metrics_apart(metrics.as_ref(), &[&grpc, &http])?;
-            let (api, store) = open_api(&db, &migrate, config).await?;
+            let Some((api, store)) = open_api(&db, &migrate, config, &stop).await? else {
+                return Ok(ExitCode::SUCCESS);
+            };
             telemetry::serve_metrics(
                 metrics,
                 move || store.clone().record_metrics(),
@@ -118,7 +120,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let grpc = bind(&grpc.grpc_addr, "gRPC")?;
             let metrics = telemetry::bind_metrics(&metrics).await?;
             metrics_apart(metrics.as_ref(), &[&grpc])?;
-            let (api, store) = open_api(&db, &migrate, config).await?;
+            let Some((api, store)) = open_api(&db, &migrate, config, &stop).await? else {
+                return Ok(ExitCode::SUCCESS);
+            };
             telemetry::serve_metrics(
                 metrics,
                 move || store.clone().record_metrics(),
@@ -171,7 +175,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 })
             } else {
-                open_store(&db, &lock, MigrateMode::Auto, Writes::Unchecked).await?;
+                open_store(&db, &lock, MigrateMode::Auto, Writes::Unchecked, None).await?;
                 Ok(ExitCode::SUCCESS)
             };
         }
@@ -215,13 +219,28 @@ enum Writes {
     Unchecked,
 }
 
+/// A server stopped by the signal while it waited for the migration lock:
+/// it exits 0, having served nothing.
+#[derive(Debug)]
+struct StoppedAtStart;
+
+impl std::fmt::Display for StoppedAtStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped while waiting for the migration lock")
+    }
+}
+
+impl std::error::Error for StoppedAtStart {}
+
 /// Opens the store and brings its schema up to date (`auto`), or checks that
-/// it is (`off`).
+/// it is (`off`). A server's `stop` ends a wait for the migration lock
+/// ([`StoppedAtStart`]).
 async fn open_store(
     db: &DatabaseArgs,
     lock: &LockWait,
     mode: MigrateMode,
     writes: Writes,
+    stop: Option<&watch::Receiver<bool>>,
 ) -> Result<Store> {
     let shown = redact_url(&db.database_url);
     // Opening a SQLite file that is not there would create it, empty: with
@@ -235,10 +254,26 @@ async fn open_store(
     let migrating = |e| anyhow!("cannot migrate database {shown}: {e}");
     let status = match mode {
         MigrateMode::Auto => {
-            let applied = store
-                .migrate_within(lock.migrate_lock_timeout)
+            let applied = if store
+                .migration_status()
                 .await
-                .map_err(migrating)?;
+                .map_err(migrating)?
+                .is_current()
+            {
+                Vec::new()
+            } else {
+                // The wait for another process's migrations ends at the
+                // signal too; the migrations, once begun, are not cut short.
+                let locked = store.lock_migrations(lock.migrate_lock_timeout);
+                let lock = match stop {
+                    Some(stop) => tokio::select! {
+                        locked = locked => locked,
+                        () = stopped(stop.clone()) => return Err(StoppedAtStart.into()),
+                    },
+                    None => locked.await,
+                };
+                lock.map_err(migrating)?.apply().await.map_err(migrating)?
+            };
             let status = store.migration_status().await.map_err(migrating)?;
             tracing::info!(
                 "migrations applied: {} now, {} in all",
@@ -341,13 +376,30 @@ fn service_config(service: &ServiceArgs, cache: &CacheArgs) -> Result<ServiceCon
     })
 }
 
+/// The service over its open store; `None` when the signal came while
+/// waiting for the migration lock.
 async fn open_api(
     db: &DatabaseArgs,
     migrate: &MigrateArgs,
     config: ServiceConfig,
-) -> Result<(QuotaApi, Store)> {
-    let store = open_store(db, &migrate.lock, migrate.migrate, Writes::Checked).await?;
-    Ok((QuotaApi::new(store.clone(), config), store))
+    stop: &watch::Receiver<bool>,
+) -> Result<Option<(QuotaApi, Store)>> {
+    let opened = open_store(
+        db,
+        &migrate.lock,
+        migrate.migrate,
+        Writes::Checked,
+        Some(stop),
+    )
+    .await;
+    match opened {
+        Ok(store) => Ok(Some((QuotaApi::new(store.clone(), config), store))),
+        Err(e) if e.is::<StoppedAtStart>() => {
+            tracing::info!("{e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The detail inside an error that would otherwise read only "unavailable".

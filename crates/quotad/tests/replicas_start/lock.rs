@@ -67,6 +67,41 @@ on_shared_databases!(
     held_lock_bounds_the_wait
 );
 
+/// SIGTERM while a server waits for the migration lock ends the wait: it
+/// exits 0 at once, having migrated and served nothing.
+async fn signal_ends_the_wait(db: TestDb) {
+    let holder = db.store().await;
+    let lock = holder.lock_migrations(WAIT).await.unwrap();
+    let mut server = Grpc::spawn(&db.url, &["--migrate-lock-timeout", "60s"]);
+    server.logs("waiting for it", crate::READY_TIMEOUT);
+    let signalled = Instant::now();
+    server.terminate();
+    let status = server
+        .child
+        .wait_timeout(SLACK)
+        .expect("exits at the signal");
+    assert!(
+        status.success(),
+        "{status:?}: {}",
+        server.log.lock().unwrap()
+    );
+    assert!(signalled.elapsed() < SLACK);
+    let log = server.log.lock().unwrap().clone();
+    assert!(
+        log.contains("stopped while waiting for the migration lock"),
+        "{log}"
+    );
+    assert!(!log.contains("listening"), "{log}");
+    lock.release().await.unwrap();
+    let status = db.store().await.migration_status().await.unwrap();
+    assert!(!status.is_current(), "nothing was migrated");
+}
+
+on_shared_databases!(
+    a_signal_ends_a_servers_wait_for_the_migration_lock,
+    signal_ends_the_wait
+);
+
 /// Asserts nothing accepts a connection on `addr`: refused, not accepted.
 fn refuses(addr: std::net::SocketAddr) {
     match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {

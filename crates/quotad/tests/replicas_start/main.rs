@@ -227,6 +227,33 @@ impl Grpc {
         }
     }
 
+    /// Waits for a line with `marker`; fails the test if the process ends
+    /// or `limit` passes first.
+    fn logs(&mut self, marker: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while let Ok(line) =
+            (self.lines).recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if line.contains(marker) {
+                return;
+            }
+        }
+        panic!(
+            "quotad grpc did not log {marker:?}; stderr:\n{}",
+            self.log.lock().unwrap()
+        );
+    }
+
+    /// Sends SIGTERM with the `kill` command.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.0.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
     /// Waits until it listens; its address.
     fn ready(&mut self) -> SocketAddr {
         self.address_after("gRPC listening on ", READY_TIMEOUT)
