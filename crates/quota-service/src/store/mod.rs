@@ -450,25 +450,28 @@ async fn open(
             })
         });
     }
-    // The driver's messages may quote the URL, password and all.
-    let redacted =
-        |message: String| QuotaError::Unavailable(message.replace(url, &redact_url(url)));
     match Database::connect(opts).await {
         Ok(db) => Ok(db),
-        // The pool's timeout hides why no connection opened (refused, a
-        // wrong password, no such database): one connection, tried alone,
-        // tells.
-        Err(e) if e.to_string().contains("pool timed out") => {
-            Err(redacted(match why_no_connection(url, acquire).await {
-                Some(cause) => cause,
-                None => e.to_string(),
-            }))
-        }
-        Err(DbErr::Conn(RuntimeErr::SqlxError(e))) => {
-            Err(redacted(format!("cannot connect: {}", refusal_text(&e))))
-        }
-        Err(e) => Err(redacted(e.to_string())),
+        Err(e) => Err(QuotaError::Unavailable(
+            why_not_connected(url, acquire, e).await,
+        )),
     }
+}
+
+/// Why connecting to `url` failed with `e`, in words an operator can act
+/// on, with the URL's password hidden (the driver's messages may quote the
+/// URL, password and all). The pool's timeout hides why no connection
+/// opened (refused, a wrong password, no such database): one connection,
+/// tried alone within `wait`, tells.
+pub(crate) async fn why_not_connected(url: &str, wait: Duration, e: DbErr) -> String {
+    let why = match e {
+        e if e.to_string().contains("pool timed out") => why_no_connection(url, wait)
+            .await
+            .unwrap_or_else(|| e.to_string()),
+        DbErr::Conn(RuntimeErr::SqlxError(e)) => format!("cannot connect: {}", refusal_text(&e)),
+        e => e.to_string(),
+    };
+    why.replace(url, &redact_url(url))
 }
 
 /// What a database said when it refused a connection: a server's own

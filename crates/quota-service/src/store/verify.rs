@@ -151,7 +151,6 @@ impl From<sea_orm::DbErr> for Unreadable {
 /// and checks every token.
 pub async fn verify_url(url: &str) -> Result<Verification, Unreadable> {
     let shown = redact_url(url);
-    let hide = |e: sea_orm::DbErr| Unreadable(e.to_string().replace(url, &shown));
     let mut opts = ConnectOptions::new(url);
     opts.sqlx_logging(false)
         .max_connections(1)
@@ -163,7 +162,13 @@ pub async fn verify_url(url: &str) -> Result<Verification, Unreadable> {
                 .busy_timeout(Duration::from_secs(10))
         });
     }
-    let db = Database::connect(opts).await.map_err(hide)?;
+    let db = match Database::connect(opts).await {
+        Ok(db) => db,
+        Err(e) => {
+            let why = super::why_not_connected(url, Duration::from_secs(3), e).await;
+            return Err(Unreadable(why));
+        }
+    };
     let checked = verify(&db)
         .await
         .map_err(|e| Unreadable(e.0.replace(url, &shown)));
