@@ -48,7 +48,10 @@ async fn grpc_ready(url: &str, tls: &ClientTls) -> Result<()> {
             Some(content_type) => anyhow!(
                 "not ready: {url} answered, but not as a gRPC service ({content_type}): --grpc names the gRPC listener"
             ),
-            None => anyhow!("not ready: {url} answered {}: {}", s.code(), s.message()),
+            None => match crate::token::plain_call_failed(url, &s) {
+                Some(tip) => anyhow!("not ready: {tip}"),
+                None => anyhow!("not ready: {url} answered {}: {}", s.code(), s.message()),
+            },
         })?
         .into_inner();
     match ServingStatus::try_from(answer.status) {

@@ -43,6 +43,19 @@ pub async fn run(admin: AdminArgs, command: TokenCommand) -> Result<()> {
     client.run(command).await
 }
 
+/// What to say when a plain call to `url` failed in the transport (the
+/// status has a source; an answer of the service has none): a TLS port
+/// answers plain HTTP/2 with bytes that break the connection (a protocol
+/// error or a cancelled call, as the timing falls).
+pub(crate) fn plain_call_failed(url: &str, status: &Status) -> Option<String> {
+    (!url.starts_with("https://") && std::error::Error::source(status).is_some()).then(|| {
+        format!(
+            "{url} did not answer as a plain gRPC server ({}): if it serves TLS, use https:// (and --ca-cert)",
+            status.message()
+        )
+    })
+}
+
 /// The content type of an answer that was not gRPC's (the REST edge's
 /// JSON 404, say), as `status` carries the answer's headers.
 pub(crate) fn not_grpc(status: &Status) -> Option<String> {
@@ -78,23 +91,13 @@ impl Admin {
         let response = method(self.client.clone(), request)
             .await
             .map_err(|status| {
-                // A failure of the transport (the status has a source), not
-                // an answer of the service: a TLS port answers plain HTTP/2
-                // with bytes that break the connection (a protocol error or
-                // a cancelled call, as the timing falls).
                 if let Some(content_type) = not_grpc(&status) {
                     anyhow!(
                         "{} answered, but not as a gRPC service ({content_type}): --server names the gRPC listener (--grpc-addr), not the REST one",
                         self.server
                     )
-                } else if !self.server.starts_with("https://")
-                    && std::error::Error::source(&status).is_some()
-                {
-                    anyhow!(
-                        "{} did not answer as a plain gRPC server ({}): if it serves TLS, use https:// (and --ca-cert)",
-                        self.server,
-                        status.message()
-                    )
+                } else if let Some(tip) = plain_call_failed(&self.server, &status) {
+                    anyhow!("{tip}")
                 } else {
                     failed(status)
                 }

@@ -178,6 +178,10 @@ fn health_checks_a_tls_server_trusting_its_ca() {
     }
     let plain = readyz.replace("https://", "http://");
     failed_with_one_line(&health(&["--http", &plain]));
+    // Plain gRPC to the TLS port: the tip, as `token` commands give it.
+    let plain = server.grpc_url.replace("https://", "http://");
+    let line = failed_with_one_line(&health(&["--grpc", &plain]));
+    assert!(line.contains("if it serves TLS, use https://"), "{line}");
 
     let (status, log) = server.stop_with("TERM");
     assert!(status.success(), "{status}\n{log}");
