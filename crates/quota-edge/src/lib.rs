@@ -12,6 +12,7 @@ mod server;
 mod telemetry;
 pub mod throttle;
 pub mod tls;
+pub mod unanswered;
 
 pub use error::EdgeError;
 pub use routes::{EdgeConfig, Transport, TransportError, Upstream, app, app_with};

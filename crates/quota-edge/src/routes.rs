@@ -224,13 +224,12 @@ impl Upstream {
         };
         match answer {
             Ok(response) => Ok(response.into_inner()),
-            // A status with a source is the transport's own: the service's
-            // answers carry none. Whatever tonic's code for it (CANCELLED
-            // for a connection closed at once, UNKNOWN for one that speaks
-            // no HTTP/2), the service could not be reached.
+            // No answer of the service (refused, cut, a peer that speaks
+            // no HTTP/2, or no gRPC): it could not be reached, whatever
+            // code tonic made of it (CANCELLED, UNKNOWN, INTERNAL).
             Err(status)
                 if matches!(self.quota, Quota::Client(_))
-                    && std::error::Error::source(&status).is_some() =>
+                    && crate::unanswered::unanswered(&status).is_some() =>
             {
                 Err(EdgeError::Upstream(tonic::Status::unavailable(format!(
                     "the quota service could not be reached: {:?} {}",

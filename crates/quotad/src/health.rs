@@ -44,14 +44,11 @@ async fn grpc_ready(url: &str, tls: &ClientTls) -> Result<()> {
             service: String::new(),
         })
         .await
-        .map_err(|s| match crate::token::not_grpc(&s) {
-            Some(content_type) => anyhow!(
-                "not ready: {url} answered, but not as a gRPC service ({content_type}): --grpc names the gRPC listener"
-            ),
-            None => match crate::token::plain_call_failed(url, &s) {
+        .map_err(|s| {
+            match crate::token::unanswered_tip(url, &s, "--grpc names the gRPC listener") {
                 Some(tip) => anyhow!("not ready: {tip}"),
                 None => anyhow!("not ready: {url} answered {}: {}", s.code(), s.message()),
-            },
+            }
         })?
         .into_inner();
     match ServingStatus::try_from(answer.status) {

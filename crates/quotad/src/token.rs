@@ -5,6 +5,7 @@ use crate::output::{CreatedJson, TokenJson, json_line, outln, print_line};
 use anyhow::{Result, anyhow, bail};
 use quota::pb;
 use quota::pb::token_admin_client::TokenAdminClient;
+use quota_edge::unanswered::{Unanswered, unanswered};
 use quota_service::domain::{Balance, acts_on_a_terminal, unix_now};
 use std::future::Future;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -43,24 +44,22 @@ pub async fn run(admin: AdminArgs, command: TokenCommand) -> Result<()> {
     client.run(command).await
 }
 
-/// What to say when a plain call to `url` failed in the transport (the
-/// status has a source; an answer of the service has none): a TLS port
-/// answers plain HTTP/2 with bytes that break the connection (a protocol
-/// error or a cancelled call, as the timing falls).
-pub(crate) fn plain_call_failed(url: &str, status: &Status) -> Option<String> {
-    (!url.starts_with("https://") && std::error::Error::source(status).is_some()).then(|| {
-        format!(
+/// What to say of a call to `url` that got no answer of the service, if
+/// it did not: a peer that answered in another protocol (the REST port),
+/// or, on a plain `url`, a transport that broke (a TLS port answers plain
+/// HTTP/2 with bytes that break the connection: a protocol error or a
+/// cancelled call, as the timing falls). `listener` names the flag.
+pub(crate) fn unanswered_tip(url: &str, status: &Status, listener: &str) -> Option<String> {
+    match unanswered(status)? {
+        Unanswered::NotGrpc(content_type) => Some(format!(
+            "{url} answered, but not as a gRPC service ({content_type}): {listener}"
+        )),
+        Unanswered::Transport if !url.starts_with("https://") => Some(format!(
             "{url} did not answer as a plain gRPC server ({}): if it serves TLS, use https:// (and --ca-cert)",
             status.message()
-        )
-    })
-}
-
-/// The content type of an answer that was not gRPC's (the REST edge's
-/// JSON 404, say), as `status` carries the answer's headers.
-pub(crate) fn not_grpc(status: &Status) -> Option<String> {
-    let content_type = status.metadata().get("content-type")?.to_str().ok()?;
-    (!content_type.starts_with("application/grpc")).then(|| format!("content-type {content_type}"))
+        )),
+        Unanswered::Transport => None,
+    }
 }
 
 struct Admin {
@@ -91,15 +90,10 @@ impl Admin {
         let response = method(self.client.clone(), request)
             .await
             .map_err(|status| {
-                if let Some(content_type) = not_grpc(&status) {
-                    anyhow!(
-                        "{} answered, but not as a gRPC service ({content_type}): --server names the gRPC listener (--grpc-addr), not the REST one",
-                        self.server
-                    )
-                } else if let Some(tip) = plain_call_failed(&self.server, &status) {
-                    anyhow!("{tip}")
-                } else {
-                    failed(status)
+                let listener = "--server names the gRPC listener (--grpc-addr), not the REST one";
+                match unanswered_tip(&self.server, &status, listener) {
+                    Some(tip) => anyhow!("{tip}"),
+                    None => failed(status),
                 }
             })?;
         Ok(response.into_inner())

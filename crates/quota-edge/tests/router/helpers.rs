@@ -17,6 +17,9 @@ pub const SUBSCRIPTION: &str = "/v1/dashboard/billing/subscription";
 pub const SPEC_EXAMPLE: &str = r#"{"object":"billing_subscription","has_payment_method":true,"soft_limit_usd":5,"hard_limit_usd":5,"system_hard_limit_usd":5,"access_until":0}"#;
 
 /// An upstream that answers every call with one status, after a delay.
+/// The message of a [`Failing`] whose handlers panic.
+pub const PANIC: &str = "panic";
+
 pub struct Failing {
     pub code: Code,
     pub message: &'static str,
@@ -26,6 +29,8 @@ pub struct Failing {
 impl Failing {
     pub async fn answer<T>(&self) -> Result<tonic::Response<T>, Status> {
         tokio::time::sleep(self.delay).await;
+        // A handler's bug: its stream is reset.
+        assert_ne!(self.message, PANIC, "a handler that panics");
         Err(Status::new(self.code, self.message))
     }
 }

@@ -151,6 +151,59 @@ async fn an_upstream_that_is_not_a_grpc_server_is_503() {
     }
 }
 
+/// A peer that answers in HTTP/2 but not in gRPC (a REST port named as the
+/// upstream): not reached, 503.
+#[tokio::test]
+async fn an_upstream_that_answers_in_another_protocol_is_503() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let rest = axum::Router::new().fallback(|| async {
+        (
+            StatusCode::NOT_FOUND,
+            [("content-type", "application/json")],
+            "{}",
+        )
+    });
+    let peer = tokio::spawn(async move { axum::serve(listener, rest).await });
+    let router = app(Upstream::lazy(&url).unwrap());
+    let response = send(
+        &router,
+        "GET",
+        SUBSCRIPTION,
+        &[("authorization", "Bearer sk-x")],
+    )
+    .await;
+    assert_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "service_unavailable",
+    )
+    .await;
+    peer.abort();
+}
+
+/// A service that resets its stream (a handler that panicked) answered:
+/// its bug is a 500, not a 503 that asks the caller to try again.
+#[tokio::test]
+async fn an_upstream_that_resets_its_stream_is_500() {
+    let router = failing_upstream(Code::Ok, PANIC).await;
+    let response = send(
+        &router,
+        "GET",
+        SUBSCRIPTION,
+        &[("authorization", "Bearer sk-x")],
+    )
+    .await;
+    assert_error(
+        response,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "internal_error",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn upstream_statuses_map_like_grpc_gateway_without_leaking_detail() {
     let cases = [
