@@ -12,7 +12,9 @@ use quota_service::auth::AdminCredential;
 use quota_service::domain::QuotaPerUsd;
 use quota_service::grpc::{LocalServices, local_services};
 use quota_service::health::SharedHealth;
-use quota_service::store::{MigrationStatus, migration_names, redact_url, sqlite_file_missing};
+use quota_service::store::{
+    MigrationStatus, WriteCheck, migration_names, redact_url, sqlite_file_missing,
+};
 use quota_service::{CacheConfig, QuotaApi, ServiceConfig, Store};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -302,10 +304,15 @@ async fn open_store(
         );
     }
     if writes == Writes::Checked {
-        store
-            .check_writable()
-            .await
-            .map_err(|e| anyhow!("database {shown} takes no writes: {}", detail(&e)))?;
+        match store.check_writable().await {
+            Ok(()) => {}
+            Err(WriteCheck::ReadOnly(why)) => bail!("database {shown} takes no writes: {why}"),
+            // A lock on the table (another release migrating) or a lost
+            // connection says nothing of the database: its calls will tell.
+            Err(WriteCheck::Failed(e)) => {
+                tracing::warn!(error = %detail(&e), "could not check that the database takes writes");
+            }
+        }
     }
     tracing::info!(database = %shown, "database ready");
     Ok(store)

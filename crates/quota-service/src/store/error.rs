@@ -64,24 +64,20 @@ fn is_unreachable(err: &DbErr) -> bool {
                 | Sqlx::WorkerCrashed
                 | Sqlx::Tls(_) => true,
                 // PostgreSQL shutting down or starting up, a connection
-                // exception, its disk full (53100), or a standby that takes
-                // no writes (25006); SQLite's disk full (13) or a file it may
-                // only read (8, and its extended codes); MySQL's table or
-                // disk full (1114, 1021) or its read-only mode (1290, 1792,
-                // 1836). A full disk or a database that takes no writes is
-                // the database unable to write until an operator acts (or a
-                // failover ends), not a bug: the caller may retry later.
+                // exception, or its disk full (53100); SQLite's disk full
+                // (13); MySQL's table or disk full (1114, 1021); a database
+                // that takes no writes. A full disk or a read-only database
+                // is the database unable to write until an operator acts (or
+                // a failover ends), not a bug: the caller may retry later.
                 Sqlx::Database(db) => {
-                    let mysql_cannot_write = db
+                    let mysql_full = db
                         .try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
-                        .is_some_and(|e| matches!(e.number(), 1114 | 1021 | 1290 | 1792 | 1836));
-                    mysql_cannot_write
+                        .is_some_and(|e| matches!(e.number(), 1114 | 1021));
+                    mysql_full
+                        || takes_no_writes(db.as_ref())
                         || db.code().is_some_and(|c| {
-                            matches!(
-                                c.as_ref(),
-                                "57P01" | "57P02" | "57P03" | "53100" | "25006" | "13"
-                            ) || c.starts_with("08")
-                                || sqlite_read_only(&c)
+                            matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53100" | "13")
+                                || c.starts_with("08")
                         })
                 }
                 _ => false,
@@ -89,6 +85,22 @@ fn is_unreachable(err: &DbErr) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether `err` is a database refusing a write because it takes none: a
+/// PostgreSQL standby or read-only transaction (25006), a SQLite file this
+/// process may only read (8, and its extended codes), MySQL's read-only
+/// modes (1290, 1792, 1836).
+pub(super) fn is_read_only(err: &DbErr) -> bool {
+    database_error(err).is_some_and(takes_no_writes)
+}
+
+fn takes_no_writes(db: &(dyn sea_orm::sqlx::error::DatabaseError + 'static)) -> bool {
+    if let Some(mysql) = db.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>() {
+        return matches!(mysql.number(), 1290 | 1792 | 1836);
+    }
+    db.code()
+        .is_some_and(|c| c == "25006" || sqlite_read_only(&c))
 }
 
 /// Whether a SQLite error code is SQLITE_READONLY (8) or one of its

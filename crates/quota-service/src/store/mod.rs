@@ -77,6 +77,24 @@ pub struct TokenChanges {
     pub unlimited: Option<bool>,
 }
 
+/// The options of [`Store::begin_write`]'s transactions: SQLite's write
+/// lock taken at `BEGIN IMMEDIATE`.
+fn write_first() -> TransactionOptions {
+    TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..TransactionOptions::default()
+    }
+}
+
+/// Why [`Store::check_writable`] failed.
+#[derive(Debug)]
+pub enum WriteCheck {
+    /// The database refused the write: it takes none (the database's words).
+    ReadOnly(String),
+    /// The check itself did not get through; nothing is known.
+    Failed(QuotaError),
+}
+
 /// Pool size for server databases when the URL does not say otherwise.
 const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 /// Read connections beside the single writer of a SQLite file.
@@ -141,17 +159,27 @@ impl Store {
     /// Whether the database takes writes: a write that changes no row, in a
     /// transaction rolled back. A SQLite file this process may only read,
     /// or a PostgreSQL standby, answers every read and refuses every
-    /// write; a server refuses to start on one rather than answer every
-    /// debit UNAVAILABLE.
-    pub async fn check_writable(&self) -> Result<(), QuotaError> {
-        self.bounded(async {
-            let txn = self.begin_write().await?;
+    /// write ([`WriteCheck::ReadOnly`]), for a server to refuse it at start
+    /// rather than answer every debit UNAVAILABLE. Any other failure of
+    /// the check (a lock another session holds on the table, a connection
+    /// lost) says nothing of that ([`WriteCheck::Failed`]).
+    pub async fn check_writable(&self) -> Result<(), WriteCheck> {
+        let write = async {
+            let txn = self.db.begin_with_options(write_first()).await?;
             txn.execute_unprepared("UPDATE quota_tokens SET id = id WHERE 1 = 0")
                 .await?;
-            txn.rollback().await?;
-            Ok(())
-        })
-        .await
+            txn.rollback().await
+        };
+        // Bounded as every call is, the database's error kept whole.
+        let written = self
+            .bounded(async { Ok::<_, QuotaError>(write.await) })
+            .await;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if error::is_read_only(&e) => Err(WriteCheck::ReadOnly(e.to_string())),
+            Ok(Err(e)) => Err(WriteCheck::Failed(e.into())),
+            Err(e) => Err(WriteCheck::Failed(e)),
+        }
     }
 
     /// Whether the database answers a trivial query (on the read pool, so a
@@ -176,11 +204,7 @@ impl Store {
     /// one fails with "database is locked" when another connection (a replica)
     /// writes between its read and its write. Other databases ignore the mode.
     async fn begin_write(&self) -> Result<DatabaseTransaction, QuotaError> {
-        let options = TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..TransactionOptions::default()
-        };
-        Ok(self.db.begin_with_options(options).await?)
+        Ok(self.db.begin_with_options(write_first()).await?)
     }
 
     /// Mints a key and stores its token; the initial quota is a grant.

@@ -361,12 +361,13 @@ async fn a_full_disk_is_unavailable() {
 /// read; a PostgreSQL standby) is UNAVAILABLE, as a full disk is, and
 /// `check_writable` tells, for a server to refuse it at start.
 async fn a_database_that_takes_no_writes_is_unavailable(db: TestDb, read_only_url: String) {
+    use quota_service::store::WriteCheck;
     let store = db.store().await;
     let (_, key) = new_token(&store, 100).await;
     store.check_writable().await.unwrap();
     let read_only = Store::connect(&read_only_url).await.unwrap();
     let refused = read_only.check_writable().await.unwrap_err();
-    assert!(matches!(refused, QuotaError::Unavailable(_)), "{refused:?}");
+    assert!(matches!(refused, WriteCheck::ReadOnly(_)), "{refused:?}");
     let refused = consume(&read_only, &key, 1, Some("ro")).await.unwrap_err();
     assert!(matches!(refused, QuotaError::Unavailable(_)), "{refused:?}");
     // Nothing was written: the writable store debits the same id, anew.
@@ -394,6 +395,29 @@ async fn a_database_that_takes_no_writes_is_unavailable_on_postgres() {
         db.url
     );
     a_database_that_takes_no_writes_is_unavailable(db, url).await;
+}
+
+/// A check held up by a lock on the table (another release migrating it)
+/// learns nothing of whether the database takes writes: `Failed`, which a
+/// server only warns of, never `ReadOnly`, which it refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_check_held_up_by_a_lock_is_no_verdict() {
+    use quota_service::store::WriteCheck;
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let store = db.store().await;
+    let outside = Store::connect(&db.url).await.unwrap();
+    let holder = outside.connection().begin().await.unwrap();
+    holder
+        .execute_unprepared("LOCK TABLE quota_tokens IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let checked = store.check_writable().await.unwrap_err();
+    assert!(matches!(checked, WriteCheck::Failed(_)), "{checked:?}");
+    holder.rollback().await.unwrap();
+    store.check_writable().await.unwrap();
 }
 
 /// A row another session keeps locked (by hand, in `psql`) bounds how long
