@@ -293,8 +293,9 @@ pub fn app_with(upstream: Upstream, config: EdgeConfig) -> Router {
 }
 
 /// The layers around every route and the fallback, outermost first:
-/// 1. telemetry ([`crate::telemetry::layers`]): the request id, the span and
-///    access log, the metrics, so that every answer below is counted;
+/// 1. telemetry ([`crate::telemetry::layers`]): the headers measured as the
+///    caller sent them ([`limits::HeadersLayer`]), the request id, the span
+///    and access log, the metrics, so that every answer below is counted;
 /// 2. CORS ([`crate::cors`]), so preflights are answered before the rest
 ///    (but for the size bounds, which they are held to too) and every
 ///    response, refusals included, carries the headers;

@@ -1,5 +1,6 @@
-//! The edge's outer layers: request ids, one span and one log line per
-//! request, and the REST metrics.
+//! The edge's outer layers: the headers measured as they came (for the
+//! header bound), request ids, one span and one log line per request, and
+//! the REST metrics.
 //!
 //! Applied with `Router::layer`, so they see the matched route template
 //! (`MatchedPath`), and outside CORS, so that preflights and every refusal

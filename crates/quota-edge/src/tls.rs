@@ -149,12 +149,17 @@ pub fn endpoint(url: &str, tls: &ClientTls) -> Result<Endpoint, InvalidUrl> {
         format!("http://{url}").parse()
     }
     .map_err(|_| invalid())?;
-    // A host, a port a socket can have (or the scheme's), and nothing after:
-    // gRPC names its own paths, so a path or query here is a mistake.
+    // A host, a port a socket can have (or the scheme's), no user info and
+    // nothing after: gRPC names its own paths, so a path or query here is a
+    // mistake.
     let port_ok = uri.authority().is_some_and(|authority| {
-        // `Uri` keeps any text after the host's last `:` as the port.
-        let after_user = authority.as_str().rsplit('@').next().unwrap_or_default();
-        let after_host = after_user.strip_prefix(authority.host()).unwrap_or("?");
+        // `Uri` keeps any text after the host's last `:` as the port; user
+        // info, which gRPC never reads (and whose password lines quoting
+        // the URL would show), fails the prefix test.
+        let after_host = authority
+            .as_str()
+            .strip_prefix(authority.host())
+            .unwrap_or("?");
         match after_host.strip_prefix(':') {
             None => after_host.is_empty(),
             Some(port) => port.parse::<u16>().is_ok_and(|port| port != 0),

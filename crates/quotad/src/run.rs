@@ -256,26 +256,19 @@ async fn open_store(
     let migrating = |e| anyhow!("cannot migrate database {shown}: {e}");
     let status = match mode {
         MigrateMode::Auto => {
-            let applied = if store
-                .migration_status()
+            // The wait for another process's migrations ends at the
+            // signal too.
+            let stopped = async {
+                match stop {
+                    Some(stop) => stopped(stop.clone()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let applied = store
+                .migrate_until(lock.migrate_lock_timeout, stopped)
                 .await
                 .map_err(migrating)?
-                .is_current()
-            {
-                Vec::new()
-            } else {
-                // The wait for another process's migrations ends at the
-                // signal too; the migrations, once begun, are not cut short.
-                let locked = store.lock_migrations(lock.migrate_lock_timeout);
-                let lock = match stop {
-                    Some(stop) => tokio::select! {
-                        locked = locked => locked,
-                        () = stopped(stop.clone()) => return Err(StoppedAtStart.into()),
-                    },
-                    None => locked.await,
-                };
-                lock.map_err(migrating)?.apply().await.map_err(migrating)?
-            };
+                .ok_or(StoppedAtStart)?;
             let status = store.migration_status().await.map_err(migrating)?;
             tracing::info!(
                 "migrations applied: {} now, {} in all",
@@ -400,6 +393,12 @@ async fn open_api(
     )
     .await;
     match opened {
+        // The signal came while the migrations ran: they are done, and
+        // nothing is served.
+        Ok(_) if *stop.borrow() => {
+            tracing::info!("stopped before serving");
+            Ok(None)
+        }
         Ok(store) => Ok(Some((QuotaApi::new(store.clone(), config), store))),
         Err(e) if e.is::<StoppedAtStart>() => {
             tracing::info!("{e}");

@@ -20,6 +20,7 @@ fn upstream_must_be_an_http_or_https_url_or_host_and_port() {
         "http://127.0.0.1:0",
         "http://127.0.0.1:50051/quota",
         "http://127.0.0.1:50051?tls=1",
+        "http://quota:secret@127.0.0.1:50051",
     ] {
         assert!(Upstream::lazy(bad).is_err(), "{bad:?}");
     }

@@ -110,17 +110,31 @@ impl Store {
     /// Applies every pending migration, waiting up to [`DEFAULT_LOCK_WAIT`]
     /// for another process that migrates the same database.
     pub async fn migrate(&self) -> Result<Vec<String>, MigrateError> {
-        self.migrate_within(DEFAULT_LOCK_WAIT).await
+        let never = std::future::pending();
+        let applied = self.migrate_until(DEFAULT_LOCK_WAIT, never).await?;
+        Ok(applied.unwrap_or_default())
     }
 
     /// Applies every pending migration under the migration lock, waiting up
-    /// to `wait` for it. Returns the migrations this call applied (none when
-    /// another process had applied them meanwhile).
-    pub async fn migrate_within(&self, wait: Duration) -> Result<Vec<String>, MigrateError> {
+    /// to `wait` for it, or until `stop` (then `None`: nothing applied).
+    /// Returns the migrations this call applied (none when another process
+    /// had applied them meanwhile). Only the wait ends at `stop`: once the
+    /// lock is held, the migrations run to their end. A lock taken as
+    /// `stop` comes is let go with its connection (PostgreSQL, MySQL) or
+    /// its transaction (SQLite).
+    pub async fn migrate_until(
+        &self,
+        wait: Duration,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Option<Vec<String>>, MigrateError> {
         if self.migration_status().await?.is_current() {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
-        self.lock_migrations(wait).await?.apply().await
+        let lock = tokio::select! {
+            lock = self.lock_migrations(wait) => lock?,
+            () = stop => return Ok(None),
+        };
+        Ok(Some(lock.apply().await?))
     }
 
     /// Which of this build's migrations the database has. Reads only: a

@@ -146,6 +146,9 @@ impl From<sea_orm::DbErr> for Unreadable {
     }
 }
 
+/// How long `quotad verify` waits for its connection.
+const CONNECT_WAIT: Duration = Duration::from_secs(3);
+
 /// Opens the database at `url` without creating or migrating anything (a
 /// SQLite file that does not exist is an error, not a new empty database)
 /// and checks every token.
@@ -154,8 +157,8 @@ pub async fn verify_url(url: &str) -> Result<Verification, Unreadable> {
     let mut opts = ConnectOptions::new(url);
     opts.sqlx_logging(false)
         .max_connections(1)
-        .connect_timeout(Duration::from_secs(3))
-        .acquire_timeout(Duration::from_secs(3));
+        .connect_timeout(CONNECT_WAIT)
+        .acquire_timeout(CONNECT_WAIT);
     if url.starts_with("sqlite:") {
         opts.map_sqlx_sqlite_opts(|o| {
             o.create_if_missing(false)
@@ -165,7 +168,7 @@ pub async fn verify_url(url: &str) -> Result<Verification, Unreadable> {
     let db = match Database::connect(opts).await {
         Ok(db) => db,
         Err(e) => {
-            let why = super::why_not_connected(url, Duration::from_secs(3), e).await;
+            let why = super::why_not_connected(url, CONNECT_WAIT, e).await;
             return Err(Unreadable(why));
         }
     };

@@ -74,8 +74,8 @@ async fn signal_ends_the_wait(db: TestDb) {
     let lock = holder.lock_migrations(WAIT).await.unwrap();
     let mut server = Grpc::spawn(&db.url, &["--migrate-lock-timeout", "60s"]);
     server.logs("waiting for it", crate::READY_TIMEOUT);
-    let signalled = Instant::now();
     server.terminate();
+    // At once: the wait it was in had 60 s to go.
     let status = server
         .child
         .wait_timeout(SLACK)
@@ -85,7 +85,6 @@ async fn signal_ends_the_wait(db: TestDb) {
         "{status:?}: {}",
         server.log.lock().unwrap()
     );
-    assert!(signalled.elapsed() < SLACK);
     let log = server.log.lock().unwrap().clone();
     assert!(
         log.contains("stopped while waiting for the migration lock"),

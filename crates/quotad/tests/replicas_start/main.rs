@@ -203,43 +203,27 @@ impl Grpc {
     /// The address in the first line that has `marker` followed by an
     /// address; fails the test if the process ends or `limit` passes first.
     fn address_after(&mut self, marker: &str, limit: Duration) -> SocketAddr {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(at) = line.find(marker) {
-                        let rest = &line[at + marker.len()..];
-                        let addr = rest.split([' ', ';']).next().unwrap_or_default();
-                        return addr
-                            .parse()
-                            .unwrap_or_else(|_| panic!("no address after {marker:?} in {line:?}"));
-                    }
-                }
-                Err(_) => {
-                    let status = self.child.wait_timeout(Duration::from_secs(5));
-                    panic!(
-                        "quotad grpc did not log {marker:?} (status {status:?}); stderr:\n{}",
-                        self.log.lock().unwrap()
-                    );
-                }
-            }
-        }
+        let line = self.logs(marker, limit);
+        let rest = &line[line.find(marker).unwrap() + marker.len()..];
+        let addr = rest.split([' ', ';']).next().unwrap_or_default();
+        addr.parse()
+            .unwrap_or_else(|_| panic!("no address after {marker:?} in {line:?}"))
     }
 
-    /// Waits for a line with `marker`; fails the test if the process ends
-    /// or `limit` passes first.
-    fn logs(&mut self, marker: &str, limit: Duration) {
+    /// The first line with `marker`; fails the test if the process ends or
+    /// `limit` passes first.
+    fn logs(&mut self, marker: &str, limit: Duration) -> String {
         let deadline = Instant::now() + limit;
         while let Ok(line) =
             (self.lines).recv_timeout(deadline.saturating_duration_since(Instant::now()))
         {
             if line.contains(marker) {
-                return;
+                return line;
             }
         }
+        let status = self.child.wait_timeout(Duration::from_secs(5));
         panic!(
-            "quotad grpc did not log {marker:?}; stderr:\n{}",
+            "quotad grpc did not log {marker:?} (status {status:?}); stderr:\n{}",
             self.log.lock().unwrap()
         );
     }
