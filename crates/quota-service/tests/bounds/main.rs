@@ -226,7 +226,7 @@ async fn a_message_that_does_not_decode_is_invalid_argument_not_internal() {
 /// compressed flag with no `grpc-encoding`, a flag that is neither 0 nor 1.
 /// tonic refuses each as INTERNAL, before any handler of a unary call and
 /// in the stream of requests of reflection's; the caller's mistake is
-/// INVALID_ARGUMENT, on every service, and counted so.
+/// INVALID_ARGUMENT, on every service.
 #[tokio::test]
 async fn a_body_that_is_not_a_grpc_message_is_invalid_argument_not_internal() {
     use http_body_util::BodyExt;
