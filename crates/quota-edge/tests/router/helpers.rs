@@ -155,6 +155,25 @@ pub async fn body_text(response: Response<Body>) -> String {
 }
 
 /// Asserts an OpenAI-shaped error with this status and code; returns its message.
+/// Asserts that `router` answers a subscription read 503
+/// `service_unavailable`: its upstream could not be reached.
+pub async fn assert_unreachable(router: &axum::Router) {
+    let response = send(
+        router,
+        "GET",
+        "/v1/dashboard/billing/subscription",
+        &[("authorization", "Bearer sk-x")],
+    )
+    .await;
+    assert_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "service_unavailable",
+    )
+    .await;
+}
+
 pub async fn assert_error(
     response: Response<Body>,
     status: StatusCode,
